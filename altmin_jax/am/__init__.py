@@ -1,0 +1,21 @@
+"""Online and offline alternating minimization (Choromanska et al., ICML 2019)."""
+
+from altmin_jax.am.codes import encode_anchors, make_code_optimizer, update_codes
+from altmin_jax.am.offline import AMOfflineState, am_adam_offline, am_mem_offline
+from altmin_jax.am.online import AMState, am_adam, am_mem
+from altmin_jax.am.weights import CoactivationMemory, block_coordinate_sweeps, exact_solve
+
+__all__ = [
+  "AMOfflineState",
+  "AMState",
+  "CoactivationMemory",
+  "am_adam",
+  "am_adam_offline",
+  "am_mem",
+  "am_mem_offline",
+  "block_coordinate_sweeps",
+  "encode_anchors",
+  "exact_solve",
+  "make_code_optimizer",
+  "update_codes",
+]

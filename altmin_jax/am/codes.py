@@ -1,0 +1,165 @@
+r"""Code (auxiliary variable) subproblems of alternating minimization.
+
+Choromanska et al. (2019), Algorithm 2.2. Given weights ``W`` and a minibatch, the
+codes are first *encoded* by a forward pass, ``c^l = f_l(W^l, \sigma_{l-1}(c^{l-1}))``,
+then updated top-down, each layer using the already-updated code above it:
+
+.. math::
+   c^L &\leftarrow \arg\min_c\ \mathcal{L}(y, f_{L+1}(W^{L+1}, \sigma_L(c)))
+        + \mu \|c - f_L(W^L, \sigma_{L-1}(c^{L-1}))\|^2   &\text{(eq. 4)}\\
+   c^l &\leftarrow \arg\min_c\ \mu \|c^{l+1} - f_{l+1}(W^{l+1}, \sigma_l(c))\|^2
+        + \mu \|c - f_l(W^l, \sigma_{l-1}(c^{l-1}))\|^2   &\text{(eq. 5)}
+
+Each subproblem is separable across samples. It is solved approximately by
+``K_c`` steps of a code optimizer started at the current code, on the
+per-sample objective divided by ``mu`` (summed over the batch). Dividing by
+``mu > 0`` leaves every minimiser unchanged; it makes the code step size of the
+hidden subproblems (5) independent of ``mu``, so that one ``code_lr`` stays valid
+while the ``mu`` schedule grows by two orders of magnitude.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from altmin_jax.networks import LayeredNetwork
+
+Array = jax.Array
+
+CODE_OPTIMIZERS = ("sgd", "nesterov", "adam")
+
+
+def make_code_optimizer(
+  code_optimizer: str | optax.GradientTransformation, code_lr: float | None
+) -> optax.GradientTransformation:
+  """The optimizer run on each code subproblem (state is reset per subproblem).
+
+  Args:
+    code_optimizer: ``"sgd"``, ``"nesterov"`` (momentum 0.9), ``"adam"`` or any optax
+      transformation (then ``code_lr`` must be ``None``).
+    code_lr: step size for the named optimizers.
+  """
+  if isinstance(code_optimizer, optax.GradientTransformation):
+    if code_lr is not None:
+      raise ValueError(
+        f"code_lr={code_lr!r} conflicts with a code_optimizer transformation; set one of them"
+      )
+    return code_optimizer
+  if code_optimizer not in CODE_OPTIMIZERS:
+    raise ValueError(
+      f"code_optimizer must be one of {CODE_OPTIMIZERS} or an optax "
+      f"transformation, got code_optimizer={code_optimizer!r}"
+    )
+  if code_lr is None or not (code_lr > 0 and jnp.isfinite(code_lr)):
+    raise ValueError(f"code_lr must be positive and finite, got code_lr={code_lr!r}")
+  if code_optimizer == "sgd":
+    return optax.sgd(code_lr)
+  if code_optimizer == "nesterov":
+    return optax.sgd(code_lr, momentum=0.9, nesterov=True)
+  return optax.adam(code_lr)
+
+
+def minimize(
+  objective: Callable[[Array], Array], start: Array, tx: optax.GradientTransformation, steps: int
+) -> Array:
+  """``steps`` iterations of ``tx`` on a scalar ``objective`` from ``start`` (lax loop)."""
+  if steps == 0:
+    return start
+  grad_fn = jax.grad(objective)
+
+  def body(_, carry):
+    c, opt_state = carry
+    updates, opt_state = tx.update(grad_fn(c), opt_state, c)
+    return optax.apply_updates(c, updates), opt_state
+
+  c, _ = jax.lax.fori_loop(0, steps, body, (start, tx.init(start)))
+  return c
+
+
+def _sq(diff: Array) -> Array:
+  return jnp.sum(jnp.square(diff))
+
+
+def top_code_objective(net, stage_params, y, loss, anchor, proximal: bool, mu):
+  """Eq. (4) divided by ``mu``, summed over the batch, as a function of ``c^L``."""
+  L = net.num_codes
+  sigma = net.activation(L)
+
+  def objective(c):
+    value = jnp.sum(loss(net.stage_apply(L + 1, stage_params[L], sigma(c)), y)) / mu
+    if proximal:
+      value = value + _sq(c - anchor)
+    return value
+
+  return objective
+
+
+def hidden_code_objective(net, stage_params, l, code_above, anchor, proximal: bool):
+  """Eq. (5) divided by ``mu``, summed over the batch, as a function of ``c^l``."""
+  sigma = net.activation(l)
+
+  def objective(c):
+    value = _sq(code_above - net.stage_apply(l + 1, stage_params[l], sigma(c)))
+    if proximal:
+      value = value + _sq(c - anchor)
+    return value
+
+  return objective
+
+
+def encode_anchors(
+  net: LayeredNetwork, stage_params: Sequence, x: Array, codes: Sequence[Array]
+) -> tuple[Array, ...]:
+  """``f_l(W^l, sigma_{l-1}(c^{l-1}))`` for ``l = 1..L`` from the given codes.
+
+  For freshly encoded codes these equal the codes themselves (online AM); offline
+  AM keeps codes between iterations, where they differ.
+  """
+  inputs = (x, *tuple(net.activation(l)(c) for l, c in enumerate(codes[:-1], start=1)))
+  return tuple(net.stage_apply(l, stage_params[l - 1], a) for l, a in enumerate(inputs, start=1))
+
+
+def update_codes(
+  net: LayeredNetwork,
+  stage_params: Sequence,
+  y: Array,
+  codes: Sequence[Array],
+  anchors: Sequence[Array],
+  *,
+  loss: Callable[[Array, Array], Array],
+  mu: Array,
+  tx: optax.GradientTransformation,
+  steps: int,
+  proximal: bool = True,
+) -> tuple[Array, ...]:
+  """Top-down code updates (Algorithm 2.2, ``updateCodes``).
+
+  Args:
+    net: the layered network.
+    stage_params: per-stage weights ``W^1..W^{L+1}``.
+    y: labels of the batch.
+    codes: starting codes ``c^1..c^L``.
+    anchors: ``f_l(W^l, sigma_{l-1}(c^{l-1}))`` for the starting codes (see
+      :func:`encode_anchors`); equal to ``codes`` right after encoding.
+    loss: per-sample loss ``loss(logits, y) -> (batch,)``.
+    mu: current penalty weight.
+    tx: code optimizer (see :func:`make_code_optimizer`).
+    steps: ``K_c``, iterations per subproblem.
+    proximal: keep the ``mu ||c - anchor||^2`` term (``False`` drops it).
+
+  Returns:
+    Updated codes ``c^1..c^L``.
+  """
+  L = net.num_codes
+  new = list(codes)
+  for l in range(L, 0, -1):
+    if l == L:
+      objective = top_code_objective(net, stage_params, y, loss, anchors[l - 1], proximal, mu)
+    else:
+      objective = hidden_code_objective(net, stage_params, l, new[l], anchors[l - 1], proximal)
+    new[l - 1] = minimize(objective, codes[l - 1], tx, steps)
+  return tuple(new)

@@ -1,0 +1,263 @@
+r"""Weight subproblems of alternating minimization (Algorithm 2.3, ``updateWeights``).
+
+With the codes fixed, the objective (eq. 3) splits into ``L + 1`` independent
+layer-wise problems; no gradient flows between layers:
+
+.. math::
+   W^{L+1} &\leftarrow \arg\min_W\ \tfrac1B \textstyle\sum_n
+      \mathcal{L}(y_n, f_{L+1}(W, \sigma_L(c_n^L))) \\
+   W^l &\leftarrow \arg\min_W\ \tfrac{\mu}{B} \textstyle\sum_n
+      \|c_n^l - f_l(W, \sigma_{l-1}(c_n^{l-1}))\|^2 \qquad (\text{eq. 6}, l = 1..L)
+
+*AM-Adam* takes ``K_w`` steps of a persistent optax optimizer per layer.
+*AM-mem* (dense layers) keeps co-activation memories (eq. 7),
+``A^l \leftarrow \beta A^l + \sum_n a_n a_n^\top`` and
+``B^l \leftarrow \beta B^l + \sum_n c_n a_n^\top`` with ``a = [\sigma(c^{l-1}); 1]``
+(the bias by augmentation), and minimises
+``\mathrm{Tr}(W^\top W A) - 2\,\mathrm{Tr}(W^\top B)`` by block-coordinate sweeps over
+the columns of ``W`` (Mairal et al. 2009), ``w_j \leftarrow w_j + (b_j - W a_j) / A_{jj}``,
+or exactly, ``W = B A^{-1}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from altmin_jax.networks import (
+  LayeredNetwork,
+  dense_kernel_bias,
+  flatten_batch,
+  with_dense_kernel_bias,
+)
+
+Array = jax.Array
+
+
+def layer_objective(
+  net: LayeredNetwork,
+  l: int,
+  a_prev: Array,
+  target: Array,
+  *,
+  loss: Callable[[Array, Array], Array],
+  mu,
+) -> Callable:
+  """The layer-``l`` weight objective as a function of that layer's params.
+
+  ``target`` is the updated code ``c^l`` for hidden layers and the labels for the
+  output layer ``l = L + 1``; ``a_prev = sigma_{l-1}(c^{l-1})`` (``x`` for ``l = 1``).
+  """
+  if l == net.num_stages:
+    return lambda w: jnp.mean(loss(net.stage_apply(l, w, a_prev), target))
+
+  def objective(w):
+    diff = target - net.stage_apply(l, w, a_prev)
+    return mu * jnp.mean(jnp.sum(jnp.reshape(jnp.square(diff), (diff.shape[0], -1)), axis=-1))
+
+  return objective
+
+
+def gradient_steps(
+  objective: Callable, params, opt_state, tx: optax.GradientTransformation, steps: int
+):
+  """``steps`` iterations of a persistent optimizer ``tx`` on ``objective``."""
+  grad_fn = jax.grad(objective)
+
+  def body(_, carry):
+    w, s = carry
+    updates, s = tx.update(grad_fn(w), s, w)
+    return optax.apply_updates(w, updates), s
+
+  return jax.lax.fori_loop(0, steps, body, (params, opt_state))
+
+
+# ------------------------------------------------------------------ AM-mem
+
+
+def augmented_input(a_prev: Array, use_bias: bool) -> Array:
+  """``[flatten(a); 1]`` per sample (the bias column only when the layer has one)."""
+  a = flatten_batch(a_prev)
+  if use_bias:
+    a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
+  return a
+
+
+def memory_shapes(fan_in: int, fan_out: int, use_bias: bool) -> tuple[tuple, tuple]:
+  """Shapes of ``A`` ``(d, d)`` and ``B`` ``(fan_out, d)`` with ``d = fan_in (+1)``."""
+  d = fan_in + int(use_bias)
+  return (d, d), (fan_out, d)
+
+
+def update_memory(
+  A: Array, B: Array, a_prev: Array, code: Array, use_bias: bool, forgetting: float
+) -> tuple[Array, Array]:
+  """``A <- beta A + sum_n a_n a_n^T``, ``B <- beta B + sum_n c_n a_n^T`` (updateMemory)."""
+  a = augmented_input(a_prev, use_bias).astype(A.dtype)
+  c = flatten_batch(code).astype(B.dtype)
+  hi = jax.lax.Precision.HIGHEST
+  return (
+    forgetting * A + jnp.matmul(a.T, a, precision=hi),
+    forgetting * B + jnp.matmul(c.T, a, precision=hi),
+  )
+
+
+def weights_to_matrix(params) -> tuple[Array, bool]:
+  """The augmented matrix ``[kernel^T, bias]`` of shape ``(fan_out, d)``."""
+  kernel, bias = dense_kernel_bias(params)
+  W = kernel.T
+  if bias is not None:
+    W = jnp.concatenate([W, bias[:, None]], axis=1)
+  return W, bias is not None
+
+
+def matrix_to_weights(W: Array, like):
+  """Inverse of :func:`weights_to_matrix`, in the dtype of ``like``."""
+  kernel, bias = dense_kernel_bias(like)
+  if bias is not None:
+    return with_dense_kernel_bias(
+      like, W[:, :-1].T.astype(kernel.dtype), W[:, -1].astype(bias.dtype)
+    )
+  return with_dense_kernel_bias(like, W.T.astype(kernel.dtype), None)
+
+
+def block_coordinate_sweeps(W: Array, A: Array, B: Array, sweeps: int) -> Array:
+  """Block-coordinate descent on ``Tr(W^T W A) - 2 Tr(W^T B)`` over the columns of ``W``.
+
+  Each column update ``w_j <- w_j + (b_j - W a_j) / A_jj`` is the exact minimiser in
+  ``w_j`` with the other columns fixed; columns with ``A_jj = 0`` (inputs never
+  active) are left unchanged.
+  """
+  d = A.shape[0]
+  hi = jax.lax.Precision.HIGHEST
+
+  def column(j, W):
+    a_j = A[:, j]
+    a_jj = A[j, j]
+    residual = B[:, j] - jnp.matmul(W, a_j, precision=hi)
+    step = jnp.where(a_jj > 0, residual / jnp.where(a_jj > 0, a_jj, 1.0), 0.0)
+    return W.at[:, j].add(step)
+
+  def sweep(_, W):
+    return jax.lax.fori_loop(0, d, column, W)
+
+  return jax.lax.fori_loop(0, sweeps, sweep, W)
+
+
+def exact_solve(A: Array, B: Array, ridge: float) -> Array:
+  """``W = B (A + lambda I)^{-1}``, the minimiser of the (regularised) memory surrogate.
+
+  ``lambda = ridge * Tr(A) / d``. With ``ridge = 0`` the minimum-norm least-squares
+  solution is used, which stays defined when ``A`` is singular (inputs never
+  active); ``ridge > 0`` uses a Cholesky solve, much faster for wide layers.
+  """
+  if ridge == 0:
+    return jnp.linalg.lstsq(A, B.T)[0].T
+  d = A.shape[0]
+  lam = ridge * jnp.trace(A) / d + jnp.finfo(A.dtype).tiny
+  factor = jax.scipy.linalg.cho_factor(A + lam * jnp.eye(d, dtype=A.dtype))
+  return jax.scipy.linalg.cho_solve(factor, B.T).T
+
+
+# --------------------------------------------------------- all layers at once
+
+
+class CoactivationMemory(NamedTuple):
+  """AM-mem memory of one dense layer: ``A = sum a a^T`` and ``B = sum c a^T``."""
+
+  A: Array
+  B: Array
+
+
+MEMORY_SOLVERS = ("bcd", "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightRule:
+  """Static configuration of the weight step of every layer.
+
+  Attributes:
+    optimizers: per stage, the optax optimizer of its gradient subproblem, or
+      ``None`` for layers solved from co-activation memory.
+    steps: ``K_w`` gradient iterations per minibatch.
+    sweeps: block-coordinate sweeps per minibatch (memory layers).
+    solver: ``"bcd"`` or ``"exact"`` (memory layers).
+    forgetting: ``beta`` in ``A <- beta A + sum a a^T`` (memory layers).
+    ridge: Tikhonov term of the exact solve relative to ``Tr(A) / d`` (memory layers).
+  """
+
+  optimizers: tuple
+  steps: int = 1
+  sweeps: int = 1
+  solver: str = "bcd"
+  forgetting: float = 1.0
+  ridge: float = 0.0
+
+  def uses_memory(self, l: int) -> bool:
+    return self.optimizers[l - 1] is None
+
+
+def init_weights_state(rule: WeightRule, net: LayeredNetwork, stage_params) -> tuple[tuple, tuple]:
+  """Optimizer states (one per stage) and co-activation memories (one per memory layer)."""
+  opt_states, memories = [], []
+  for l, p in enumerate(stage_params, start=1):
+    if rule.uses_memory(l):
+      opt_states.append(optax.EmptyState())
+      W, _ = weights_to_matrix(p)
+      dtype = jnp.promote_types(W.dtype, jnp.float32)
+      memories.append(
+        CoactivationMemory(
+          A=jnp.zeros((W.shape[1], W.shape[1]), dtype), B=jnp.zeros(W.shape, dtype)
+        )
+      )
+    else:
+      opt_states.append(rule.optimizers[l - 1].init(p))
+  return tuple(opt_states), tuple(memories)
+
+
+def update_weights(
+  rule: WeightRule,
+  net: LayeredNetwork,
+  stage_params,
+  x: Array,
+  y: Array,
+  codes,
+  opt_states,
+  memories,
+  *,
+  loss: Callable[[Array, Array], Array],
+  mu,
+):
+  """One ``updateWeights`` call: every layer independently from the fixed codes.
+
+  Returns:
+    ``(new_stage_params, new_opt_states, new_memories)``.
+  """
+  inputs = (x, *tuple(net.activation(l)(c) for l, c in enumerate(codes, start=1)))
+  targets = (*tuple(codes), y)
+  new_params, new_states, new_memories = [], [], []
+  memory_iter = iter(memories)
+  for l, p in enumerate(stage_params, start=1):
+    a_prev, target = inputs[l - 1], targets[l - 1]
+    if rule.uses_memory(l):
+      memory = next(memory_iter)
+      W, use_bias = weights_to_matrix(p)
+      A, B = update_memory(memory.A, memory.B, a_prev, target, use_bias, rule.forgetting)
+      if rule.solver == "exact":
+        W = exact_solve(A, B, rule.ridge)
+      else:
+        W = block_coordinate_sweeps(W.astype(A.dtype), A, B, rule.sweeps)
+      new_params.append(matrix_to_weights(W, p))
+      new_states.append(opt_states[l - 1])
+      new_memories.append(CoactivationMemory(A, B))
+    else:
+      objective = layer_objective(net, l, a_prev, target, loss=loss, mu=mu)
+      w, s = gradient_steps(objective, p, opt_states[l - 1], rule.optimizers[l - 1], rule.steps)
+      new_params.append(w)
+      new_states.append(s)
+  return tuple(new_params), tuple(new_states), tuple(new_memories)

@@ -1,0 +1,163 @@
+"""The conformance suite's registry: every method of the library, as a test case.
+
+``test_conformance.py`` runs each case through the same checks (no recompilation,
+unknown extra args, array-only state with an orbax round trip, hyperparameter and
+batch validation, non-finite batches, dtypes, composition, descent). A new method
+is added by appending a :class:`Case` to ``CASES``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from helpers import small_mlp, teacher_classification
+
+import altmin_jax as amj
+
+
+@dataclasses.dataclass
+class Problem:
+  """One instantiated method on a small problem.
+
+  Attributes:
+    tx: the transformation under test.
+    params: initial params.
+    extra_args: ``extra_args(step) -> dict`` of keyword args for ``update`` at a step.
+    loss: ``loss(params, extra_args) -> scalar`` the method should decrease.
+    bad_extra_args: extra args holding a batch of the wrong feature size.
+    nonfinite_extra_args: extra args holding a NaN in the batch.
+    uses_grads: whether ``update`` consumes gradients (else ``None`` is passed).
+  """
+
+  tx: optax.GradientTransformationExtraArgs
+  params: Any
+  extra_args: Callable[[int], dict]
+  loss: Callable[[Any, dict], jax.Array]
+  bad_extra_args: dict | None = None
+  nonfinite_extra_args: dict | None = None
+  uses_grads: bool = False
+
+  def grads(self, params, extra_args):
+    if not self.uses_grads:
+      return None
+    return jax.grad(self.loss)(params, extra_args)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """A method in the suite.
+
+  Attributes:
+    name: test id.
+    make: ``make(dtype) -> Problem``.
+    bad_hyperparams: ``(thunk, text)`` pairs: calling ``thunk()`` must raise
+      ``ValueError`` whose message contains ``text`` (the offending value).
+    descent_steps: steps after which ``loss`` must have dropped by ``descent_factor``.
+    descent_factor: required ratio ``loss_after / loss_before`` upper bound.
+  """
+
+  name: str
+  make: Callable[[Any], Problem]
+  bad_hyperparams: Sequence[tuple[Callable[[], Any], str]] = ()
+  descent_steps: int = 30
+  descent_factor: float = 0.8
+
+
+# --------------------------------------------------------------- AM family
+
+
+def _am_problem(factory: Callable, *, offline: bool = False, **kwargs) -> Callable:
+  def make(dtype) -> Problem:
+    net = small_mlp(dtype)
+    params = net.init(jax.random.key(0))
+    x, y = teacher_classification(0, n=32 if offline else 64)
+    x = x.astype(dtype)
+
+    if offline:
+      extra = lambda step: {"batch": (x, y)}
+    else:
+      batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+      extra = lambda step: {"batch": batches[step % len(batches)]}
+
+    def loss(p, args):
+      return jnp.mean(amj.losses.softmax_cross_entropy(net.apply(p, x), y).astype(jnp.float32))
+
+    bx, by = extra(0)["batch"]
+    tx = factory(net, **({"num_samples": 32} if offline else {}), **kwargs)
+    return Problem(
+      tx=tx,
+      params=params,
+      extra_args=extra,
+      loss=loss,
+      bad_extra_args={"batch": (jnp.ones((bx.shape[0], 5), dtype), by)},
+      nonfinite_extra_args={"batch": (bx.at[0, 0].set(jnp.nan), by)},
+    )
+
+  return make
+
+
+def _net():
+  return small_mlp()
+
+
+AM_KW = dict(code_steps=3, code_lr=0.03, mu=0.05)
+
+CASES: list[Case] = [
+  Case(
+    "am_adam",
+    _am_problem(amj.am_adam, weight_optimizer=optax.adam(3e-2), **AM_KW),
+    bad_hyperparams=[
+      (lambda: amj.am_adam(_net(), code_steps=-1), "code_steps=-1"),
+      (lambda: amj.am_adam(_net(), code_lr=-0.5), "code_lr=-0.5"),
+      (lambda: amj.am_adam(_net(), mu=0.0), "mu=0.0"),
+      (lambda: amj.am_adam(_net(), weight_steps=0), "weight_steps=0"),
+      (lambda: amj.am_adam(_net(), code_optimizer="lbfgs"), "code_optimizer='lbfgs'"),
+      (lambda: amj.am_adam(_net(), mu=amj.mu_schedule(init=-1.0)), "init=-1.0"),
+      (lambda: amj.am_adam(_net(), weight_optimizer="adam"), "weight_optimizer='adam'"),
+    ],
+  ),
+  Case(
+    "am_adam_nesterov_codes",
+    _am_problem(
+      amj.am_adam,
+      weight_optimizer=optax.adam(3e-2),
+      code_optimizer="nesterov",
+      code_lr=0.01,
+      code_steps=3,
+      mu=0.05,
+    ),
+  ),
+  Case(
+    "am_mem",
+    _am_problem(amj.am_mem, output_optimizer=optax.adam(3e-2), **AM_KW),
+    bad_hyperparams=[
+      (lambda: amj.am_mem(_net(), sweeps=0), "sweeps=0"),
+      (lambda: amj.am_mem(_net(), solver="cg"), "solver='cg'"),
+      (lambda: amj.am_mem(_net(), forgetting=1.5), "forgetting=1.5"),
+      (lambda: amj.am_mem(_net(), ridge=-1.0), "ridge=-1.0"),
+    ],
+  ),
+  Case(
+    "am_mem_exact",
+    _am_problem(amj.am_mem, output_optimizer=optax.adam(3e-2), solver="exact", **AM_KW),
+  ),
+  Case(
+    "am_adam_offline",
+    _am_problem(amj.am_adam_offline, offline=True, weight_optimizer=optax.adam(3e-2), **AM_KW),
+    bad_hyperparams=[
+      (lambda: amj.am_adam_offline(_net(), num_samples=0), "num_samples=0"),
+    ],
+  ),
+  Case(
+    "am_mem_offline",
+    _am_problem(amj.am_mem_offline, offline=True, output_optimizer=optax.adam(3e-2), **AM_KW),
+    bad_hyperparams=[
+      (lambda: amj.am_mem_offline(_net(), num_samples=10, forgetting=-0.1), "forgetting=-0.1"),
+    ],
+  ),
+]

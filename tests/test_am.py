@@ -1,0 +1,278 @@
+"""Algorithm tests for online and offline alternating minimization (SPEC section 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import small_mlp, teacher_classification, tree_allclose, tree_equal
+
+import altmin_jax as amj
+from altmin_jax.am import codes as codes_lib
+from altmin_jax.am import weights as weights_lib
+
+LOSS = amj.losses.softmax_cross_entropy
+
+
+def _setup(seed=0, sizes=(6, 8, 7, 5, 3)):
+  net = small_mlp(sizes=sizes)
+  params = net.init(jax.random.key(seed))
+  x, y = teacher_classification(seed, n=16, d=sizes[0], classes=sizes[-1])
+  return net, params, x, y
+
+
+def _paper_objective(net, params, l, c, code_above, anchor, y, mu):
+  """Eqs. (4)-(5) per sample, summed, in the paper's own scaling (mu in front)."""
+  sigma = net.activation(l)
+  out = net.stage_apply(l + 1, params[l], sigma(c))
+  if l == net.num_codes:
+    first = jnp.sum(LOSS(out, y))
+  else:
+    first = mu * jnp.sum(jnp.square(code_above - out))
+  return first + mu * jnp.sum(jnp.square(c - anchor))
+
+
+@pytest.mark.parametrize("code_optimizer,code_lr", [("sgd", 0.01), ("nesterov", 0.003)])
+def test_each_code_step_lowers_its_local_objective(code_optimizer, code_lr):
+  """Every one of K_c steps on eq. (4) (top code) and eq. (5) (hidden codes, with the
+  updated code above) lowers that subproblem's objective."""
+  net, params, x, y = _setup()
+  mu = 0.05
+  codes, _ = net.forward(params, x)
+  tx = codes_lib.make_code_optimizer(code_optimizer, code_lr)
+  steps = 6
+  final = codes_lib.update_codes(net, params, y, codes, codes, loss=LOSS, mu=mu, tx=tx, steps=steps)
+  for l in range(net.num_codes, 0, -1):
+    above = None if l == net.num_codes else final[l]
+    if l == net.num_codes:
+      scaled = codes_lib.top_code_objective(net, params, y, LOSS, codes[l - 1], True, mu)
+    else:
+      scaled = codes_lib.hidden_code_objective(net, params, l, above, codes[l - 1], True)
+    values = []
+    for k in range(steps + 1):
+      c = codes_lib.minimize(scaled, codes[l - 1], tx, k)
+      values.append(float(_paper_objective(net, params, l, c, above, codes[l - 1], y, mu)))
+    assert all(b < a for a, b in itertools.pairwise(values)), (l, values)
+    # update_codes runs exactly these steps, top-down with the updated code above.
+    np.testing.assert_allclose(c, final[l - 1], rtol=1e-6, atol=1e-6)
+
+
+def test_code_proximal_switch_drops_the_anchor_term():
+  net, params, x, y = _setup()
+  codes, _ = net.forward(params, x)
+  shifted = tuple(c + 1.0 for c in codes)
+  tx = optax.sgd(0.01)
+  kw = dict(loss=LOSS, mu=0.1, tx=tx, steps=3)
+  with_prox = codes_lib.update_codes(net, params, y, codes, shifted, proximal=True, **kw)
+  without = codes_lib.update_codes(net, params, y, codes, shifted, proximal=False, **kw)
+  same_anchor = codes_lib.update_codes(net, params, y, codes, codes, proximal=False, **kw)
+  assert not tree_allclose(with_prox, without)
+  assert tree_equal(without, same_anchor)  # anchors are ignored without the term
+
+
+def _weight_rule(net):
+  return weights_lib.WeightRule(optimizers=(optax.sgd(0.1),) * net.num_stages, steps=2)
+
+
+def test_hidden_weight_updates_are_layer_local():
+  """No gradient flows between layers: each layer's new weights depend only on its
+  own weights, its input code and its target code."""
+  net, params, x, y = _setup()
+  rule = _weight_rule(net)
+  codes, _ = net.forward(params, x)
+  codes = tuple(c + 0.1 * jnp.sin(c) for c in codes)
+  states, mem = weights_lib.init_weights_state(rule, net, params)
+  kw = dict(loss=LOSS, mu=0.5)
+  base, _, _ = weights_lib.update_weights(rule, net, params, x, y, codes, states, mem, **kw)
+  for l in range(1, net.num_codes + 1):
+    # Perturbing code c^l changes layer l (target) and l + 1 (input) only.
+    bumped = tuple(c + (0.3 if i == l - 1 else 0.0) for i, c in enumerate(codes))
+    new, _, _ = weights_lib.update_weights(rule, net, params, x, y, bumped, states, mem, **kw)
+    for j in range(1, net.num_stages + 1):
+      changed = not tree_allclose(new[j - 1], base[j - 1], rtol=0, atol=0)
+      assert changed == (j in (l, l + 1)), (l, j)
+  for k in range(1, net.num_stages + 1):
+    # Perturbing the weights of layer k changes no other layer's update.
+    other = tuple(
+      jax.tree.map(lambda w: w + 0.5, p) if i == k - 1 else p for i, p in enumerate(params)
+    )
+    new, _, _ = weights_lib.update_weights(rule, net, other, x, y, codes, states, mem, **kw)
+    for j in range(1, net.num_stages + 1):
+      if j != k:
+        assert tree_equal(new[j - 1], base[j - 1]), (k, j)
+
+
+def test_block_coordinate_sweeps_converge_to_least_squares():
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(200, 9)).astype(np.float32)
+  c = rng.normal(size=(200, 4)).astype(np.float32)
+  A, B = jnp.asarray(a.T @ a), jnp.asarray(c.T @ a)
+  exact = np.linalg.solve(np.asarray(A, np.float64), np.asarray(B, np.float64).T).T
+  W0 = jnp.zeros((4, 9))
+  errors = [
+    float(jnp.max(jnp.abs(weights_lib.block_coordinate_sweeps(W0, A, B, s) - exact)))
+    for s in (1, 5, 50)
+  ]
+  assert errors[0] > errors[1] > errors[2]
+  assert errors[2] < 1e-4
+  np.testing.assert_allclose(weights_lib.exact_solve(A, B, 0.0), exact, atol=1e-4)
+  np.testing.assert_allclose(weights_lib.exact_solve(A, B, 1e-7), exact, atol=1e-3)
+
+
+def test_block_coordinate_sweeps_skip_dead_inputs():
+  A = jnp.diag(jnp.array([2.0, 0.0, 1.0]))
+  B = jnp.array([[2.0, 0.0, 3.0]])
+  W = weights_lib.block_coordinate_sweeps(jnp.array([[0.0, 7.0, 0.0]]), A, B, 3)
+  np.testing.assert_allclose(W, [[1.0, 7.0, 3.0]])
+
+
+@pytest.mark.parametrize("forgetting", [1.0, 0.5])
+def test_memories_are_the_sums_over_all_samples_seen(forgetting):
+  net, params, x, y = _setup(sizes=(6, 8, 7, 3))
+  tx = amj.am_mem(net, code_steps=0, forgetting=forgetting, output_optimizer=optax.sgd(0.1))
+  state = tx.init(params)
+  expected = [(np.zeros((7, 7)), np.zeros((8, 7))), (np.zeros((9, 9)), np.zeros((7, 9)))]
+  for step in range(3):
+    xb, yb = x[4 * step : 4 * step + 8], y[4 * step : 4 * step + 8]
+    codes, _ = net.forward(params, xb)  # code_steps=0: the codes are the encoded ones
+    inputs = (xb, jnp.tanh(codes[0]))
+    for l in range(2):
+      a = np.concatenate([np.asarray(inputs[l]), np.ones((8, 1))], axis=1)
+      A, B = expected[l]
+      expected[l] = (forgetting * A + a.T @ a, forgetting * B + np.asarray(codes[l]).T @ a)
+    updates, state = tx.update(None, state, params, batch=(xb, yb))
+    params = optax.apply_updates(params, updates)
+  for (A, B), memory in zip(expected, state.memory):
+    np.testing.assert_allclose(memory.A, A, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(memory.B, B, rtol=1e-5, atol=1e-4)
+
+
+def test_am_mem_layers_solve_their_memory_exactly():
+  net, params, x, y = _setup(sizes=(6, 8, 3))
+  tx = amj.am_mem(net, solver="exact", ridge=0.0, code_steps=2)
+  state = tx.init(params)
+  updates, state = tx.update(None, state, params, batch=(x, y))
+  new = optax.apply_updates(params, updates)
+  W, _ = weights_lib.weights_to_matrix(new[0])
+  A, B = state.memory[0]
+  np.testing.assert_allclose(W @ A, B, atol=1e-4)  # normal equations W A = B
+
+
+def test_mu_schedule_follows_its_definition():
+  kw = dict(
+    init=0.01, batch_increment=1e-3, epoch_multiplier=1.1, max_value=0.05, steps_per_epoch=7
+  )
+  schedule = amj.mu_schedule(**kw)
+  mu, expected = kw["init"], []
+  for step in range(60):
+    expected.append(min(mu, kw["max_value"]))
+    mu += kw["batch_increment"]  # after every minibatch
+    if (step + 1) % kw["steps_per_epoch"] == 0:
+      mu *= kw["epoch_multiplier"]  # after every epoch
+  got = [float(schedule(t)) for t in range(60)]
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  assert got[-1] == pytest.approx(0.05)  # the cap is reached and held
+  constant = amj.mu_schedule(init=0.2)
+  assert float(constant(10**6)) == pytest.approx(0.2)
+  paper = amj.mu_schedule(init=0.01, epoch_multiplier=1.1, max_value=1.5, steps_per_epoch=40)
+  assert float(paper(40 * 60)) == pytest.approx(1.5)  # 0.01 * 1.1**60 > 1.5
+
+
+def test_am_uses_the_scheduled_mu():
+  net, params, x, y = _setup()
+  schedule = amj.mu_schedule(init=0.01, batch_increment=0.5, steps_per_epoch=1)
+  scheduled = amj.am_adam(net, mu=schedule, weight_optimizer=optax.sgd(0.1))
+  fixed = amj.am_adam(net, mu=0.01 + 0.5 * 3, weight_optimizer=optax.sgd(0.1))
+  state = scheduled.init(params)._replace(count=jnp.int32(3))
+  u1, _ = scheduled.update(None, state, params, batch=(x, y))
+  u2, _ = fixed.update(None, fixed.init(params)._replace(count=jnp.int32(3)), params, batch=(x, y))
+  assert tree_allclose(u1, u2, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["adam", "mem"])
+def test_offline_first_iteration_equals_online_step_on_full_data(family):
+  net, params, x, y = _setup(sizes=(6, 8, 7, 3))
+  n = x.shape[0]
+  if family == "adam":
+    online = amj.am_adam(net, weight_optimizer=optax.adam(1e-2), code_steps=3)
+    offline = amj.am_adam_offline(
+      net, num_samples=n, weight_optimizer=optax.adam(1e-2), code_steps=3
+    )
+  else:
+    online = amj.am_mem(net, code_steps=3, forgetting=1.0)
+    offline = amj.am_mem_offline(net, num_samples=n, code_steps=3, forgetting=1.0)
+  u_on, s_on = online.update(None, online.init(params), params, batch=(x, y))
+  u_off, s_off = offline.update(None, offline.init(params), params, batch=(x, y))
+  assert tree_allclose(u_on, u_off, rtol=1e-6, atol=1e-7)
+  assert tree_allclose(s_on.weight_states, s_off.weight_states)
+  assert tree_allclose(s_on.memory, s_off.memory)
+  # The full-data codes after the iteration are stored in the state...
+  expected = codes_lib.update_codes(
+    net,
+    params,
+    y,
+    *(2 * (net.forward(params, x)[0],)),
+    loss=LOSS,
+    mu=0.01,
+    tx=codes_lib.make_code_optimizer("sgd", 0.01),
+    steps=3,
+  )
+  assert tree_allclose(s_off.codes, expected)
+  # ...and the next iteration starts from them, not from a fresh encoding.
+  p1 = optax.apply_updates(params, u_off)
+  _u2, s2 = offline.update(None, s_off, p1, batch=(x, y))
+  anchors = codes_lib.encode_anchors(net, p1, x, s_off.codes)
+  expected2 = codes_lib.update_codes(
+    net,
+    p1,
+    y,
+    s_off.codes,
+    anchors,
+    loss=LOSS,
+    mu=0.01,
+    tx=codes_lib.make_code_optimizer("sgd", 0.01),
+    steps=3,
+  )
+  assert tree_allclose(s2.codes, expected2)
+
+
+def test_offline_rejects_a_partial_batch():
+  net, params, x, y = _setup()
+  tx = amj.am_adam_offline(net, num_samples=x.shape[0])
+  with pytest.raises(ValueError, match="num_samples=16"):
+    tx.update(None, tx.init(params), params, batch=(x[:8], y[:8]))
+
+
+def test_bad_labels_raise():
+  net, params, x, y = _setup()
+  tx = amj.am_adam(net)
+  with pytest.raises(ValueError, match="labels"):
+    tx.update(None, tx.init(params), params, batch=(x, y[:5]))
+  with pytest.raises(ValueError, match="pair"):
+    tx.update(None, tx.init(params), params, batch=x)
+
+
+def test_am_mem_needs_dense_hidden_layers():
+  net = small_mlp()
+  conv_like = amj.networks.LayeredNetwork(
+    stages=(dataclasses.replace(net.stages[0], dense=False, name="conv"), *net.stages[1:]),
+    input_shape=net.input_shape,
+  )
+  with pytest.raises(ValueError, match="conv"):
+    amj.am_mem(conv_like)
+  amj.am_adam(conv_like)  # gradient subproblems work for any stage
+
+
+def test_output_optimizer_overrides_the_last_layer_only():
+  net, params, x, y = _setup()
+  a = amj.am_adam(net, weight_optimizer=optax.sgd(0.1), output_optimizer=optax.sgd(0.0))
+  b = amj.am_adam(net, weight_optimizer=optax.sgd(0.1))
+  ua, _ = a.update(None, a.init(params), params, batch=(x, y))
+  ub, _ = b.update(None, b.init(params), params, batch=(x, y))
+  assert all(float(jnp.max(jnp.abs(u))) == 0 for u in jax.tree.leaves(ua[-1]))
+  assert tree_equal(ua[:-1], ub[:-1])

@@ -1,0 +1,163 @@
+"""Checks every method of the library passes (registry in ``conformance.py``)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conformance import CASES
+from helpers import tree_equal
+
+import altmin_jax as amj
+
+IDS = [case.name for case in CASES]
+
+
+def _step(problem, params, state, extra):
+  grads = problem.grads(params, extra)
+  updates, state = problem.tx.update(grads, state, params, **extra)
+  return optax.apply_updates(params, updates), state, updates
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_no_recompilation_after_first_step(case):
+  problem = case.make(jnp.float32)
+  params, state = problem.params, problem.tx.init(problem.params)
+  traces = []
+
+  @jax.jit
+  def step(params, state, extra):
+    traces.append(1)
+    return _step(problem, params, state, extra)[:2]
+
+  for i in range(3):
+    params, state = step(params, state, problem.extra_args(i))
+  assert len(traces) == 1
+  assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_unknown_extra_args_are_ignored(case):
+  problem = case.make(jnp.float32)
+  state = problem.tx.init(problem.params)
+  extra = problem.extra_args(0)
+  plain = _step(problem, problem.params, state, extra)
+  more = _step(problem, problem.params, state, {**extra, "unknown_arg": 3.0, "value": 1.0})
+  assert tree_equal(plain, more)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_state_is_array_only_and_survives_checkpoint(case, tmp_path):
+  problem = case.make(jnp.float32)
+  step = jax.jit(lambda p, s, e: _step(problem, p, s, e))
+  params, state, _ = step(problem.params, problem.tx.init(problem.params), problem.extra_args(0))
+  assert isinstance(state, tuple) and hasattr(state, "_fields"), "state must be a NamedTuple"
+  for leaf in jax.tree.leaves(state):
+    assert isinstance(leaf, jax.Array), f"non-array leaf {type(leaf)} in state"
+  counts = [
+    leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+    if "count" in jax.tree_util.keystr(path)
+  ]
+  assert all(c.dtype == jnp.int32 for c in counts)
+
+  amj.training.save_checkpoint(tmp_path / "ckpt", {"params": params, "state": state})
+  restored = amj.training.restore_checkpoint(tmp_path / "ckpt", {"params": params, "state": state})
+  assert tree_equal(restored["state"], state)
+  assert type(restored["state"]) is type(state)
+  expected = step(params, state, problem.extra_args(1))
+  got = step(restored["params"], restored["state"], problem.extra_args(1))
+  assert tree_equal(expected, got)
+
+
+@pytest.mark.parametrize(
+  "case,thunk,text",
+  [(c, t, s) for c in CASES for t, s in c.bad_hyperparams],
+  ids=[f"{c.name}-{s}" for c in CASES for _, s in c.bad_hyperparams],
+)
+def test_bad_hyperparameters_raise_at_construction(case, thunk, text):
+  with pytest.raises(ValueError) as info:
+    thunk()
+  assert text in str(info.value)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_wrong_feature_size_raises_before_running(case):
+  problem = case.make(jnp.float32)
+  if problem.bad_extra_args is None:
+    pytest.skip("method takes no batch")
+  state = problem.tx.init(problem.params)
+  with pytest.raises(ValueError, match=r"shape"):
+    jax.jit(lambda p, s, e: _step(problem, p, s, e))(problem.params, state, problem.bad_extra_args)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_non_finite_batch_is_detectable_and_skippable(case, tmp_path):
+  """A NaN in the batch makes the updates non-finite (``training.all_finite`` is
+  False); wrapped in ``training.skip_nonfinite_updates`` the step is skipped and
+  counted, and diverged params are refused by ``save_checkpoint``."""
+  problem = case.make(jnp.float32)
+  if problem.nonfinite_extra_args is None:
+    pytest.skip("method takes no batch")
+  state = problem.tx.init(problem.params)
+  extra = problem.nonfinite_extra_args
+  new_params, _, updates = _step(problem, problem.params, state, extra)
+  assert not bool(amj.training.all_finite(updates))
+  with pytest.raises(amj.training.NonFiniteError):
+    amj.training.save_checkpoint(tmp_path / "bad", new_params)
+
+  guarded = amj.training.skip_nonfinite_updates(problem.tx, max_consecutive_errors=3)
+  gstate = guarded.init(problem.params)
+  grads = problem.grads(problem.params, extra)
+  gupdates, gstate2 = jax.jit(guarded.update)(grads, gstate, problem.params, **extra)
+  assert tree_equal(optax.apply_updates(problem.params, gupdates), problem.params)
+  assert int(gstate2.notfinite_count) == 1 and int(gstate2.total_notfinite) == 1
+  assert tree_equal(gstate2.inner_state, gstate.inner_state)
+  # A clean batch afterwards is applied and resets the consecutive counter.
+  clean = problem.extra_args(0)
+  gupdates, gstate3 = jax.jit(guarded.update)(
+    problem.grads(problem.params, clean), gstate2, problem.params, **clean
+  )
+  assert bool(amj.training.all_finite(gupdates)) and int(gstate3.notfinite_count) == 0
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_params_keep_their_dtype(case, dtype):
+  problem = case.make(dtype)
+  assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(problem.params))
+  state = problem.tx.init(problem.params)
+  params = problem.params
+  for i in range(2):
+    params, state, updates = jax.jit(lambda p, s, e: _step(problem, p, s, e))(
+      params, state, problem.extra_args(i)
+    )
+    assert [u.dtype for u in jax.tree.leaves(updates)] == [dtype] * len(jax.tree.leaves(updates))
+    assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(params))
+  assert bool(amj.training.all_finite(params))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_composes_with_optax_chain(case):
+  problem = case.make(jnp.float32)
+  chained = optax.chain(problem.tx, optax.scale(1.0))
+  extra = problem.extra_args(0)
+  grads = problem.grads(problem.params, extra)
+  expected, _ = problem.tx.update(grads, problem.tx.init(problem.params), problem.params, **extra)
+  got, _ = chained.update(grads, chained.init(problem.params), problem.params, **extra)
+  assert tree_equal(expected, got)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_decreases_the_loss_on_a_small_problem(case):
+  problem = case.make(jnp.float32)
+  step = jax.jit(lambda p, s, e: _step(problem, p, s, e)[:2])
+  params, state = problem.params, problem.tx.init(problem.params)
+  before = float(problem.loss(params, problem.extra_args(0)))
+  for i in range(case.descent_steps):
+    params, state = step(params, state, problem.extra_args(i))
+  after = float(problem.loss(params, problem.extra_args(0)))
+  assert np.isfinite(after)
+  assert after < case.descent_factor * before, (before, after)
