@@ -2,8 +2,10 @@
 
 ``test_conformance.py`` runs each case through the same checks (no recompilation,
 unknown extra args, array-only state with an orbax round trip, hyperparameter and
-batch validation, non-finite batches, dtypes, composition, descent). A new method
-is added by appending a :class:`Case` to ``CASES``.
+batch validation, non-finite batches, dtypes, composition, descent). A method is
+added by appending a :class:`Case` to ``CASES`` here, or, for a whole family, to the
+``CASES`` list of a module ``tests/conformance_<family>.py``, which is collected
+automatically.
 """
 
 from __future__ import annotations
@@ -161,3 +163,16 @@ CASES: list[Case] = [
     ],
   ),
 ]
+
+
+def _family_cases() -> list[Case]:
+  import importlib
+  import pathlib
+
+  found = []
+  for path in sorted(pathlib.Path(__file__).parent.glob("conformance_*.py")):
+    found.extend(importlib.import_module(path.stem).CASES)
+  return found
+
+
+CASES.extend(_family_cases())
