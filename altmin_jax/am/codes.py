@@ -66,7 +66,11 @@ def make_code_optimizer(
 def minimize(
   objective: Callable[[Array], Array], start: Array, tx: optax.GradientTransformation, steps: int
 ) -> Array:
-  """``steps`` iterations of ``tx`` on a scalar ``objective`` from ``start`` (lax loop)."""
+  """``steps`` iterations of ``tx`` on a scalar ``objective`` from ``start`` (lax loop).
+
+  The first iteration runs outside the loop, so that XLA can share its forward
+  computation at ``start`` with the encoding pass that produced ``start``.
+  """
   if steps == 0:
     return start
   grad_fn = jax.grad(objective)
@@ -76,7 +80,8 @@ def minimize(
     updates, opt_state = tx.update(grad_fn(c), opt_state, c)
     return optax.apply_updates(c, updates), opt_state
 
-  c, _ = jax.lax.fori_loop(0, steps, body, (start, tx.init(start)))
+  carry = body(0, (start, tx.init(start)))
+  c, _ = jax.lax.fori_loop(1, steps, body, carry)
   return c
 
 
