@@ -57,9 +57,17 @@ def save_json(workdir: str, name: str, payload: Mapping) -> str:
   return path
 
 
-def plot_curves(path: str, x: Sequence[float], curves: Mapping[str, Mapping[str, Sequence]], *,
-                xlabel: str, ylabel: str, title: str) -> str:
-  """Mean curve per method with a band of one standard deviation over seeds."""
+def plot_curves(
+  path: str,
+  curves: Mapping[str, Mapping[str, Sequence]],
+  *,
+  xlabel: str,
+  ylabel: str,
+  title: str,
+  logy: bool = False,
+) -> str:
+  """Mean curve per method (``{"x", "mean", "std"}``) with a band of one standard deviation
+  over seeds."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -68,8 +76,11 @@ def plot_curves(path: str, x: Sequence[float], curves: Mapping[str, Mapping[str,
   fig, ax = plt.subplots(figsize=(6, 4))
   for method, c in curves.items():
     mean, std = np.asarray(c["mean"]), np.asarray(c["std"])
-    ax.plot(x[: len(mean)], mean, label=method, linewidth=1.6)
-    ax.fill_between(x[: len(mean)], mean - std, mean + std, alpha=0.2)
+    x = np.asarray(c.get("x", np.arange(len(mean))))
+    ax.plot(x, mean, label=method, linewidth=1.6)
+    ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+  if logy:
+    ax.set_yscale("log")
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)

@@ -73,9 +73,11 @@ class Case:
 # --------------------------------------------------------------- AM family
 
 
-def _am_problem(factory: Callable, *, offline: bool = False, **kwargs) -> Callable:
+def _am_problem(
+  factory: Callable, *, offline: bool = False, activation=jnp.tanh, **kwargs
+) -> Callable:
   def make(dtype) -> Problem:
-    net = small_mlp(dtype)
+    net = small_mlp(dtype, activation=activation)
     params = net.init(jax.random.key(0))
     x, y = teacher_classification(0, n=32 if offline else 64)
     x = x.astype(dtype)
@@ -153,6 +155,19 @@ CASES: list[Case] = [
     _am_problem(amj.am_adam_offline, offline=True, weight_optimizer=optax.adam(3e-2), **AM_KW),
     bad_hyperparams=[
       (lambda: amj.am_adam_offline(_net(), num_samples=0), "num_samples=0"),
+    ],
+  ),
+  Case(
+    "taylor_admm",
+    _am_problem(
+      amj.am.taylor_admm, offline=True, activation=jax.nn.relu, beta=1.0, gamma=10.0, warm_start=2
+    ),
+    bad_hyperparams=[
+      (lambda: amj.am.taylor_admm(_net(), num_samples=10), "ReLU or identity"),
+      (
+        lambda: amj.am.taylor_admm(small_mlp(activation=jax.nn.relu), num_samples=10, beta=-2.0),
+        "beta=-2.0",
+      ),
     ],
   ),
   Case(

@@ -1,5 +1,6 @@
 """Online and offline alternating minimization (Choromanska et al., ICML 2019)."""
 
+from altmin_jax.am.admm import TaylorADMMState, taylor_admm
 from altmin_jax.am.codes import encode_anchors, make_code_optimizer, update_codes
 from altmin_jax.am.offline import AMOfflineState, am_adam_offline, am_mem_offline
 from altmin_jax.am.online import AMState, am_adam, am_mem
@@ -9,6 +10,7 @@ __all__ = [
   "AMOfflineState",
   "AMState",
   "CoactivationMemory",
+  "TaylorADMMState",
   "am_adam",
   "am_adam_offline",
   "am_mem",
@@ -17,5 +19,6 @@ __all__ = [
   "encode_anchors",
   "exact_solve",
   "make_code_optimizer",
+  "taylor_admm",
   "update_codes",
 ]

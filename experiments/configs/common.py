@@ -5,10 +5,19 @@ from __future__ import annotations
 import ml_collections
 
 
-def am_method(*, output_lr: float, output_optimizer: str = "sgd", weight_lr: float = 2e-3,
-              code_steps: int = 5, code_lr: float = 0.01, mu_init: float = 0.01,
-              mu_batch_increment: float = 0.0, mu_epoch_multiplier: float = 1.1,
-              mu_max: float = 1.5, **extra) -> ml_collections.ConfigDict:
+def am_method(
+  *,
+  output_lr: float,
+  output_optimizer: str = "sgd",
+  weight_lr: float = 2e-3,
+  code_steps: int = 5,
+  code_lr: float = 0.01,
+  mu_init: float = 0.01,
+  mu_batch_increment: float = 0.0,
+  mu_epoch_multiplier: float = 1.1,
+  mu_max: float = 1.5,
+  **extra,
+) -> ml_collections.ConfigDict:
   """Hyperparameters of one AM method.
 
   ``output_lr`` is the paper's per-method learning rate (Tables 1-3): the step size
@@ -16,16 +25,37 @@ def am_method(*, output_lr: float, output_optimizer: str = "sgd", weight_lr: flo
   ``weight_lr`` (AM-Adam) or their co-activation memory (AM-mem). The mu schedule
   defaults to the paper-era one: ``mu_0 = 0.01``, ``mu <- 1.1 mu`` per epoch, capped at 1.5.
   """
-  return ml_collections.ConfigDict(dict(
-    output_lr=output_lr, output_optimizer=output_optimizer, weight_lr=weight_lr,
-    code_steps=code_steps, code_lr=code_lr, code_optimizer="sgd", code_proximal=True,
-    mu_init=mu_init, mu_batch_increment=mu_batch_increment,
-    mu_epoch_multiplier=mu_epoch_multiplier, mu_max=mu_max, sweeps=1, solver="bcd", **extra))
+  return ml_collections.ConfigDict(
+    dict(
+      output_lr=output_lr,
+      output_optimizer=output_optimizer,
+      weight_lr=weight_lr,
+      code_steps=code_steps,
+      code_lr=code_lr,
+      code_optimizer="sgd",
+      code_proximal=True,
+      mu_init=mu_init,
+      mu_batch_increment=mu_batch_increment,
+      mu_epoch_multiplier=mu_epoch_multiplier,
+      mu_max=mu_max,
+      sweeps=1,
+      solver="bcd",
+      **extra,
+    )
+  )
 
 
-def am_fc(*, dataset: str, hidden: tuple[int, ...], methods: dict, method_list: tuple[str, ...],
-          epochs: int = 50, batch_size: int = 200, seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
-          zoom_batches: int = 0) -> ml_collections.ConfigDict:
+def am_fc(
+  *,
+  dataset: str,
+  hidden: tuple[int, ...],
+  methods: dict,
+  method_list: tuple[str, ...],
+  epochs: int = 50,
+  batch_size: int = 200,
+  seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+  zoom_batches: int = 0,
+) -> ml_collections.ConfigDict:
   """A fully connected AM experiment (``experiments/runners/am_fc.py``)."""
   config = ml_collections.ConfigDict()
   config.experiment = "am_fc"
@@ -37,6 +67,7 @@ def am_fc(*, dataset: str, hidden: tuple[int, ...], methods: dict, method_list: 
   config.batch_size = batch_size
   config.epochs = epochs
   config.zoom_batches = zoom_batches
+  config.eval_every = 0  # evaluate every this many minibatches (0: once per epoch)
   config.seeds = seeds
   config.progress = True
   config.method_list = method_list
@@ -54,3 +85,12 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.zoom_batches:
     config.zoom_batches = 3
   return config
+
+
+def parse_arg(arg: str | None, allowed: set[str]) -> set[str]:
+  """Comma-separated config options (``"500,zoom,smoke"``), validated."""
+  tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
+  unknown = tokens - allowed
+  if unknown:
+    raise ValueError(f"unknown config options {sorted(unknown)}; allowed: {sorted(allowed)}")
+  return tokens

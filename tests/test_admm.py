@@ -1,0 +1,91 @@
+"""Taylor et al. (2016) ADMM baseline: every block update solves its subproblem."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import teacher_classification
+
+import altmin_jax as amj
+from altmin_jax.am import admm
+
+
+def test_relu_z_update_is_the_elementwise_minimiser():
+  a = jnp.linspace(-2, 3, 11)[:, None] * jnp.ones((1, 13))
+  m = jnp.ones((11, 1)) * jnp.linspace(-3, 2, 13)[None, :]
+  beta, gamma = 2.0, 5.0
+  z = admm._relu_z_update(a, m, beta, gamma)
+  grid = jnp.linspace(-6, 6, 24001)
+  cost = gamma * (a[..., None] - jnp.maximum(grid, 0)) ** 2 + beta * (grid - m[..., None]) ** 2
+  best = jnp.min(cost, axis=-1)
+  got = gamma * (a - jnp.maximum(z, 0)) ** 2 + beta * (z - m) ** 2
+  np.testing.assert_allclose(got, best, atol=1e-5)
+
+
+def _problem(n=48):
+  net = amj.networks.mlp([6, 10, 8, 3], activation=jax.nn.relu)
+  x, y = teacher_classification(1, n=n)
+  return net, net.init(jax.random.key(0)), x, y
+
+
+def test_block_updates_solve_their_subproblems():
+  net, params, x, y = _problem()
+  beta, gamma = 3.0, 7.0
+  tx = amj.am.taylor_admm(net, num_samples=48, beta=beta, gamma=gamma, output_steps=200)
+  updates, state = tx.update(None, tx.init(params), params, batch=(x, y))
+  new = optax.apply_updates(params, updates)
+  a = (x, *state.activations)
+  # W_L is the least-squares fit, on the new a_{L-1}, of the z_L it found: at the first
+  # iteration the forward pass's logits (normal equations A^T (A w - z) = 0).
+  aug = jnp.concatenate([a[2], jnp.ones((48, 1))], axis=1)
+  w = jnp.concatenate([new[2]["kernel"], new[2]["bias"][None]], axis=0)
+  np.testing.assert_allclose(aug.T @ (aug @ w - net.apply(params, x)), 0.0, atol=2e-3)
+  # After an iteration without warm start, lambda = beta (z_L - W_L a_{L-1}).
+  tx0 = amj.am.taylor_admm(
+    net, num_samples=48, beta=beta, gamma=gamma, warm_start=0, output_steps=200
+  )
+  u0, s0 = tx0.update(None, tx0.init(params), params, batch=(x, y))
+  p0 = optax.apply_updates(params, u0)
+  m = s0.activations[-1] @ p0[2]["kernel"] + p0[2]["bias"]
+  np.testing.assert_allclose(s0.multiplier, beta * (s0.preactivations[-1] - m), atol=1e-4)
+  # The output pre-activations solve their strongly convex problem (zero gradient).
+  grad = jax.grad(
+    lambda zz: jnp.sum(amj.losses.softmax_cross_entropy(zz, y)) + beta * jnp.sum((zz - m) ** 2)
+  )(s0.preactivations[-1])
+  np.testing.assert_allclose(grad, 0.0, atol=1e-3)
+
+
+def test_admm_learns_a_small_problem():
+  net, params, x, y = _problem(n=96)
+  tx = amj.am.taylor_admm(net, num_samples=96, beta=1.0, gamma=10.0, warm_start=5)
+  step = jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
+  state = tx.init(params)
+  before = float(amj.losses.accuracy(net.apply(params, x), y))
+  for _ in range(40):
+    updates, state = step(params, state, x, y)
+    params = optax.apply_updates(params, updates)
+  after = float(amj.losses.accuracy(net.apply(params, x), y))
+  assert after > max(0.65, before + 0.25), (before, after)
+
+
+@pytest.mark.parametrize(
+  "kwargs,text",
+  [
+    ({"beta": 0.0}, "beta=0.0"),
+    ({"gamma": -1.0}, "gamma=-1.0"),
+    ({"warm_start": -1}, "warm_start=-1"),
+  ],
+)
+def test_bad_hyperparameters(kwargs, text):
+  net, *_ = _problem()
+  with pytest.raises(ValueError, match=text):
+    amj.am.taylor_admm(net, num_samples=10, **kwargs)
+
+
+def test_unsupported_activation_is_rejected():
+  net = amj.networks.mlp([6, 10, 3], activation=jnp.tanh)
+  with pytest.raises(ValueError, match="ReLU or identity"):
+    amj.am.taylor_admm(net, num_samples=10)
