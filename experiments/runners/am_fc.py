@@ -148,7 +148,8 @@ def train_one(config, data, name: str, seed: int) -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  methods = list(config.method_list)
+  # "--config.method_list=adam,am_adam" arrives as one comma-separated string.
+  methods = [t.strip() for m in config.method_list for t in str(m).split(",") if t.strip()]
   unknown = [m for m in methods if m not in ONLINE + OFFLINE]
   if unknown:
     raise ValueError(f"unknown methods {unknown}; known methods: {', '.join(ONLINE + OFFLINE)}")
