@@ -26,11 +26,10 @@ from altmin_jax.am.online import (
   Optimizers,
   am_iteration,
   check_int,
-  check_network,
+  gradient_rule,
   make_config,
   memory_rule,
   params_difference,
-  per_stage_optimizers,
   unpack_batch,
 )
 from altmin_jax.networks import LayeredNetwork, as_arrays
@@ -131,19 +130,16 @@ def am_adam_offline(
     num_samples: ``n``, the size of the training set (the batch of every update).
     others: as in :func:`~altmin_jax.am_adam`.
   """
-  weights = weights_lib.WeightRule(
-    optimizers=per_stage_optimizers(check_network(net), weight_optimizer, output_optimizer),
-    steps=check_int("weight_steps", weight_steps, 1),
-  )
+  weights = gradient_rule(net, weight_optimizer, output_optimizer, weight_steps)
   cfg = make_config(
     net,
     loss,
+    weights,
     mu=mu,
     code_steps=code_steps,
     code_lr=code_lr,
     code_optimizer=code_optimizer,
     code_proximal=code_proximal,
-    weights=weights,
   )
   return _offline(cfg, check_int("num_samples", num_samples, 1))
 
@@ -188,11 +184,11 @@ def am_mem_offline(
   cfg = make_config(
     net,
     loss,
+    weights,
     mu=mu,
     code_steps=code_steps,
     code_lr=code_lr,
     code_optimizer=code_optimizer,
     code_proximal=code_proximal,
-    weights=weights,
   )
   return _offline(cfg, check_int("num_samples", num_samples, 1))

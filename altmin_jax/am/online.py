@@ -118,14 +118,15 @@ class AMConfig(NamedTuple):
 def make_config(
   net,
   loss,
+  weights: weights_lib.WeightRule,
   *,
   mu,
   code_steps,
   code_lr,
   code_optimizer,
   code_proximal,
-  weights: weights_lib.WeightRule,
 ) -> AMConfig:
+  """Validates the code-step hyperparameters and bundles the static configuration."""
   net = check_network(net)
   if not callable(loss):
     raise ValueError(f"loss must be callable loss(logits, labels) -> (batch,), got {loss!r}")
@@ -262,21 +263,28 @@ def am_adam(
     >>> int(state.count)
     1
   """
-  weights = weights_lib.WeightRule(
-    optimizers=per_stage_optimizers(check_network(net), weight_optimizer, output_optimizer),
-    steps=check_int("weight_steps", weight_steps, 1),
-  )
+  weights = gradient_rule(net, weight_optimizer, output_optimizer, weight_steps)
   cfg = make_config(
     net,
     loss,
+    weights,
     mu=mu,
     code_steps=code_steps,
     code_lr=code_lr,
     code_optimizer=code_optimizer,
     code_proximal=code_proximal,
-    weights=weights,
   )
   return _online(cfg)
+
+
+def gradient_rule(
+  net: LayeredNetwork, weight_optimizer, output_optimizer, weight_steps: int
+) -> weights_lib.WeightRule:
+  """The weight rule of AM-Adam: a persistent optimizer per layer, ``weight_steps`` steps."""
+  return weights_lib.WeightRule(
+    optimizers=per_stage_optimizers(check_network(net), weight_optimizer, output_optimizer),
+    steps=check_int("weight_steps", weight_steps, 1),
+  )
 
 
 def memory_rule(
@@ -361,11 +369,11 @@ def am_mem(
   cfg = make_config(
     net,
     loss,
+    weights,
     mu=mu,
     code_steps=code_steps,
     code_lr=code_lr,
     code_optimizer=code_optimizer,
     code_proximal=code_proximal,
-    weights=weights,
   )
   return _online(cfg)

@@ -31,6 +31,8 @@ def load_data(config) -> amj.data.Dataset:
     kwargs["num_train"] = config.num_train
   else:
     kwargs["data_dir"] = config.data_dir or None
+    if config.get("max_rows"):
+      kwargs["max_rows"] = config.max_rows  # HIGGS: read only the first rows of the CSV
   return amj.data.load_dataset(config.dataset, **kwargs)
 
 
