@@ -1,24 +1,66 @@
 """altmin_jax: optax-style optimizers for training neural networks beyond plain backprop.
 
-Families: online alternating minimization (:mod:`altmin_jax.am`), surrogate
-minimization, delay-compensated asynchronous SGD and elastic averaging SGD.
+Families, each a set of factories returning ``optax.GradientTransformationExtraArgs``:
+
+* online alternating minimization (:mod:`altmin_jax.am`, Choromanska et al. 2019);
+* surrogate minimization and its baselines (:mod:`altmin_jax.sm`, Asad et al.);
+* delay-compensated asynchronous SGD and elastic averaging SGD
+  (:mod:`altmin_jax.distributed`, Zheng et al. 2017; Zhang, Choromanska, LeCun 2015).
 """
 
-from altmin_jax import data, losses, networks, schedules, training
-from altmin_jax.am import am_adam, am_adam_offline, am_mem, am_mem_offline
+from altmin_jax import am, data, distributed, losses, networks, schedules, sm, training
+from altmin_jax.am import am_adam, am_adam_offline, am_mem, am_mem_offline, taylor_admm
+from altmin_jax.distributed import (
+  async_easgd,
+  async_sgd,
+  averaged_sgd,
+  dc_asgd,
+  dc_asgd_adaptive,
+  dc_ssgd,
+  downpour,
+  eamsgd,
+  easgd,
+  mdownpour,
+  msgd,
+  mvasgd,
+  ssgd,
+)
 from altmin_jax.schedules import mu_schedule
+from altmin_jax.sm import cg_block, ddg, gd_armijo, sso, surrogate_minimization
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "am",
   "am_adam",
   "am_adam_offline",
   "am_mem",
   "am_mem_offline",
+  "async_easgd",
+  "async_sgd",
+  "averaged_sgd",
+  "cg_block",
   "data",
+  "dc_asgd",
+  "dc_asgd_adaptive",
+  "dc_ssgd",
+  "ddg",
+  "distributed",
+  "downpour",
+  "eamsgd",
+  "easgd",
+  "gd_armijo",
   "losses",
+  "mdownpour",
+  "msgd",
   "mu_schedule",
+  "mvasgd",
   "networks",
   "schedules",
+  "sm",
+  "ssgd",
+  "sso",
+  "surrogate_minimization",
+  "taylor_admm",
   "training",
 ]

@@ -1,0 +1,175 @@
+r"""Step time of the distributed methods against plain SGD on the same stacked workers.
+
+p workers of a 784-h-10 ReLU MLP are stacked on a leading axis on one device (the
+simulation mode of :mod:`altmin_jax.distributed`); one training step computes every
+worker's gradient on its own batch (``jax.vmap(jax.value_and_grad(loss))``) and applies
+the method's update. Measured in the same run, steps interleaved round-robin so that
+machine noise hits every method alike:
+
+* ``results``: the median jitted step time of each method with p workers and its ratio
+  to ``sgd``, plain ``optax.sgd`` on the same stacked params and gradients (p
+  independent SGD runs, no communication): the per-step overhead of the method's
+  communication and bookkeeping;
+* ``scaling``: the step time of SGD, EASGD and DC-ASGD for p = 1 ... 16 and its growth
+  relative to p = 1 (the gradient work grows linearly with p on one device; the
+  methods' extra cost is the gather / pmean and, for the asynchronous ones, the
+  p-push ``lax.scan`` of the server).
+
+Usage::
+
+  python benchmarks/distributed_step.py [--quick] [--out results.json]
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import altmin_jax.distributed as dist
+
+LR = 0.05
+
+
+def methods(p: int) -> dict:
+  """name -> transformation for p stacked workers."""
+  return {
+    "sgd": optax.sgd(LR),
+    "async_sgd": dist.async_sgd(LR, num_workers=p),
+    "dc_asgd": dist.dc_asgd(LR, num_workers=p),
+    "dc_asgd_adaptive": dist.dc_asgd_adaptive(LR, num_workers=p),
+    "ssgd": dist.ssgd(LR, num_workers=p),
+    "dc_ssgd": dist.dc_ssgd(LR, num_workers=p),
+    "easgd": dist.easgd(LR, num_workers=p),
+    "async_easgd": dist.async_easgd(LR, num_workers=p, communication_period=4),
+    "eamsgd": dist.eamsgd(LR, num_workers=p, communication_period=4),
+    "downpour": dist.downpour(LR, num_workers=p, communication_period=4),
+    "mdownpour": dist.mdownpour(LR, num_workers=p),
+    "averaged_sgd": dist.averaged_sgd(LR),
+    "mvasgd": dist.mvasgd(LR),
+    "msgd": dist.msgd(LR),
+  }
+
+
+def make_step(tx, p: int, width: int, batch: int):
+  """A ``run_once()`` closure over a jitted step of ``tx`` on p stacked workers."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(p, batch, 784)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, size=(p, batch)), jnp.int32)
+  k1, k2 = jax.random.split(jax.random.key(0))
+  one = {
+    "w1": jax.random.normal(k1, (784, width)) / 28.0,
+    "b1": jnp.zeros(width),
+    "w2": jax.random.normal(k2, (width, 10)) / np.sqrt(width),
+    "b2": jnp.zeros(10),
+  }
+
+  def loss(params, x, y):
+    h = jax.nn.relu(x @ params["w1"] + params["b1"])
+    logits = h @ params["w2"] + params["b2"]
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+  @jax.jit
+  def step(params, state, x, y):
+    values, grads = jax.vmap(jax.value_and_grad(loss))(params, x, y)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, jnp.mean(values)
+
+  params = dist.replicate(one, p)
+  carry = [params, tx.init(params)]
+
+  def run_once():
+    carry[0], carry[1], value = step(carry[0], carry[1], x, y)
+    jax.block_until_ready(value)
+
+  return run_once, step
+
+
+def time_steps(steps: dict, repeats: int, inner: int) -> dict[str, float]:
+  """Median seconds per step; each sample times ``inner`` consecutive steps."""
+  for run_once, _ in steps.values():  # compile and warm up
+    for _ in range(2):
+      run_once()
+  samples = {name: [] for name in steps}
+  for _ in range(repeats):
+    for name, (run_once, _) in steps.items():
+      start = time.perf_counter()
+      for _ in range(inner):
+        run_once()
+      samples[name].append((time.perf_counter() - start) / inner)
+  for name, (_, step) in steps.items():
+    assert step._cache_size() == 1, f"{name} recompiled"
+  return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def main() -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (< 60 s)")
+  parser.add_argument("--out", default=None, help="also write the JSON to this file")
+  args = parser.parse_args()
+  if args.quick:
+    repeats, inner, width, batch, p = 5, 5, 64, 32, 8
+    scaling_ps, scaling_methods = (1, 4, 16), ("sgd", "easgd", "dc_asgd")
+  else:
+    repeats, inner, width, batch, p = 15, 10, 100, 64, 8
+    scaling_ps, scaling_methods = (1, 2, 4, 8, 16), ("sgd", "easgd", "dc_asgd", "downpour")
+  start = time.perf_counter()
+
+  steps = {name: make_step(tx, p, width, batch) for name, tx in methods(p).items()}
+  medians = time_steps(steps, repeats, inner)
+  results = [
+    {
+      "method": name,
+      "workers": p,
+      "median_step_ms": 1e3 * seconds,
+      "ratio_to_sgd": seconds / medians["sgd"],
+    }
+    for name, seconds in medians.items()
+  ]
+
+  scaling = []
+  for q in scaling_ps:
+    txs = methods(q)
+    steps = {name: make_step(txs[name], q, width, batch) for name in scaling_methods}
+    for name, seconds in time_steps(steps, repeats, inner).items():
+      scaling.append({"method": name, "workers": q, "median_step_ms": 1e3 * seconds})
+  base = {r["method"]: r["median_step_ms"] for r in scaling if r["workers"] == scaling_ps[0]}
+  for r in scaling:
+    r["growth_from_p1"] = r["median_step_ms"] / base[r["method"]]
+
+  report = {
+    "benchmark": "distributed_step",
+    "device": jax.devices()[0].device_kind,
+    "platform": platform.platform(),
+    "jax": jax.__version__,
+    "quick": args.quick,
+    "model": f"mlp 784-{width}-10, batch {batch} per worker",
+    "results": results,
+    "scaling": scaling,
+    "seconds": time.perf_counter() - start,
+  }
+  for r in results:
+    print(f"p={p:2d} {r['method']:17s} {r['median_step_ms']:8.3f} ms  {r['ratio_to_sgd']:.2f}x sgd")
+  for r in scaling:
+    print(
+      f"scaling {r['method']:9s} p={r['workers']:2d} {r['median_step_ms']:8.3f} ms  "
+      f"{r['growth_from_p1']:.2f}x p=1"
+    )
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=2)
+  print(json.dumps(report))
+  return report
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,177 @@
+r"""Step time of surrogate minimization against GD+Armijo and a backprop step.
+
+For 784-100-...-100-10 ReLU MLPs with 4 and 8 layers (stages) on a fixed full batch
+of bundled MNIST training images (the paper's deterministic setting), measures in one
+run the median wall time of one jitted iteration of
+
+* ``sgd``: one backprop step (``jax.value_and_grad`` + ``optax.sgd``), the baseline;
+* ``gd_armijo``: GD with Armijo line search (one gradient plus one forward pass per
+  trial step);
+* ``sm_cg`` / ``sm_armijo``: surrogate minimization with N = 10 CG / GD+Armijo steps
+  per local loss (power iteration with 10 products per stage);
+* full mode also ``sso`` (N = 10), ``cg_block`` (N = 10) and ``ddg`` (K = 4 modules);
+
+steps interleaved round-robin so that machine noise hits every method alike, and reports
+each method's ratio to ``sgd`` and to ``gd_armijo``. Then every method trains from the
+same initialisation for the same wall-clock budget (compilation excluded) and the
+training loss it reached is reported.
+
+Usage::
+
+  python benchmarks/sm_step.py [--quick] [--out results.json]
+
+``--quick`` (under a minute on a laptop CPU): 500 samples, the core methods only,
+fewer repeats, 3 s per method for the equal-time run. The last line printed is one
+JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import altmin_jax as amj
+from altmin_jax import sm
+
+CORE = ("sgd", "gd_armijo", "sm_cg")
+ALL = (*CORE, "sm_armijo", "sso", "cg_block", "ddg")
+WIDTH = 100
+
+
+def build(name: str, net) -> tuple[optax.GradientTransformation, bool]:
+  """The method and whether it consumes gradients."""
+  if name == "sgd":
+    return optax.sgd(0.1), True
+  if name == "gd_armijo":
+    return sm.gd_armijo(net), False
+  if name == "sm_cg":
+    return sm.surrogate_minimization(net, inner_steps=10, delta=0.1), False
+  if name == "sm_armijo":
+    return sm.surrogate_minimization(net, inner_steps=10, solver="armijo", delta=0.1), False
+  if name == "sso":
+    return sm.sso(net, inner_steps=10), False
+  if name == "cg_block":
+    return sm.cg_block(net, inner_steps=10, damping=0.1), False
+  if name == "ddg":
+    return sm.ddg(net, learning_rate=0.1, num_modules=4), False
+  raise ValueError(name)
+
+
+def make_steps(layers: int, x, y, methods) -> dict:
+  net = amj.networks.mlp([784] + [WIDTH] * (layers - 1) + [10], activation=jax.nn.relu)
+  loss = amj.losses.softmax_cross_entropy
+  params = net.init(jax.random.key(0))
+  out = {}
+  for name in methods:
+    tx, uses_grads = build(name, net)
+    step = amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=uses_grads)
+    carry = [params, tx.init(params)]
+
+    def run_once(step=step, carry=carry):
+      carry[0], carry[1], value = step(carry[0], carry[1], x, y)
+      jax.block_until_ready(carry[0])
+      return value
+
+    out[name] = {"run_once": run_once, "step": step, "tx": tx, "params": params}
+  return out
+
+
+def time_steps(steps: dict, repeats: int, inner: int) -> dict[str, float]:
+  """Median seconds per iteration; each sample times ``inner`` consecutive iterations."""
+  for s in steps.values():  # compile and warm up
+    for _ in range(2):
+      s["run_once"]()
+  samples = {name: [] for name in steps}
+  for _ in range(repeats):
+    for name, s in steps.items():
+      start = time.perf_counter()
+      for _ in range(inner):
+        s["run_once"]()
+      samples[name].append((time.perf_counter() - start) / inner)
+  for name, s in steps.items():
+    assert s["step"]._cache_size() == 1, f"{name} recompiled"
+  return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def equal_time(steps: dict, x, y, budget: float) -> dict[str, dict]:
+  """Training loss reached by each method from the same start after ``budget`` seconds."""
+  out = {}
+  for name, s in steps.items():
+    params, state = s["params"], s["tx"].init(s["params"])
+    iterations, elapsed = 0, 0.0
+    while elapsed < budget:
+      start = time.perf_counter()
+      params, state, _ = s["step"](params, state, x, y)
+      jax.block_until_ready(params)
+      elapsed += time.perf_counter() - start
+      iterations += 1
+    final = s["step"](params, state, x, y)[2]  # loss at the final params
+    out[name] = {"iterations": iterations, "seconds": elapsed, "train_loss": float(final)}
+  return out
+
+
+def main() -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="core methods, fewer repeats")
+  parser.add_argument("--out", default=None, help="also write the JSON to this file")
+  args = parser.parse_args()
+  n, methods, repeats, inner, budget = (
+    (500, CORE, 3, 2, 3.0) if args.quick else (2000, ALL, 7, 5, 20.0)
+  )
+  x, y = amj.data.load_dataset("bundled_mnist", num_train=8000).train
+  x, y = jnp.asarray(x[:n]), jnp.asarray(y[:n])
+  results, trained = [], []
+  for layers in (4, 8):
+    steps = make_steps(layers, x, y, methods)
+    medians = time_steps(steps, repeats, inner)
+    for name, seconds in medians.items():
+      results.append(
+        {
+          "layers": layers,
+          "batch": n,
+          "method": name,
+          "median_step_ms": 1e3 * seconds,
+          "ratio_to_sgd": seconds / medians["sgd"],
+          "ratio_to_gd_armijo": seconds / medians["gd_armijo"],
+        }
+      )
+    for name, r in equal_time(steps, x, y, budget).items():
+      trained.append({"layers": layers, "method": name, "budget_s": budget, **r})
+  report = {
+    "benchmark": "sm_step",
+    "device": jax.devices()[0].device_kind,
+    "platform": platform.platform(),
+    "jax": jax.__version__,
+    "quick": args.quick,
+    "width": WIDTH,
+    "step_times": results,
+    "equal_wall_time": trained,
+  }
+  for r in results:
+    print(
+      f"{r['layers']} layers  {r['method']:10s} {r['median_step_ms']:9.2f} ms  "
+      f"{r['ratio_to_sgd']:6.2f}x sgd  {r['ratio_to_gd_armijo']:5.2f}x gd_armijo"
+    )
+  for r in trained:
+    print(
+      f"{r['layers']} layers  {r['method']:10s} {r['iterations']:5d} iterations in "
+      f"{r['seconds']:.1f} s -> train loss {r['train_loss']:.4f}"
+    )
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=2)
+  print(json.dumps(report))
+  return report
+
+
+if __name__ == "__main__":
+  np.set_printoptions(precision=4)
+  main()

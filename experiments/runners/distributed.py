@@ -1,0 +1,258 @@
+"""Distributed-SGD experiments: EASGD family and DC-ASGD family on simulated workers.
+
+Every run trains p workers stacked on one device (``altmin_jax.distributed``'s
+simulation mode): per round each worker draws its own minibatch, computes its gradient at
+its own (possibly stale) copy, and the method's ``update`` applies the round (pushes in
+the delay schedule's order). The centre variable (``altmin_jax.distributed.centre``) is
+evaluated on the test split every ``eval_every`` rounds. Single-worker baselines (``sgd``,
+``averaged_sgd``, ``mvasgd``, ``msgd``) run with p = 1.
+
+Config fields: ``dataset``, ``data_dir``, ``num_train`` (bundled MNIST), ``mock_data``
+(number of TFDS mock examples, 0 for real data), ``model`` (``mlp`` with ``hidden``,
+``convnet7`` or ``resnet20``), ``batch_size`` (per worker), ``rounds``, ``eval_every``,
+``delay`` (``round_robin`` or ``random``), ``seeds``, ``run_list`` and ``runs`` (name ->
+``method``, ``num_workers``, ``lr`` and the method's hyperparameters). Writes
+``metrics.json`` and ``accuracy.png`` to the workdir and prints a table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import altmin_jax as amj
+import altmin_jax.distributed as dist
+from experiments import reporting
+
+P_WORKER = {
+  "easgd": dist.easgd,
+  "async_easgd": dist.async_easgd,
+  "eamsgd": dist.eamsgd,
+  "downpour": dist.downpour,
+  "mdownpour": dist.mdownpour,
+  "dc_asgd": dist.dc_asgd,
+  "dc_asgd_adaptive": dist.dc_asgd_adaptive,
+  "async_sgd": dist.async_sgd,
+  "ssgd": dist.ssgd,
+  "dc_ssgd": dist.dc_ssgd,
+}
+SINGLE = {
+  "sgd": optax.sgd,
+  "averaged_sgd": dist.averaged_sgd,
+  "mvasgd": dist.mvasgd,
+  "msgd": dist.msgd,
+}
+HYPERPARAMETERS = ("beta", "rho", "communication_period", "momentum", "lambda_0", "moving_rate")
+
+
+# ---------------------------------------------------------------------- models
+
+
+class ConvNet7(nn.Module):
+  """A 7-layer CIFAR convnet after the EASGD paper's description (3 convolutions with
+  max pooling, a fully connected layer, softmax output); ``width`` scales the channels."""
+
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, x):
+    for channels, kernel in ((self.width, 5), (2 * self.width, 5), (self.width, 3)):
+      x = nn.relu(nn.Conv(channels, (kernel, kernel), padding="SAME")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = nn.relu(nn.Dense(4 * self.width)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(10)(x)
+
+
+class ResNet20(nn.Module):
+  """ResNet-20 for CIFAR (3 stages of 3 basic blocks, 16/32/64 channels). Batch
+  normalization always uses the current batch's statistics (no running averages), so
+  the stacked workers carry no extra model state."""
+
+  width: int = 16
+
+  @nn.compact
+  def __call__(self, x):
+    def norm(h):
+      return nn.BatchNorm(use_running_average=False, momentum=0.9)(h)
+
+    x = nn.relu(norm(nn.Conv(self.width, (3, 3), use_bias=False)(x)))
+    for stage, channels in enumerate((self.width, 2 * self.width, 4 * self.width)):
+      for block in range(3):
+        stride = 2 if stage > 0 and block == 0 else 1
+        y = nn.relu(norm(nn.Conv(channels, (3, 3), (stride, stride), use_bias=False)(x)))
+        y = norm(nn.Conv(channels, (3, 3), use_bias=False)(y))
+        if x.shape != y.shape:
+          x = norm(nn.Conv(channels, (1, 1), (stride, stride), use_bias=False)(x))
+        x = nn.relu(x + y)
+    return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
+
+
+def build_model(config, input_shape, num_classes):
+  """``(init(key) -> params, apply(params, x) -> logits)``."""
+  if config.model == "mlp":
+    sizes = [int(np.prod(input_shape)), *config.hidden, num_classes]
+    net = amj.networks.mlp(sizes, activation=jax.nn.relu)
+    return net.init, lambda p, x: net.apply(p, x.reshape(x.shape[0], -1))
+  module = {"convnet7": ConvNet7, "resnet20": ResNet20}[config.model](width=config.width)
+  dummy = jnp.zeros((1, *input_shape), jnp.float32)
+
+  def init(key):
+    return module.init(key, dummy)["params"]
+
+  def apply(params, x):
+    if config.model == "resnet20":
+      return module.apply({"params": params}, x, mutable=["batch_stats"])[0]
+    return module.apply({"params": params}, x)
+
+  return init, apply
+
+
+# ------------------------------------------------------------------------ data
+
+
+def load_data(config) -> amj.data.Dataset:
+  flatten = config.model == "mlp"
+  if config.dataset == "bundled_mnist":
+    return amj.data.load_dataset("bundled_mnist", num_train=config.num_train, flatten=flatten)
+  context = contextlib.nullcontext()
+  kwargs = {"data_dir": config.data_dir or None}
+  if config.mock_data:
+    import tensorflow_datasets as tfds
+
+    context = tfds.testing.mock_data(num_examples=config.mock_data)
+    kwargs = {"source": "tfds", "num_train": config.mock_data // 2}
+  with context:
+    return amj.data.load_dataset(config.dataset, flatten=flatten, **kwargs)
+
+
+def build_method(spec) -> tuple[optax.GradientTransformation, int]:
+  """The transformation of a run and its number of workers."""
+  kwargs = {k: spec[k] for k in HYPERPARAMETERS if k in spec and spec[k] is not None}
+  if spec.method in SINGLE:
+    return SINGLE[spec.method](spec.lr, **kwargs), 1
+  if spec.method in P_WORKER:
+    p = spec.num_workers
+    return P_WORKER[spec.method](spec.lr, num_workers=p, **kwargs), p
+  known = ", ".join(sorted({**P_WORKER, **SINGLE}))
+  raise ValueError(f"unknown method {spec.method!r}; known methods: {known}")
+
+
+# ------------------------------------------------------------------- training
+
+
+def train_one(config, data, name: str, seed: int) -> dict:
+  spec = config.runs[name]
+  tx, p = build_method(spec)
+  init, apply = build_model(config, data.input_shape, data.num_classes)
+  loss_fn = amj.losses.softmax_cross_entropy
+
+  def loss(params, x, y):
+    return jnp.mean(loss_fn(apply(params, x), y))
+
+  @jax.jit
+  def step(params, state, x, y, order, active):
+    grads = jax.vmap(jax.grad(loss))(params, x, y)  # each worker at its own copy
+    updates, state = tx.update(grads, state, params, order=order, active=active)
+    return optax.apply_updates(params, updates), state
+
+  one = init(jax.random.key(seed))
+  params = dist.replicate(one, p)
+  state = tx.init(params)
+  if config.delay == "random":
+    schedule = dist.random_delays(jax.random.key(seed), p, config.rounds, participation=0.8)
+  else:
+    schedule = dist.round_robin(p, config.rounds)
+  order, active = np.asarray(schedule.order), np.asarray(schedule.active)
+  x_train, y_train = data.train
+  x_test, y_test = data.test
+  rng = np.random.default_rng(seed)
+
+  def centre(params, state):
+    if spec.method == "sgd":
+      return jax.tree.map(lambda a: a[0], params)
+    c = dist.centre(state)
+    return jax.tree.map(lambda a: a[0], c) if spec.method in SINGLE else c
+
+  record = {"round": [], "samples": [], "accuracy": [], "loss": [], "time": []}
+  elapsed = 0.0
+
+  def log(r):
+    metrics = amj.training.evaluate(apply, centre(params, state), x_test, y_test, loss=loss_fn)
+    record["round"].append(r)
+    record["samples"].append(r * p * config.batch_size)
+    record["accuracy"].append(metrics["accuracy"])
+    record["loss"].append(metrics["loss"])
+    record["time"].append(elapsed)
+
+  log(0)
+  # Compile outside the timed region: the step is pure, so a discarded call is harmless.
+  idx = rng.integers(0, len(x_train), size=(p, config.batch_size))
+  jax.block_until_ready(step(params, state, x_train[idx], y_train[idx], order[0], active[0]))
+  bar = reporting.progress(
+    range(config.rounds), desc=f"{name} seed {seed}", enabled=config.progress
+  )
+  for r in bar:
+    idx = rng.integers(0, len(x_train), size=(p, config.batch_size))
+    start = time.perf_counter()
+    params, state = step(params, state, x_train[idx], y_train[idx], order[r], active[r])
+    jax.block_until_ready(params)
+    elapsed += time.perf_counter() - start
+    if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
+      log(r + 1)
+  return record
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  names = [t.strip() for n in config.run_list for t in str(n).split(",") if t.strip()]
+  unknown = [n for n in names if n not in config.runs]
+  if unknown:
+    raise ValueError(f"unknown runs {unknown}; known runs: {', '.join(config.runs)}")
+  data = load_data(config)
+  runs = {n: [train_one(config, data, n, seed) for seed in config.seeds] for n in names}
+  curves = {}
+  rows = []
+  for n in names:
+    curves[n] = reporting.summarize_curves({n: [r["accuracy"] for r in runs[n]]})[n]
+    curves[n]["x"] = runs[n][0]["round"]
+    mean, spread = reporting.mean_and_spread([r["accuracy"][-1] for r in runs[n]])
+    loss, _ = reporting.mean_and_spread([r["loss"][-1] for r in runs[n]])
+    spec = config.runs[n]
+    rows.append(
+      {
+        "run": n,
+        "method": spec.method,
+        "workers": spec.get("num_workers", 1) if spec.method in P_WORKER else 1,
+        "accuracy": mean,
+        "spread": spread,
+        "loss": loss,
+        "train time (s)": float(np.mean([r["time"][-1] for r in runs[n]])),
+      }
+    )
+  metrics = {
+    "experiment": "distributed",
+    "dataset": config.dataset,
+    "source": data.source,
+    "model": config.model,
+    "x_axis": "rounds",
+    "seeds": list(config.seeds),
+    "summary": rows,
+    "curves": curves,
+    "runs": runs,
+    "config": config.to_dict(),
+  }
+  reporting.save_json(workdir, "metrics.json", metrics)
+  title = f"{config.dataset}, {config.model}, centre variable, {len(config.seeds)} seed(s)"
+  reporting.plot_curves(
+    f"{workdir}/accuracy.png", curves, xlabel="rounds", ylabel="test accuracy", title=title
+  )
+  columns = ["run", "workers", "accuracy", "spread", "loss", "train time (s)"]
+  print(reporting.format_table(rows, columns))
+  print(f"metrics: {workdir}/metrics.json  plot: {workdir}/accuracy.png")
+  return metrics

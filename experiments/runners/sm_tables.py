@@ -1,0 +1,241 @@
+"""SM paper experiments (section 4, Table 1, Appendix D Tables 2-4): deterministic MLPs.
+
+For every depth in ``config.layers`` trains a ReLU MLP ``784-w-...-w-10`` with full-batch
+(deterministic) iterations of surrogate minimization and its baselines, one iteration per
+epoch, and records the training loss (mean cross-entropy over the training set) and the
+held-out accuracy after every epoch. SM, CGBlock and SSO run once per ``N`` in
+``config.inner_steps``; GD+Armijo and DDG do not depend on ``N``.
+
+Writes to the workdir: ``metrics.json`` (every curve, the tables, the config),
+``tables.md`` (the paper's table layouts: Table 1 = evolution over epochs for the deepest
+net and the largest ``N``; Tables 2-4 = one per depth, rows ``N``, cells at the last
+epoch) and ``train_loss_<L>layers.png``; prints the tables.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import altmin_jax as amj
+from altmin_jax import sm
+from experiments import reporting
+
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
+N_METHODS = ("sm", "cg_block", "sso")
+ALL_METHODS = (*N_METHODS, "gd_armijo", "ddg")
+LABELS = {"sm": "SM", "gd_armijo": "GD+Armijo", "cg_block": "CGBlock", "sso": "SSO", "ddg": "DDG"}
+
+
+def load_data(config) -> amj.data.Dataset:
+  if config.dataset == "bundled_mnist":
+    return amj.data.load_dataset("bundled_mnist", num_train=config.num_train)
+  return amj.data.load_dataset(
+    config.dataset, data_dir=config.data_dir or None, num_train=config.num_train
+  )
+
+
+def build_method(name: str, m: ml_collections.ConfigDict, net, *, inner_steps, layers):
+  """The optax transformation of method ``name`` (all compute their own gradients)."""
+  if name == "sm":
+    return sm.surrogate_minimization(
+      net,
+      inner_steps=inner_steps,
+      solver=m.solver,
+      delta=m.delta,
+      power_iterations=m.power_iterations,
+    )
+  if name == "gd_armijo":
+    return sm.gd_armijo(net, init_step=m.init_step)
+  if name == "cg_block":
+    return sm.cg_block(net, inner_steps=inner_steps, damping=m.damping)
+  if name == "sso":
+    return sm.sso(net, inner_steps=inner_steps, eta=m.eta)
+  if name == "ddg":
+    return sm.ddg(
+      net,
+      learning_rate=m.learning_rate,
+      momentum=m.momentum,
+      num_modules=min(layers, m.max_modules),
+    )
+  raise ValueError(f"unknown method {name!r}; known methods: {', '.join(ALL_METHODS)}")
+
+
+def runs_of(config) -> list[tuple[str, int | None]]:
+  """``(method, N)`` pairs in table order (``N`` is ``None`` for GD+Armijo and DDG)."""
+  methods = [t.strip() for m in config.method_list for t in str(m).split(",") if t.strip()]
+  unknown = [m for m in methods if m not in ALL_METHODS]
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}; known methods: {', '.join(ALL_METHODS)}")
+  out = []
+  for m in methods:
+    out.extend((m, int(n)) for n in config.inner_steps) if m in N_METHODS else out.append((m, None))
+  return out
+
+
+def train_one(config, data, layers: int, name: str, inner_steps: int | None, seed: int) -> dict:
+  """One run: training loss, held-out accuracy and wall time after every epoch."""
+  x, y = (jnp.asarray(a) for a in data.train)
+  x_test, y_test = data.test
+  sizes = [int(np.prod(data.input_shape)), *([config.width] * (layers - 1)), data.num_classes]
+  net = amj.networks.mlp(sizes, activation=ACTIVATIONS[config.activation])
+  loss = amj.losses.softmax_cross_entropy
+  tx = build_method(name, config.methods[name], net, inner_steps=inner_steps or 1, layers=layers)
+  step = amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=False)
+  train_loss = jax.jit(lambda p: jnp.mean(loss(net.apply(p, x), y)))
+  params = net.init(jax.random.key(seed))
+  state = tx.init(params)
+  record = {"epoch": [], "train_loss": [], "accuracy": [], "time": []}
+  elapsed = 0.0
+
+  def log(epoch):
+    record["epoch"].append(epoch)
+    record["train_loss"].append(float(train_loss(params)))
+    record["accuracy"].append(amj.training.evaluate(net.apply, params, x_test, y_test)["accuracy"])
+    record["time"].append(elapsed)
+
+  log(0)
+  jax.block_until_ready(step(params, state, x, y))  # compile outside the timed region
+  label = f"L{layers} {name}" + (f" N={inner_steps}" if inner_steps else "") + f" seed {seed}"
+  for epoch in reporting.progress(range(1, config.epochs + 1), desc=label, enabled=config.progress):
+    start = time.perf_counter()
+    params, state, _ = step(params, state, x, y)
+    jax.block_until_ready(params)
+    elapsed += time.perf_counter() - start
+    log(epoch)
+  return record
+
+
+def _key(layers: int, method: str, n: int | None) -> str:
+  return f"L{layers}/{method}" + (f"/N{n}" if n else "")
+
+
+def plot_depth(path: str, curves: dict, *, title: str) -> str:
+  """Training loss per epoch: one colour per method, one line style per ``N``."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  methods = list(dict.fromkeys(m for m, _ in curves))
+  ns = sorted({n for _, n in curves if n})
+  styles = dict(zip(reversed(ns), ["-", "--", ":", "-."] * len(ns)))
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for (m, n), (epochs, c) in curves.items():
+    mean = np.asarray(c["train_loss"]["mean"], np.float64)
+    ax.plot(
+      epochs,
+      mean,
+      color=f"C{methods.index(m)}",
+      linestyle=styles.get(n, "-"),
+      label=LABELS[m] + (f" N={n}" if n else ""),
+      linewidth=1.5,
+    )
+  ax.set_yscale("log")
+  ax.set_xlabel("epoch (full-batch iterations)")
+  ax.set_ylabel("training loss")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def _cell(curves: dict, key: str, epoch_index: int) -> str:
+  loss = curves[key]["train_loss"]["mean"][epoch_index]
+  acc = curves[key]["accuracy"]["mean"][epoch_index]
+  return f"{loss:.4f} / {100 * acc:.2f}%"
+
+
+def make_tables(config, curves: dict, pairs: list) -> str:
+  """Markdown tables in the paper's layouts (cells: training loss / held-out accuracy)."""
+  methods = list(dict.fromkeys(m for m, _ in pairs))
+  header = "| | " + " | ".join(LABELS[m] for m in methods) + " |"
+  rule = "|---" * (len(methods) + 1) + "|"
+  blocks = []
+  deepest, n_max = max(config.layers), max(int(n) for n in config.inner_steps)
+  epochs = [e for e in config.report_epochs if e <= config.epochs] or [config.epochs]
+
+  def key(layers, m, n):
+    return _key(layers, m, n if m in N_METHODS else None)
+
+  rows = [
+    f"| epoch {e} | " + " | ".join(_cell(curves, key(deepest, m, n_max), e) for m in methods) + " |"
+    for e in epochs
+  ]
+  blocks.append(
+    f"Table 1 layout: {deepest} layers, N = {n_max}, training loss / held-out accuracy\n\n"
+    + "\n".join([header, rule, *rows])
+  )
+  for layers in config.layers:
+    rows = [
+      f"| N = {n} | "
+      + " | ".join(_cell(curves, key(layers, m, n), config.epochs) for m in methods)
+      + " |"
+      for n in config.inner_steps
+    ]
+    blocks.append(
+      f"Tables 2-4 layout: {layers} layers, epoch {config.epochs}, training loss / held-out "
+      "accuracy (rows: N parametric steps per iteration; GD+Armijo and DDG do not use N)\n\n"
+      + "\n".join([header, rule, *rows])
+    )
+  return "\n\n".join(blocks) + "\n"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  pairs = runs_of(config)
+  data = load_data(config)
+  curves, runs, summary = {}, {}, []
+  for layers in config.layers:
+    for name, n in pairs:
+      key = _key(layers, name, n)
+      records = [train_one(config, data, layers, name, n, seed) for seed in config.seeds]
+      runs[key] = records
+      curves[key] = {
+        metric: reporting.summarize_curves({key: [r[metric] for r in records]})[key]
+        for metric in ("train_loss", "accuracy")
+      }
+      summary.append(
+        {
+          "layers": layers,
+          "method": LABELS[name],
+          "N": n if n else "-",
+          "train loss": curves[key]["train_loss"]["mean"][-1],
+          "accuracy": curves[key]["accuracy"]["mean"][-1],
+          "time (s)": float(np.mean([r["time"][-1] for r in records])),
+        }
+      )
+    keys = {(m, n): _key(layers, m, n) for m, n in pairs}
+    plot_depth(
+      f"{workdir}/train_loss_{layers}layers.png",
+      {mn: (runs[k][0]["epoch"], curves[k]) for mn, k in keys.items()},
+      title=f"{config.dataset}, {layers}-layer {config.activation} MLP",
+    )
+  tables = make_tables(config, curves, pairs)
+  with open(f"{workdir}/tables.md", "w") as f:
+    f.write(tables)
+  metrics = {
+    "experiment": "sm_tables",
+    "dataset": config.dataset,
+    "source": data.source,
+    "num_train": len(data.train[0]),
+    "num_test": len(data.test[0]),
+    "summary": summary,
+    "tables_markdown": tables,
+    "curves": curves,
+    "runs": runs,
+    "config": config.to_dict(),
+  }
+  reporting.save_json(workdir, "metrics.json", metrics)
+  print(
+    reporting.format_table(summary, ["layers", "method", "N", "train loss", "accuracy", "time (s)"])
+  )
+  print(tables)
+  print(f"metrics: {workdir}/metrics.json  tables: {workdir}/tables.md")
+  return metrics

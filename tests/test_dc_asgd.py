@@ -1,0 +1,251 @@
+"""DC-ASGD family and the asynchrony simulator (SPEC section 6, DC-ASGD supplement)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import tree_allclose, tree_equal
+
+import altmin_jax.distributed as dist
+
+D = 5
+CURVATURE = np.linspace(0.5, 2.0, D)
+
+
+def _targets(rounds, p, seed=0):
+  return (0.3 * np.random.default_rng(seed).normal(size=(rounds, p, D))).astype(np.float32)
+
+
+def _grad(w, target):
+  """Gradient of the quadratic 0.5 * sum(h * (w - target)^2)."""
+  return jnp.asarray(CURVATURE, jnp.float32) * (w - target)
+
+
+def _reference_server(rule, lr, targets, schedule, lam=0.0, decay=0.95, eps=1e-7):
+  """A plain parameter server in float64, one push at a time (SPEC section 6)."""
+  rounds, p, _ = targets.shape
+  w = np.zeros(D)
+  copies = [np.zeros(D) for _ in range(p)]
+  backups = [np.zeros(D) for _ in range(p)]
+  ms = np.zeros(D)
+  order, active = np.asarray(schedule.order), np.asarray(schedule.active)
+  for r in range(rounds):
+    grads = [CURVATURE * (copies[m] - targets[r, m]) for m in range(p)]  # at stale copies
+    for m in order[r]:
+      if not active[r, m]:
+        continue
+      g = grads[m]
+      if rule == "adaptive":
+        ms = decay * ms + (1 - decay) * g * g
+        lam_t = lam / np.sqrt(ms + eps)
+      else:
+        lam_t = lam
+      w = w - lr * (g + lam_t * g * g * (w - backups[m]))
+      backups[m] = w.copy()
+      copies[m] = w.copy()
+  return w, np.stack(copies)
+
+
+def _simulate(tx, targets, schedule):
+  p = targets.shape[1]
+  run = jax.jit(lambda t: dist.simulate(tx, _grad, dist.replicate(jnp.zeros(D), p), t, schedule))
+  return run(jnp.asarray(targets))
+
+
+SCHEDULES = {
+  "round_robin": lambda p, r: dist.round_robin(p, r),
+  "random": lambda p, r: dist.random_delays(jax.random.key(3), p, r, participation=0.7),
+}
+
+
+@pytest.mark.parametrize("schedule_name", list(SCHEDULES))
+@pytest.mark.parametrize(
+  "rule,make",
+  [
+    ("plain", lambda: dist.async_sgd(0.3, num_workers=4)),
+    ("constant", lambda: dist.dc_asgd(0.3, lambda_0=0.5, num_workers=4)),
+    ("adaptive", lambda: dist.dc_asgd_adaptive(0.3, lambda_0=0.3, num_workers=4)),
+  ],
+)
+def test_rounds_match_a_one_push_at_a_time_parameter_server(rule, make, schedule_name):
+  """Server params and every worker's copy after 12 rounds equal a float64 parameter
+  server that applies the pushes one by one, with gradients at the stale copies."""
+  targets = _targets(12, 4)
+  schedule = SCHEDULES[schedule_name](4, 12)
+  lam = {"plain": 0.0, "constant": 0.5, "adaptive": 0.3}[rule]
+  want_w, want_copies = _reference_server(rule, 0.3, targets, schedule, lam=lam)
+  out = _simulate(make(), targets, schedule)
+  np.testing.assert_allclose(dist.centre(out.state), want_w, rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(out.params, want_copies, rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(out.state.backups, want_copies, rtol=2e-5, atol=2e-6)
+
+
+def test_lambda_zero_is_asgd():
+  targets = _targets(10, 4, seed=1)
+  schedule = SCHEDULES["random"](4, 10)
+  asgd = _simulate(dist.async_sgd(0.3, num_workers=4), targets, schedule)
+  for tx in (
+    dist.dc_asgd(0.3, lambda_0=0.0, num_workers=4),
+    dist.dc_asgd_adaptive(0.3, lambda_0=0.0, num_workers=4),
+  ):
+    out = _simulate(tx, targets, schedule)
+    # Equal up to the last bit XLA may round differently when it fuses w - lr * g into
+    # a multiply-add in one graph and not in the other.
+    assert tree_allclose(out.params, asgd.params, rtol=1e-6, atol=1e-7)
+    assert tree_allclose(dist.centre(out.state), dist.centre(asgd.state), rtol=1e-6, atol=1e-7)
+  # and compensation does change the trajectory when lambda > 0
+  dc = _simulate(dist.dc_asgd(0.3, lambda_0=0.5, num_workers=4), targets, schedule)
+  assert not tree_allclose(dc.params, asgd.params, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: dist.dc_asgd(0.2, lambda_0=0.5, num_workers=1),
+    lambda: dist.dc_asgd_adaptive(0.2, lambda_0=2.0, num_workers=1),
+    lambda: dist.async_sgd(0.2, num_workers=1),
+    lambda: dist.ssgd(0.2, num_workers=1),
+    lambda: dist.dc_ssgd(0.2, lambda_0=0.5, num_workers=1),
+  ],
+  ids=["dc_asgd", "dc_asgd_adaptive", "async_sgd", "ssgd", "dc_ssgd"],
+)
+def test_one_worker_is_sgd(make):
+  """With p = 1 the worker always holds the server params (w - w_bak = 0)."""
+  tx, sgd = make(), optax.sgd(0.2)
+  targets = jnp.asarray(_targets(15, 1, seed=2))
+
+  def run(tx, params):
+    def body(carry, t):
+      params, state = carry
+      updates, state = tx.update(jax.vmap(_grad)(params, t), state, params)
+      return (optax.apply_updates(params, updates), state), None
+
+    return jax.lax.scan(body, (params, tx.init(params)), targets)[0][0]
+
+  params = dist.replicate(jnp.zeros(D), 1)
+  got, want = (
+    jax.jit(run, static_argnums=0)(tx, params),
+    jax.jit(run, static_argnums=0)(sgd, params),
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_ssgd_is_one_step_on_the_mean_gradient_and_dc_ssgd_follows_supplement_h():
+  p, lr, lam = 4, 0.8, 0.7
+  rng = np.random.default_rng(4)
+  w0 = rng.normal(size=D).astype(np.float32)
+  grads = rng.normal(size=(p, D)).astype(np.float32) * np.array([[1.0], [0.2], [3.0], [0.5]])
+  params = dist.replicate(jnp.asarray(w0), p)
+
+  tx = dist.ssgd(lr, num_workers=p)
+  updates, state = tx.update(jnp.asarray(grads), tx.init(params), params)
+  np.testing.assert_allclose(dist.centre(state), w0 - lr * grads.mean(0), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(params + updates, np.broadcast_to(dist.centre(state), (p, D)))
+
+  # Supplement H: sequential compensated steps of size lr / M, smallest gradient first.
+  want = w0.astype(np.float64)
+  for j in np.argsort((grads.astype(np.float64) ** 2).sum(1)):  # workers 1, 3, 0, 2
+    g = grads[j].astype(np.float64)
+    want = want - lr / p * (g + lam * g * g * (want - w0))
+  tx = dist.dc_ssgd(lr, lambda_0=lam, num_workers=p)
+  updates, state = tx.update(jnp.asarray(grads), tx.init(params), params)
+  np.testing.assert_allclose(dist.centre(state), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(params + updates, np.broadcast_to(want, (p, D)), rtol=1e-5, atol=1e-6)
+  # ... a different order gives a different result, so the rule matters
+  wrong = w0.astype(np.float64)
+  for j in range(p):
+    g = grads[j].astype(np.float64)
+    wrong = wrong - lr / p * (g + lam * g * g * (wrong - w0))
+  assert np.max(np.abs(wrong - want)) > 1e-3
+  # lambda = 0 is SSGD (up to summation order)
+  tx = dist.dc_ssgd(lr, lambda_0=0.0, num_workers=p)
+  _, state = tx.update(jnp.asarray(grads), tx.init(params), params)
+  np.testing.assert_allclose(dist.centre(state), w0 - lr * grads.mean(0), rtol=1e-6, atol=1e-6)
+
+
+def test_delay_models():
+  p = 5
+  rr = np.asarray(dist.staleness(dist.round_robin(p, 6)))
+  assert rr[0].tolist() == list(range(p))  # first round: staleness = position
+  assert (rr[1:] == p - 1).all()
+
+  key = jax.random.key(7)
+  a = dist.random_delays(key, p, 400, participation=0.6, max_delay=4)
+  b = dist.random_delays(key, p, 400, participation=0.6, max_delay=4)
+  c = dist.random_delays(jax.random.key(8), p, 400, participation=0.6, max_delay=4)
+  assert tree_equal(a, b) and not tree_equal(a, c)  # seeded and deterministic
+  assert (np.sort(np.asarray(a.order), axis=1) == np.arange(p)).all()  # permutations
+  stale = np.asarray(dist.staleness(a))[20:]
+  pushed = stale[stale >= 0]
+  # A worker pushes every 1/q rounds on average while the others push (p - 1) q per
+  # round: the mean staleness stays near p - 1, with a spread round-robin never has.
+  assert abs(pushed.mean() - (p - 1)) < 0.4, pushed.mean()
+  assert pushed.min() == 0 and pushed.max() > 2 * (p - 1)
+  idle = np.asarray(~a.active, np.int32)
+  longest = max(len(run) for col in idle.T for run in "".join(map(str, col)).split("0"))
+  assert longest <= 4  # max_delay caps the idle rounds
+  full = np.asarray(dist.staleness(dist.random_delays(key, p, 50)))[1:]
+  assert full.max() <= 2 * (p - 1)  # one push per worker and round
+
+
+def _logistic_loss(w, x, y):
+  return jnp.mean(jnp.logaddexp(0.0, -y * (x @ w)))
+
+
+def _logistic_problems(seeds, p, rounds, batch, d=10, n=2048):
+  """Well-specified logistic regression data (labels drawn from the model) per seed, and
+  every push's minibatch indices (drawn with NumPy: jax.random under vmap compiles slowly)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(seeds, n, d)).astype(np.float32)
+  w_true = rng.normal(size=(seeds, d, 1)).astype(np.float32)
+  prob = 1 / (1 + np.exp(-(x @ w_true)[..., 0]))
+  y = np.where(rng.uniform(size=(seeds, n)) < prob, 1.0, -1.0).astype(np.float32)
+  idx = rng.integers(0, n, size=(seeds, rounds, p, batch))
+  return x, y, idx
+
+
+def _final_losses(tx, data, p, rounds):
+  def run(x, y, idx):
+    grad = jax.grad(lambda w, b: _logistic_loss(w, *b))
+    params = dist.replicate(jnp.zeros(x.shape[-1]), p)
+    out = dist.simulate(tx, grad, params, (x[idx], y[idx]), dist.round_robin(p, rounds))
+    return _logistic_loss(dist.centre(out.state), x, y)
+
+  return np.asarray(jax.jit(jax.vmap(run))(*data))
+
+
+def test_delay_compensation_beats_asgd_on_a_convex_problem():
+  """Well-specified logistic regression (E[g g^T] = Hessian at the optimum), p = 8
+  workers with staleness 7, learning rate 0.5, batch 4 per push, 50 rounds: for
+  lambda_0 in [0.5, 4] DC-ASGD-c, and DC-ASGD-a with its default lambda_0 = 2, end at a
+  lower full-data loss than ASGD on average over 24 seeds and on most seeds.
+  (Much larger lambda_0, or learning rates near 1 with batch 1, make the cubic
+  compensation term unstable, as section G warns.)"""
+  p, rounds, batch, seeds = 8, 50, 4, 24
+  data = _logistic_problems(seeds, p, rounds, batch)
+  asgd = _final_losses(dist.async_sgd(0.5, num_workers=p), data, p, rounds)
+  for tx in (
+    dist.dc_asgd(0.5, lambda_0=0.5, num_workers=p),
+    dist.dc_asgd(0.5, lambda_0=4.0, num_workers=p),
+    dist.dc_asgd_adaptive(0.5, num_workers=p),
+  ):
+    dc = _final_losses(tx, data, p, rounds)
+    assert dc.mean() < asgd.mean() - 0.004, (dc.mean(), asgd.mean())
+    assert (dc < asgd).mean() >= 0.75, (dc < asgd).mean()
+
+
+def test_wrong_shapes_raise():
+  tx = dist.dc_asgd(0.1, num_workers=3)
+  params = dist.replicate(jnp.zeros(D), 3)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="shape"):
+    tx.init(jnp.zeros((2, D)))  # 2 rows for 3 workers
+  with pytest.raises(ValueError, match="shape"):
+    tx.update(jnp.zeros((3, D + 1)), state, params)
+  with pytest.raises(ValueError, match="shape"):
+    tx.update(jnp.zeros((3, D)), state, params, order=jnp.arange(4))
+  with pytest.raises(ValueError, match="gradients"):
+    tx.update(None, state, params)

@@ -1,0 +1,332 @@
+"""The mathematics of surrogate minimization against dense formulas (SPEC section 5).
+
+Dense references are built with ``jax.hessian`` on flattened variables in float64, on
+networks small enough that every Hessian fits in a few kilobytes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import teacher_classification
+from jax.flatten_util import ravel_pytree
+
+import altmin_jax as amj
+from altmin_jax.sm import local_losses as ll
+from altmin_jax.sm import solvers, surrogate_minimization
+from altmin_jax.sm.surrogate import stage_groups
+
+LOSS = amj.losses.softmax_cross_entropy
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+def _problem(sizes=(5, 6, 6, 3), n=8, seed=0, dtype=jnp.float64, activation=jnp.tanh):
+  net = amj.networks.mlp(list(sizes), activation=activation, dtype=dtype)
+  params = net.init(jax.random.key(seed))
+  x, y = teacher_classification(seed + 1, n=n, d=sizes[0], classes=sizes[-1])
+  return net, params, x.astype(dtype), y
+
+
+def _forward_backward(net, params, x, y):
+  sp = net.stage_params(params)
+  return sp, jax.jit(lambda sp, x, y: ll.forward_backward(net, sp, x, y, LOSS))(sp, x, y)
+
+
+def _local_quadratics(net, sp, fb, c, delta):
+  """Every stage's (g_theta, dense H_i, dense H_zz) from the library's matrix-free
+  products, inside one jit."""
+
+  def build(sp, fb, c):
+    out = []
+    for i in range(1, net.num_stages + 1):
+      psi = ll.make_psi(ll.stage_function(net, i), fb.g_z[i - 1], fb.z[i], c[i - 1])
+      lq = ll.local_quadratic(psi, fb.z[i - 1], sp[i - 1], delta, first=i == 1)
+      hzz = ll.hzz_product(psi, fb.z[i - 1], sp[i - 1])
+      out.append((lq.g_theta, _matrix(lq.matvec, sp[i - 1]), _matrix(hzz, fb.z[i - 1])))
+    return out
+
+  return jax.jit(build)(sp, fb, tuple(c))
+
+
+def _matrix(matvec, like):
+  flat, unravel = ravel_pytree(like)
+  cols = jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0])
+  return cols(jnp.eye(flat.size, dtype=flat.dtype)).T
+
+
+def _chain(net, sp, fb, delta, iterations):
+  fns = [ll.stage_function(net, i) for i in range(1, net.num_stages + 1)]
+  c_last = 0.5 / fb.z[0].shape[0]
+  run = lambda sp, fb: ll.curvature_chain(fns, sp, fb, c_last, delta=delta, iterations=iterations)
+  return jax.jit(run)(sp, fb)
+
+
+def _dense_blocks(psi, z, theta):
+  """``(H_zz, H_ztheta, H_thetatheta)`` of ``psi(z, theta)`` from one dense Hessian;
+  ``H_ztheta`` has shape (dim z, dim theta) as in the paper's block matrix."""
+  w0, unravel = ravel_pytree((z, theta))
+  nz = z.size
+  H = jax.jit(jax.hessian(lambda w: psi(*unravel(w))))(w0)
+  return H[:nz, :nz], H[:nz, nz:], H[nz:, nz:]
+
+
+def _dense_operator(matvec, like):
+  """The matrix of a linear map on pytrees shaped like ``like``."""
+  flat, unravel = ravel_pytree(like)
+  cols = jax.jit(jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0]))
+  return cols(jnp.eye(flat.size, dtype=flat.dtype)).T
+
+
+def _dense_chain(net, sp, fb, c_last, delta):
+  """``(c_2, ..., c_{m+1})`` and the dense blocks of every psi_i, from eigvalsh."""
+  m = net.num_stages
+  c = {m + 1: c_last}
+  blocks = {}
+  for i in range(m, 0, -1):
+    psi = ll.make_psi(ll.stage_function(net, i), fb.g_z[i - 1], fb.z[i], c[i + 1])
+    blocks[i] = _dense_blocks(psi, fb.z[i - 1], sp[i - 1])
+    if i > 1:
+      c[i] = max(float(np.linalg.eigvalsh(np.asarray(blocks[i][0]))[-1]), 0.0) + delta
+  return [c[i + 1] for i in range(1, m + 1)], blocks
+
+
+def _dense_H(blocks, i, delta):
+  _, hzt, htt = blocks[i]
+  return htt if i == 1 else htt + hzt.T @ hzt / delta
+
+
+def test_local_hessian_products_match_dense_hessians(x64):
+  """H_zz u, H_i v (= H_thetatheta v + H_ztheta^T H_ztheta v / delta; first stage without
+  the coupling term) and g_theta of every stage equal the dense jax.hessian formulas,
+  and g_theta is the backprop gradient dh/dtheta_i (Proposition 1)."""
+  net, params, x, y = _problem()
+  sp, fb = _forward_backward(net, params, x, y)
+  delta = 0.05
+  c_dense, blocks = _dense_chain(net, sp, fb, 0.5 / x.shape[0], delta)
+  full_grad = jax.jit(jax.grad(ll.network_loss(net, LOSS, x, y)))(sp)
+  local = _local_quadratics(net, sp, fb, c_dense, delta)
+  for i, (g_theta, H_i, H_zz) in enumerate(local, start=1):
+    np.testing.assert_allclose(H_i, _dense_H(blocks, i, delta), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(H_zz, blocks[i][0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(g_theta)[0], ravel_pytree(full_grad[i - 1])[0])
+    np.testing.assert_allclose(ravel_pytree(fb.g_theta[i - 1])[0], ravel_pytree(g_theta)[0])
+  # The coupling term is really there: dropping it changes H_2.
+  assert not np.allclose(_dense_H(blocks, 2, delta), blocks[2][2])
+
+
+def test_curvature_chain_matches_dense_top_eigenvalues(x64):
+  """c_i = max(lambda_max(H_zz^(i)), 0) + delta down the chain, c_{m+1} = 1/(2B)."""
+  net, params, x, y = _problem(sizes=(5, 6, 7, 6, 3))
+  sp, fb = _forward_backward(net, params, x, y)
+  delta = 1e-2
+  c_dense, _ = _dense_chain(net, sp, fb, 0.5 / x.shape[0], delta)
+  c = _chain(net, sp, fb, delta, 1000)
+  np.testing.assert_allclose(np.array(c), c_dense, rtol=1e-7)
+  assert c_dense[-1] == 0.5 / x.shape[0]
+
+
+def test_top_eigenvalue_is_safe_for_indefinite_matrices(x64):
+  """Power iteration alone finds the eigenvalue of largest magnitude (-5 here); the
+  shifted pass recovers lambda_max = 2, and an all-negative spectrum gives a value <= 0
+  that the chain clips to zero (c = delta)."""
+  q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))
+  v0 = jnp.ones(5)
+  for eigs, expected in [
+    ([-5.0, 2.0, 1.0, 0.5, -1.0], 2.0),
+    ([3.0, 2.0, 1.0, -0.5, 0.0], 3.0),
+    ([-3.0, -2.0, -1.0, -0.5, -4.0], -0.5),
+  ]:
+    A = jnp.asarray(q @ np.diag(eigs) @ q.T)
+    plain = ll.power_iteration(lambda v, A=A: A @ v, v0, 300)
+    np.testing.assert_allclose(abs(float(plain.rayleigh)), max(abs(e) for e in eigs), rtol=1e-6)
+    lam = ll.top_eigenvalue(lambda v, A=A: A @ v, v0, 300)
+    np.testing.assert_allclose(float(lam), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_conjugate_gradient_with_n_steps_solves_spd_systems_exactly(x64):
+  rng = np.random.default_rng(1)
+  n = 12
+  u, _ = np.linalg.qr(rng.normal(size=(n, n)))
+  A = jnp.asarray(u @ np.diag(np.geomspace(1.0, 50.0, n)) @ u.T)
+  b = jnp.asarray(rng.normal(size=n))
+  tree_b = {"a": b[:5], "b": b[5:].reshape(7, 1)}  # pytree right-hand sides work too
+
+  def matvec(v):
+    flat, unravel = ravel_pytree(v)
+    return unravel(A @ flat)
+
+  exact = np.linalg.solve(np.asarray(A), np.asarray(b))
+  res = solvers.conjugate_gradient(matvec, tree_b, steps=n)
+  np.testing.assert_allclose(ravel_pytree(res.x)[0], exact, rtol=1e-7, atol=1e-9)
+  np.testing.assert_allclose(ravel_pytree(res.Ax)[0], A @ exact, rtol=1e-7, atol=1e-9)
+  assert int(res.iterations) == n and not bool(res.negative_curvature)
+  short = solvers.conjugate_gradient(matvec, tree_b, steps=n // 2)
+  assert np.linalg.norm(ravel_pytree(short.x)[0] - exact) > 1e-3  # N matters
+
+
+def test_conjugate_gradient_stops_at_negative_curvature(x64):
+  A = jnp.diag(jnp.array([1.0, 2.0, -1.0, 4.0]))
+  b = jnp.array([1.0, 1.0, 1.0, 1.0])
+  q = lambda x: 0.5 * x @ A @ x - b @ x
+  res = solvers.conjugate_gradient(lambda v: A @ v, b, steps=4)
+  assert bool(res.negative_curvature) and 0 < int(res.iterations) < 4
+  assert np.all(np.isfinite(res.x)) and float(q(res.x)) < 0.0
+  # A first direction of negative curvature leaves x = 0.
+  res = solvers.conjugate_gradient(lambda v: -v, b, steps=4)
+  assert int(res.iterations) == 0 and bool(res.negative_curvature)
+  np.testing.assert_array_equal(res.x, jnp.zeros(4))
+
+
+def test_armijo_backtracking_takes_the_first_passing_trial_or_the_fallback(x64):
+  """Authors' defaults: trials alpha_0 * 0.9^j, sufficient decrease with c = 0.1; on a
+  quadratic the accepted step is the first trial below 2 (1 - c) r^T r / r^T A r."""
+  rr, rar, alpha0 = 3.0, 7.0, 5.0
+  phi = lambda a: -a * rr + 0.5 * a * a * rar
+  res = solvers.armijo_backtracking(phi, jnp.float64(0.0), -rr, alpha0)
+  bound = 2 * (1 - 0.1) * rr / rar
+  j = int(np.ceil(np.log(bound / alpha0) / np.log(0.9)))
+  assert bool(res.accepted) and int(res.backtracks) == j
+  np.testing.assert_allclose(float(res.step), alpha0 * 0.9**j, rtol=1e-12)
+  np.testing.assert_allclose(float(res.value), phi(alpha0 * 0.9**j), rtol=1e-12)
+  # Nothing passes: the fallback step is taken, never the last failed trial.
+  res = solvers.armijo_backtracking(lambda a: 1.0 + a, jnp.float64(0.0), -1.0, 1.0)
+  assert not bool(res.accepted) and int(res.backtracks) == 100
+  assert float(res.step) == solvers.FALLBACK_STEP
+  np.testing.assert_allclose(float(res.last_trial), 0.9**100, rtol=1e-10)
+  np.testing.assert_allclose(float(res.value), 1.0 + solvers.FALLBACK_STEP)
+
+
+def test_quadratic_armijo_gd_matches_generic_armijo_gd(x64):
+  """The closed-form line values of the quadratic solver give the same iterates as the
+  generic GD+Armijo on q(d) = g^T d + d^T A d / 2."""
+  rng = np.random.default_rng(2)
+  u, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+  A = jnp.asarray(u @ np.diag(np.geomspace(0.5, 20.0, 6)) @ u.T)
+  g = jnp.asarray(rng.normal(size=6))
+  q = lambda d: g @ d + 0.5 * d @ A @ d
+  config = solvers.line_search_config(init_step=3.0)
+  quad = solvers.quadratic_armijo_gd(
+    lambda v: A @ v, g, steps=7, init_step=jnp.float32(3.0), config=config
+  )
+  gen = solvers.armijo_gd(q, jnp.zeros(6), steps=7, init_step=jnp.float32(3.0), config=config)
+  np.testing.assert_allclose(quad.x, gen.x, rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(float(quad.value), float(q(quad.x)), rtol=1e-10)
+  np.testing.assert_allclose(float(quad.next_step), float(gen.next_step))
+  assert float(quad.value) < 0.9 * float(q(-jnp.linalg.solve(A, g)))  # most of the way
+
+
+def test_proposition_1_sum_of_local_losses_majorizes_the_loss(x64):
+  """On the 5-6-6-3 tanh network with delta = 1e-2 (SPEC section 5):
+  h(theta_t + d) - [h(theta_t) + sum_i L_i(d_i)] is negative and scales with |d|^2 for
+  |d| from 1e-1 to 3e-3 (the first-order terms agree exactly and the dropped cubic term
+  is negligible), and blockdiag(H_i) - Hessian(h) is positive semi-definite."""
+  net, params, x, y = _problem(sizes=(5, 6, 6, 3))
+  sp, fb = _forward_backward(net, params, x, y)
+  delta = 1e-2
+  c = _chain(net, sp, fb, delta, 1000)
+  local = _local_quadratics(net, sp, fb, c, delta)
+  h = ll.network_loss(net, LOSS, x, y)
+  flat, unravel = ravel_pytree(tuple(sp))
+  g = jnp.concatenate([ravel_pytree(g_i)[0] for g_i, _, _ in local])
+  block = jax.scipy.linalg.block_diag(*[H_i for _, H_i, _ in local])
+  h_flat = jax.jit(lambda w: h(unravel(w)))
+  model = lambda d: g @ d + 0.5 * d @ block @ d  # sum_i L_i(d_i)
+  for seed in range(3):
+    d = jax.random.normal(jax.random.key(seed), flat.shape, flat.dtype)
+    d = d / jnp.linalg.norm(d)
+    ratios = []
+    for scale in (1e-1, 3e-2, 1e-2, 3e-3):
+      gap = float(h_flat(flat + scale * d) - fb.value - model(scale * d))
+      assert gap < 0, (seed, scale, gap)
+      ratios.append(gap / scale**2)
+    np.testing.assert_allclose(ratios, ratios[-1], rtol=0.05)
+  hessian = jax.jit(jax.hessian(h_flat))(flat)
+  assert float(np.linalg.eigvalsh(np.asarray(block - hessian))[0]) > -1e-10
+
+
+def test_sm_step_is_the_exact_minimiser_of_each_local_loss(x64):
+  """With CG and N >= the stage dimension, SM's update of stage i solves H_i d = -g_i
+  (dense H_i), and the state reports the dense c_{i+1} and L_i(d_i) = -g_i^T H_i^{-1} g_i / 2."""
+  net, params, x, y = _problem(sizes=(3, 4, 4, 2), n=12)
+  delta = 0.1
+  tx = surrogate_minimization(net, inner_steps=25, delta=delta, power_iterations=1000)
+  updates, state = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
+  sp, fb = _forward_backward(net, params, x, y)
+  c_dense, blocks = _dense_chain(net, sp, fb, 0.5 / x.shape[0], delta)
+  np.testing.assert_allclose(state.curvature, c_dense, rtol=1e-6)
+  for i in range(1, 4):
+    H = np.asarray(_dense_H(blocks, i, delta))
+    g = np.asarray(ravel_pytree(fb.g_theta[i - 1])[0])
+    d = np.asarray(ravel_pytree(updates[i - 1])[0])
+    assert np.linalg.eigvalsh(H)[0] > 0
+    np.testing.assert_allclose(d, -np.linalg.solve(H, g), rtol=1e-4, atol=1e-6 * np.abs(d).max())
+    expected = -0.5 * g @ np.linalg.solve(H, g)
+    np.testing.assert_allclose(state.local_loss[i - 1], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["cg", "armijo"])
+def test_theorem_1_deterministic_sm_never_increases_the_loss(solver):
+  """Full-batch SM iterations with delta = 1e-2: the loss is non-increasing at every
+  iteration and falls by at least 40% in 25 iterations."""
+  net, params, x, y = _problem(sizes=(5, 6, 6, 3), n=32, dtype=jnp.float32)
+  tx = surrogate_minimization(net, inner_steps=10, solver=solver, delta=1e-2)
+  h = jax.jit(ll.network_loss(net, LOSS, x, y))
+  step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))
+  state = tx.init(params)
+  losses = [float(h(params))]
+  for _ in range(25):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, updates)
+    losses.append(float(h(params)))
+  diffs = np.diff(losses)
+  assert np.all(diffs <= 1e-6), losses
+  assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_scalar_curvature_bound_is_layerwise_gradient_descent(x64):
+  """The remark after Algorithm 1: with rho = 0 and H_i replaced by lambda_max(H_i) I the
+  local loss is minimised by theta_i - g_i / lambda_max(H_i): gradient descent with a
+  per-layer step size (dense lambda_max here), and the step decreases h."""
+  net, params, x, y = _problem(sizes=(5, 6, 6, 3))
+  delta = 1e-2
+  tx = surrogate_minimization(net, curvature="scalar", delta=delta, power_iterations=1000)
+  updates, _ = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
+  sp, fb = _forward_backward(net, params, x, y)
+  _, blocks = _dense_chain(net, sp, fb, 0.5 / x.shape[0], delta)
+  grads = fb.g_theta
+  steps = []
+  for i in range(1, 4):
+    lam = np.linalg.eigvalsh(np.asarray(_dense_H(blocks, i, delta)))[-1]
+    steps.append(1.0 / lam)
+    expected = optax.tree.scale(-1.0 / lam, grads[i - 1])
+    np.testing.assert_allclose(
+      ravel_pytree(updates[i - 1])[0], ravel_pytree(expected)[0], rtol=1e-6, atol=1e-14
+    )
+  assert max(steps) > 2 * min(steps)  # genuinely different per-layer step sizes
+  h = jax.jit(lambda p: ll.network_loss(net, LOSS, x, y)(net.stage_params(p)))
+  assert float(h(optax.apply_updates(params, updates))) < float(h(params))
+
+
+@pytest.mark.parametrize("solver", ["cg", pytest.param("armijo", marks=pytest.mark.slow)])
+def test_equally_shaped_stages_are_vmapped_and_match_separate_solves(solver):
+  net = amj.networks.mlp([4, 5, 5, 5, 3], activation=jnp.tanh)
+  params = net.init(jax.random.key(0))
+  x, y = teacher_classification(0, n=16, d=4, classes=3)
+  _, fb = _forward_backward(net, params, x, y)
+  assert stage_groups(net, net.stage_params(params), fb.z) == [[1], [2, 3], [4]]
+  out = []
+  for vmap_stages in (True, False):
+    tx = surrogate_minimization(
+      net, inner_steps=5, solver=solver, delta=1e-2, vmap_stages=vmap_stages
+    )
+    out.append(jax.jit(lambda p, tx=tx: tx.update(None, tx.init(p), p, batch=(x, y)))(params))
+  for a, b in zip(*map(jax.tree.leaves, out)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
