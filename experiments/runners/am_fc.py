@@ -1,8 +1,9 @@
 """Fully connected experiments of the AM paper (section 4, supplement D).
 
 Trains one multilayer perceptron per method and seed on one dataset and records
-held-out accuracy per epoch, or per minibatch in the first-epoch zoom
-(``config.zoom_batches > 0``), with wall time. Methods: ``sgd``, ``adam``,
+held-out accuracy per epoch, or after every minibatch in the zoom on the first
+``config.zoom_batches`` minibatches, or every ``config.eval_every`` minibatches, with
+wall time. Methods: ``sgd``, ``adam``,
 ``am_adam``, ``am_mem``, ``am_adam_offline``, ``am_mem_offline`` and ``admm``
 (Taylor et al. 2016, :func:`altmin_jax.am.taylor_admm`). Writes ``metrics.json`` and
 ``accuracy.png`` to the workdir and prints a table.
@@ -119,7 +120,7 @@ def train_one(config, data, name: str, seed: int) -> dict:
   )
   jax.block_until_ready(step(params, opt_state, warm_x, warm_y))
   zoom = config.zoom_batches if not offline else 0
-  epochs = 1 if zoom else config.epochs
+  epochs = -(-zoom // steps_per_epoch) if zoom else config.epochs
   total = epochs if offline else (zoom or epochs * steps_per_epoch)
   bar = reporting.progress(range(total), desc=f"{name} seed {seed}", enabled=config.progress)
   bar_iter = iter(bar)
@@ -129,8 +130,8 @@ def train_one(config, data, name: str, seed: int) -> dict:
       if offline
       else amj.data.iterate_batches(x_train, y_train, config.batch_size, seed=seed, epoch=epoch)
     )
-    for i, (x, y) in enumerate(batches):
-      if zoom and i >= zoom:
+    for x, y in batches:
+      if zoom and done >= zoom:
         break
       start = time.perf_counter()
       params, opt_state, _ = step(params, opt_state, x, y)
