@@ -9,7 +9,14 @@ Families, each a set of factories returning ``optax.GradientTransformationExtraA
 """
 
 from altmin_jax import am, data, distributed, losses, networks, schedules, sm, training
-from altmin_jax.am import am_adam, am_adam_offline, am_mem, am_mem_offline, taylor_admm
+from altmin_jax.am import (
+  am_adam,
+  am_adam_offline,
+  am_adam_rnn,
+  am_mem,
+  am_mem_offline,
+  taylor_admm,
+)
 from altmin_jax.distributed import (
   async_easgd,
   async_sgd,
@@ -34,6 +41,7 @@ __all__ = [
   "am",
   "am_adam",
   "am_adam_offline",
+  "am_adam_rnn",
   "am_mem",
   "am_mem_offline",
   "async_easgd",

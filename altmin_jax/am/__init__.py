@@ -4,15 +4,18 @@ from altmin_jax.am.admm import TaylorADMMState, taylor_admm
 from altmin_jax.am.codes import encode_anchors, make_code_optimizer, update_codes
 from altmin_jax.am.offline import AMOfflineState, am_adam_offline, am_mem_offline
 from altmin_jax.am.online import AMState, am_adam, am_mem
+from altmin_jax.am.rnn import RNNAMState, am_adam_rnn, update_rnn_codes
 from altmin_jax.am.weights import CoactivationMemory, block_coordinate_sweeps, exact_solve
 
 __all__ = [
   "AMOfflineState",
   "AMState",
   "CoactivationMemory",
+  "RNNAMState",
   "TaylorADMMState",
   "am_adam",
   "am_adam_offline",
+  "am_adam_rnn",
   "am_mem",
   "am_mem_offline",
   "block_coordinate_sweeps",
@@ -21,4 +24,5 @@ __all__ = [
   "make_code_optimizer",
   "taylor_admm",
   "update_codes",
+  "update_rnn_codes",
 ]

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from altmin_jax.loops import repeat
 from altmin_jax.networks import LayeredNetwork
 
 Array = jax.Array
@@ -66,10 +67,12 @@ def make_code_optimizer(
 def minimize(
   objective: Callable[[Array], Array], start: Array, tx: optax.GradientTransformation, steps: int
 ) -> Array:
-  """``steps`` iterations of ``tx`` on a scalar ``objective`` from ``start`` (lax loop).
+  """``steps`` iterations of ``tx`` on a scalar ``objective`` from ``start``.
 
-  The first iteration runs outside the loop, so that XLA can share its forward
-  computation at ``start`` with the encoding pass that produced ``start``.
+  The optimizer state starts afresh for every subproblem. The first iteration always
+  runs outside any loop, so that XLA can share its forward computation at ``start``
+  with the encoding pass that produced ``start`` (see :func:`altmin_jax.loops.repeat`
+  for the rest).
   """
   if steps == 0:
     return start
@@ -81,7 +84,7 @@ def minimize(
     return optax.apply_updates(c, updates), opt_state
 
   carry = body(0, (start, tx.init(start)))
-  c, _ = jax.lax.fori_loop(1, steps, body, carry)
+  c, _ = repeat(body, carry, 1, steps)
   return c
 
 

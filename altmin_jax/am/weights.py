@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from altmin_jax.loops import repeat
 from altmin_jax.networks import (
   LayeredNetwork,
   dense_kernel_bias,
@@ -74,7 +75,7 @@ def gradient_steps(
     updates, s = tx.update(grad_fn(w), s, w)
     return optax.apply_updates(w, updates), s
 
-  return jax.lax.fori_loop(0, steps, body, (params, opt_state))
+  return repeat(body, (params, opt_state), 0, steps)
 
 
 # ------------------------------------------------------------------ AM-mem

@@ -1,5 +1,6 @@
 """Layered networks: the chain-of-stages view that AM and SM optimise (SPEC section 3)."""
 
+from altmin_jax.networks.binary import binary_mlp, sign_activation, sign_ste, sign_tanh
 from altmin_jax.networks.builders import dense_stage, mlp
 from altmin_jax.networks.flax_adapters import from_nnx
 from altmin_jax.networks.layered import (
@@ -11,16 +12,28 @@ from altmin_jax.networks.layered import (
   identity,
   with_dense_kernel_bias,
 )
+from altmin_jax.networks.lenet import conv_stage, lenet5, max_pool
+from altmin_jax.networks.rnn import ElmanRNN, as_sequences, elman_rnn
 
 __all__ = [
+  "ElmanRNN",
   "LayeredNetwork",
   "Stage",
   "as_arrays",
+  "as_sequences",
+  "binary_mlp",
+  "conv_stage",
   "dense_kernel_bias",
   "dense_stage",
+  "elman_rnn",
   "flatten_batch",
   "from_nnx",
   "identity",
+  "lenet5",
+  "max_pool",
   "mlp",
+  "sign_activation",
+  "sign_ste",
+  "sign_tanh",
   "with_dense_kernel_bias",
 ]

@@ -1,0 +1,28 @@
+"""Short fixed-count loops inside jitted steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import jax
+
+Carry = TypeVar("Carry")
+
+UNROLL_LIMIT = 8
+
+
+def repeat(body: Callable[[int, Carry], Carry], carry: Carry, start: int, stop: int) -> Carry:
+  """``carry = body(i, carry)`` for ``i`` in ``range(start, stop)``.
+
+  Loops of at most ``UNROLL_LIMIT`` iterations (the usual code and weight steps of
+  alternating minimization) are unrolled at trace time; longer ones are a
+  ``jax.lax.fori_loop``. Unrolling lets XLA share work between neighbouring
+  iterations and the code around them, and avoids a measured 3-4x slowdown of
+  convolution gradients inside XLA:CPU while loops.
+  """
+  if stop - start <= UNROLL_LIMIT:
+    for i in range(start, stop):
+      carry = body(i, carry)
+    return carry
+  return jax.lax.fori_loop(start, stop, body, carry)
