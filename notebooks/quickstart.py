@@ -40,8 +40,8 @@ from flax import nnx
 import altmin_jax as amj
 
 SMALL = os.environ.get("ALTMIN_JAX_SMALL") == "1"
-EPOCHS = int(os.environ.get("EPOCHS", 1 if SMALL else 10))
-NUM_TRAIN = 1000 if SMALL else 8000
+EPOCHS = int(os.environ.get("EPOCHS", 2 if SMALL else 10))
+NUM_TRAIN = 2000 if SMALL else 8000
 BATCH = 200
 print(f"{EPOCHS} epoch(s), {NUM_TRAIN} training samples, devices: {jax.devices()}")
 
