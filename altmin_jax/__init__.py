@@ -33,7 +33,15 @@ from altmin_jax.distributed import (
   ssgd,
 )
 from altmin_jax.schedules import mu_schedule
-from altmin_jax.sm import cg_block, ddg, gd_armijo, sso, surrogate_minimization
+from altmin_jax.sm import (
+  cg_block,
+  ddg,
+  gd_armijo,
+  pipelined_gradient_descent,
+  pipelined_surrogate_minimization,
+  sso,
+  surrogate_minimization,
+)
 
 __version__ = "0.1.0"
 
@@ -64,6 +72,8 @@ __all__ = [
   "mu_schedule",
   "mvasgd",
   "networks",
+  "pipelined_gradient_descent",
+  "pipelined_surrogate_minimization",
   "schedules",
   "sm",
   "ssgd",

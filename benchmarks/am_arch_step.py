@@ -21,12 +21,7 @@ The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
-import time
-
+import common  # benchmarks/common.py: the scripts run from this folder
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,35 +82,15 @@ def rnn_steps(batch: int, hidden: int = 15, seq_len: int = 784) -> dict:
   return {name: make_step(rnn, tx, g, x, y) for name, (tx, g) in methods.items()}
 
 
-def time_steps(steps: dict, repeats: int, inner: int) -> dict[str, float]:
-  """Median seconds per step; each sample times ``inner`` consecutive steps."""
-  for run_once, _ in steps.values():  # compile and warm up
-    for _ in range(2):
-      run_once()
-  samples = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, (run_once, _) in steps.items():
-      start = time.perf_counter()
-      for _ in range(inner):
-        run_once()
-      samples[name].append((time.perf_counter() - start) / inner)
-  for name, (_, step) in steps.items():
-    assert step._cache_size() == 1, f"{name} recompiled"
-  return {name: statistics.median(v) for name, v in samples.items()}
-
-
 def main() -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="smaller RNN batch, fewer repeats")
-  parser.add_argument("--out", default=None, help="also write the JSON to this file")
-  args = parser.parse_args()
+  args = common.parse_args(__doc__.split("\n")[0], "smaller RNN batch, fewer repeats")
   if args.quick:
     plan = [("lenet5", 128, lenet_steps(128), 5, 3), ("rnn15", 256, rnn_steps(256), 3, 1)]
   else:
     plan = [("lenet5", 128, lenet_steps(128), 15, 10), ("rnn15", 1024, rnn_steps(1024), 7, 2)]
   results = []
   for model, batch, steps, repeats, inner in plan:
-    medians = time_steps(steps, repeats, inner)
+    medians = common.time_steps(steps, repeats, inner)
     for name, seconds in medians.items():
       results.append(
         {
@@ -128,9 +103,7 @@ def main() -> dict:
       )
   report = {
     "benchmark": "am_arch_step",
-    "device": jax.devices()[0].device_kind,
-    "platform": platform.platform(),
-    "jax": jax.__version__,
+    **common.environment(),
     "quick": args.quick,
     "results": results,
   }
@@ -139,11 +112,7 @@ def main() -> dict:
       f"{r['model']:7s} batch {r['batch']:5d}  {r['method']:12s} {r['median_step_ms']:9.2f} ms  "
       f"{r['ratio_to_adam']:.2f}x adam"
     )
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=2)
-  print(json.dumps(report))
-  return report
+  return common.finish(report, args.out)
 
 
 if __name__ == "__main__":

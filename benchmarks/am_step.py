@@ -20,12 +20,7 @@ The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
-import time
-
+import common  # benchmarks/common.py: the scripts run from this folder
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,56 +57,41 @@ def make_steps(width: int, batch: int) -> dict:
   return steps
 
 
-def time_steps(steps: dict, repeats: int, inner: int) -> dict[str, float]:
-  """Median seconds per step; each sample times ``inner`` consecutive steps."""
-  for run_once, _ in steps.values():  # compile and warm up
-    for _ in range(3):
-      run_once()
-  samples = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, (run_once, _) in steps.items():
-      start = time.perf_counter()
-      for _ in range(inner):
-        run_once()
-      samples[name].append((time.perf_counter() - start) / inner)
-  for name, (_, step) in steps.items():
-    assert step._cache_size() == 1, f"{name} recompiled"
-  return {name: statistics.median(v) for name, v in samples.items()}
-
-
 def main() -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="fewer repeats (under 60 s)")
-  parser.add_argument("--out", default=None, help="also write the JSON to this file")
-  args = parser.parse_args()
+  args = common.parse_args(__doc__.split("\n")[0], "fewer repeats (under 60 s)")
   repeats, inner = (7, 10) if args.quick else (25, 20)
   results = []
   for width in (100, 500):
-    medians = time_steps(make_steps(width, 200), repeats, inner)
+    medians = common.time_steps(make_steps(width, 200), repeats, inner)
     for name, seconds in medians.items():
-      results.append({"width": width, "batch": 200, "method": name,
-                      "median_step_ms": 1e3 * seconds,
-                      "ratio_to_adam": seconds / medians["adam"]})
-  checks = {f"{r['method']}@{r['width']}": r["ratio_to_adam"] <= TARGETS[r["method"]]
-            for r in results if r["method"] in TARGETS}
+      results.append(
+        {
+          "width": width,
+          "batch": 200,
+          "method": name,
+          "median_step_ms": 1e3 * seconds,
+          "ratio_to_adam": seconds / medians["adam"],
+        }
+      )
+  checks = {
+    f"{r['method']}@{r['width']}": r["ratio_to_adam"] <= TARGETS[r["method"]]
+    for r in results
+    if r["method"] in TARGETS
+  }
   report = {
     "benchmark": "am_step",
-    "device": jax.devices()[0].device_kind,
-    "platform": platform.platform(),
-    "jax": jax.__version__,
+    **common.environment(),
     "quick": args.quick,
     "results": results,
     "targets": TARGETS,
     "targets_met": checks,
   }
   for r in results:
-    print(f"width {r['width']:4d}  {r['method']:11s} {r['median_step_ms']:8.3f} ms  "
-          f"{r['ratio_to_adam']:.2f}x adam")
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=2)
-  print(json.dumps(report))
-  return report
+    print(
+      f"width {r['width']:4d}  {r['method']:11s} {r['median_step_ms']:8.3f} ms  "
+      f"{r['ratio_to_adam']:.2f}x adam"
+    )
+  return common.finish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,9 @@ The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
 import time
 
+import common  # benchmarks/common.py: the scripts run from this folder
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,28 +91,8 @@ def make_step(tx, p: int, width: int, batch: int):
   return run_once, step
 
 
-def time_steps(steps: dict, repeats: int, inner: int) -> dict[str, float]:
-  """Median seconds per step; each sample times ``inner`` consecutive steps."""
-  for run_once, _ in steps.values():  # compile and warm up
-    for _ in range(2):
-      run_once()
-  samples = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, (run_once, _) in steps.items():
-      start = time.perf_counter()
-      for _ in range(inner):
-        run_once()
-      samples[name].append((time.perf_counter() - start) / inner)
-  for name, (_, step) in steps.items():
-    assert step._cache_size() == 1, f"{name} recompiled"
-  return {name: statistics.median(v) for name, v in samples.items()}
-
-
 def main() -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (< 60 s)")
-  parser.add_argument("--out", default=None, help="also write the JSON to this file")
-  args = parser.parse_args()
+  args = common.parse_args(__doc__.split("\n")[0], "fewer repeats and sizes (< 60 s)")
   if args.quick:
     repeats, inner, width, batch, p = 5, 5, 64, 32, 8
     scaling_ps, scaling_methods = (1, 4, 16), ("sgd", "easgd", "dc_asgd")
@@ -125,7 +102,7 @@ def main() -> dict:
   start = time.perf_counter()
 
   steps = {name: make_step(tx, p, width, batch) for name, tx in methods(p).items()}
-  medians = time_steps(steps, repeats, inner)
+  medians = common.time_steps(steps, repeats, inner)
   results = [
     {
       "method": name,
@@ -140,7 +117,7 @@ def main() -> dict:
   for q in scaling_ps:
     txs = methods(q)
     steps = {name: make_step(txs[name], q, width, batch) for name in scaling_methods}
-    for name, seconds in time_steps(steps, repeats, inner).items():
+    for name, seconds in common.time_steps(steps, repeats, inner).items():
       scaling.append({"method": name, "workers": q, "median_step_ms": 1e3 * seconds})
   base = {r["method"]: r["median_step_ms"] for r in scaling if r["workers"] == scaling_ps[0]}
   for r in scaling:
@@ -148,9 +125,7 @@ def main() -> dict:
 
   report = {
     "benchmark": "distributed_step",
-    "device": jax.devices()[0].device_kind,
-    "platform": platform.platform(),
-    "jax": jax.__version__,
+    **common.environment(),
     "quick": args.quick,
     "model": f"mlp 784-{width}-10, batch {batch} per worker",
     "results": results,
@@ -164,11 +139,7 @@ def main() -> dict:
       f"scaling {r['method']:9s} p={r['workers']:2d} {r['median_step_ms']:8.3f} ms  "
       f"{r['growth_from_p1']:.2f}x p=1"
     )
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=2)
-  print(json.dumps(report))
-  return report
+  return common.finish(report, args.out)
 
 
 if __name__ == "__main__":

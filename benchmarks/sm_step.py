@@ -27,12 +27,9 @@ JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
 import time
 
+import common  # benchmarks/common.py: the scripts run from this folder
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,23 +81,6 @@ def make_steps(layers: int, x, y, methods) -> dict:
   return out
 
 
-def time_steps(steps: dict, repeats: int, inner: int) -> dict[str, float]:
-  """Median seconds per iteration; each sample times ``inner`` consecutive iterations."""
-  for s in steps.values():  # compile and warm up
-    for _ in range(2):
-      s["run_once"]()
-  samples = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, s in steps.items():
-      start = time.perf_counter()
-      for _ in range(inner):
-        s["run_once"]()
-      samples[name].append((time.perf_counter() - start) / inner)
-  for name, s in steps.items():
-    assert s["step"]._cache_size() == 1, f"{name} recompiled"
-  return {name: statistics.median(v) for name, v in samples.items()}
-
-
 def equal_time(steps: dict, x, y, budget: float) -> dict[str, dict]:
   """Training loss reached by each method from the same start after ``budget`` seconds."""
   out = {}
@@ -119,10 +99,7 @@ def equal_time(steps: dict, x, y, budget: float) -> dict[str, dict]:
 
 
 def main() -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="core methods, fewer repeats")
-  parser.add_argument("--out", default=None, help="also write the JSON to this file")
-  args = parser.parse_args()
+  args = common.parse_args(__doc__.split("\n")[0], "core methods, fewer repeats")
   n, methods, repeats, inner, budget = (
     (500, CORE, 3, 2, 3.0) if args.quick else (2000, ALL, 7, 5, 20.0)
   )
@@ -131,7 +108,9 @@ def main() -> dict:
   results, trained = [], []
   for layers in (4, 8):
     steps = make_steps(layers, x, y, methods)
-    medians = time_steps(steps, repeats, inner)
+    medians = common.time_steps(
+      {name: (s["run_once"], s["step"]) for name, s in steps.items()}, repeats, inner
+    )
     for name, seconds in medians.items():
       results.append(
         {
@@ -147,9 +126,7 @@ def main() -> dict:
       trained.append({"layers": layers, "method": name, "budget_s": budget, **r})
   report = {
     "benchmark": "sm_step",
-    "device": jax.devices()[0].device_kind,
-    "platform": platform.platform(),
-    "jax": jax.__version__,
+    **common.environment(),
     "quick": args.quick,
     "width": WIDTH,
     "step_times": results,
@@ -165,11 +142,7 @@ def main() -> dict:
       f"{r['layers']} layers  {r['method']:10s} {r['iterations']:5d} iterations in "
       f"{r['seconds']:.1f} s -> train loss {r['train_loss']:.4f}"
     )
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=2)
-  print(json.dumps(report))
-  return report
+  return common.finish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -11,19 +11,38 @@ from altmin_jax.sm.baselines import (
   gd_armijo,
   sso,
 )
+from altmin_jax.sm.pipeline import (
+  PipelineParams,
+  pipeline_mesh,
+  pipelined_gradient_descent,
+  pipelined_surrogate_minimization,
+  stack_params,
+  unstack_params,
+)
+from altmin_jax.sm.schedule_model import Durations, gpipe_schedule
 from altmin_jax.sm.surrogate import SMState, surrogate_minimization
 
 __all__ = [
   "CGBlockState",
   "DDGState",
+  "Durations",
   "GDArmijoState",
+  "PipelineParams",
   "SMState",
   "SSOState",
   "cg_block",
   "ddg",
   "gd_armijo",
+  "gpipe_schedule",
   "local_losses",
+  "pipeline",
+  "pipeline_mesh",
+  "pipelined_gradient_descent",
+  "pipelined_surrogate_minimization",
+  "schedule_model",
   "solvers",
   "sso",
+  "stack_params",
   "surrogate_minimization",
+  "unstack_params",
 ]

@@ -1,0 +1,350 @@
+r"""Modelled busy and idle time of every pipeline stage: GPipe + GD against GPipe + SM.
+
+The SM paper (Asad et al., Figure 1) argues that plain GPipe (Huang et al. 2019) with
+one gradient update per pass leaves every device idle in the pipeline bubbles before and
+after its update, and that surrogate minimization fills the update phase with N local
+steps per layer that need no communication. This module makes the argument
+quantitative for ``S`` devices (stages), ``M`` micro-batches and ``N`` inner steps, from
+per-device operation times (:class:`Durations`, measured by
+``benchmarks/sm_pipeline.py``).
+
+One iteration, starting with every device free at time 0 (a flushed pipeline):
+
+* ``F(s, j)``: device ``s`` runs micro-batch ``j`` through its layers, after
+  ``F(s-1, j)`` (plus one transfer ``comm``) and its own previous operation;
+* ``B(s, j)``: the backward pass of micro-batch ``j`` on device ``s``, after ``B(s+1, j)``
+  (plus ``comm``); every device first does all its forwards, then its backwards in the
+  same micro-batch order (GPipe);
+* **GD**: with ``line_search_trials = r > 0`` (GD + Armijo) ``r`` more pipelined forward
+  passes ``T(k, s, j)`` evaluate trial steps (trial ``k`` starts when every gradient is
+  known and the previous trial's loss has reached device 0); then ``U(s)``, the update of
+  device ``s``'s layers, after its own last backward (and the last trial's loss);
+* **SM**: ``C(s)``, power iteration for device ``s``'s curvature constants, after its own
+  last backward and ``C(s+1)`` (plus ``comm``: the chain :math:`c_{i+1} \to c_i` of
+  Appendix A); then ``L(s)``, building and minimising its local losses with N inner steps
+  (``solve_setup + N * inner_step``), after ``C(s)``, with no communication.
+
+Two executions of that graph are modelled:
+
+* ``lockstep=False`` (*dependency-driven*, the paper's Figure 1): every operation starts
+  as soon as its dependencies are done;
+* ``lockstep=True`` (*as implemented* in :mod:`altmin_jax.sm.pipeline` with
+  ``jax.shard_map``): the passes are ``lax.scan``\ s of ``M + S - 1`` ticks, each tick as
+  long as the slowest active device plus one ``ppermute``; the curvature chain is
+  ``S`` rounds; every phase ends with all devices.
+
+A device is *busy* while it computes (transfers are latency on the edges) and *idle*
+otherwise, up to the makespan of the iteration; utilization is
+:math:`\sum_s \mathrm{busy}_s / (S \cdot \mathrm{makespan})`. For SM, ``fill_steps[s]``
+counts the extra inner steps device ``s`` could take in its idle time after its local
+solve without lengthening the iteration (the slack that N local steps can fill).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+METHODS = ("gd", "sm")
+
+
+class Durations(NamedTuple):
+  """Time of each operation on one device (any unit; a scalar or one value per device).
+
+  Attributes:
+    forward: one micro-batch through the device's layers (``F``).
+    backward: one micro-batch backward through them (``B``).
+    update: GD's parameter update of the device's layers (``U``).
+    curvature: power iteration for all of the device's layers (``C``, SM).
+    inner_step: one inner CG / GD step on all of the device's local losses (SM).
+    solve_setup: building the device's local losses before the inner steps (SM).
+    comm: one point-to-point transfer between neighbouring devices.
+  """
+
+  forward: Any = 1.0
+  backward: Any = 2.0
+  update: Any = 0.0
+  curvature: Any = 0.0
+  inner_step: Any = 0.0
+  solve_setup: Any = 0.0
+  comm: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """The modelled timeline of one iteration.
+
+  Attributes:
+    method: ``"gd"`` or ``"sm"``.
+    lockstep: whether the phases are tick-synchronous (as implemented).
+    num_stages, num_microbatches, inner_steps, line_search_trials: the configuration.
+    stage_inner_steps: inner steps per device (``N`` each unless ``fill``).
+    makespan: length of the iteration.
+    busy, idle: per device, compute time and idle time within the makespan.
+    phase_busy: per phase name, per device compute time.
+    idle_before_update: per device, idle time between its last backward and the start
+      of its update phase (GD: ``U``; SM: ``C``).
+    idle_after_update: per device, idle time after its update phase ends.
+    fill_steps: SM only, per device, inner steps that fit in ``idle_after_update``.
+    ops: per device, the ``(name, start, end)`` of every operation in time order.
+  """
+
+  method: str
+  lockstep: bool
+  num_stages: int
+  num_microbatches: int
+  inner_steps: int
+  line_search_trials: int
+  stage_inner_steps: tuple[int, ...]
+  makespan: float
+  busy: tuple[float, ...]
+  idle: tuple[float, ...]
+  phase_busy: dict[str, tuple[float, ...]]
+  idle_before_update: tuple[float, ...]
+  idle_after_update: tuple[float, ...]
+  fill_steps: tuple[int, ...]
+  ops: tuple[tuple[tuple[str, float, float], ...], ...]
+
+  @property
+  def utilization(self) -> float:
+    """Fraction of device time spent computing."""
+    return sum(self.busy) / (self.num_stages * self.makespan) if self.makespan else 0.0
+
+  def as_dict(self, with_ops: bool = False) -> dict:
+    """JSON-ready summary (``ops`` only when asked)."""
+    out = {
+      "method": self.method,
+      "lockstep": self.lockstep,
+      "num_stages": self.num_stages,
+      "num_microbatches": self.num_microbatches,
+      "inner_steps": self.inner_steps,
+      "line_search_trials": self.line_search_trials,
+      "stage_inner_steps": list(self.stage_inner_steps),
+      "makespan": self.makespan,
+      "utilization": self.utilization,
+      "busy": list(self.busy),
+      "idle": list(self.idle),
+      "phase_busy": {k: list(v) for k, v in self.phase_busy.items()},
+      "idle_before_update": list(self.idle_before_update),
+      "idle_after_update": list(self.idle_after_update),
+      "fill_steps": list(self.fill_steps),
+    }
+    if with_ops:
+      out["ops"] = [[list(op) for op in ops] for ops in self.ops]
+    return out
+
+
+def _per_stage(name: str, value: Any, S: int) -> tuple[float, ...]:
+  values = tuple(value) if isinstance(value, Sequence) else (value,) * S
+  if len(values) != S:
+    raise ValueError(f"durations.{name} has {len(values)} entries for {S} stages")
+  for v in values:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    if not ok:
+      raise ValueError(f"durations.{name} must be finite numbers >= 0, got {name}={value!r}")
+  return tuple(float(v) for v in values)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+  return value
+
+
+class _Timeline:
+  """Operations appended per device in program order; each starts when the device is
+  free and its dependencies have ended."""
+
+  def __init__(self, S: int):
+    self.ops: list[list[tuple[str, float, float]]] = [[] for _ in range(S)]
+    self.free = [0.0] * S
+    self.phase: dict[str, list[float]] = {}
+
+  def run(self, s: int, name: str, phase: str, duration: float, ready: float = 0.0) -> float:
+    start = max(self.free[s], ready)
+    end = start + duration
+    self.ops[s].append((name, start, end))
+    self.free[s] = end
+    self.phase.setdefault(phase, [0.0] * len(self.free))[s] += duration
+    return end
+
+
+def _passes(tl: _Timeline, S, M, d, *, lockstep: bool, start: float = 0.0, label="F"):
+  """A forward pass (``label`` F or a trial T) of all micro-batches; returns the end time
+  of ``(s, j)`` as a dict and the time the pass ends everywhere."""
+  f = d["forward"]
+  end = {}
+  if lockstep:
+    tick = max(f) + d["comm"]
+    for t in range(M + S - 1):
+      for s in range(S):
+        j = t - s
+        if 0 <= j < M:
+          tl.run(s, f"{label}{s},{j}", "forward" if label == "F" else "trials", f[s], start)
+      start += tick
+    return start
+  for j in range(M):
+    for s in range(S):
+      ready = max(start, end[(s - 1, j)] + d["comm"]) if s else start
+      end[(s, j)] = tl.run(
+        s, f"{label}{s},{j}", "forward" if label == "F" else "trials", f[s], ready
+      )
+  return max(end.values())
+
+
+def _backward(tl: _Timeline, S, M, d, *, lockstep: bool, start: float):
+  b = d["backward"]
+  if lockstep:
+    tick = max(b) + d["comm"]
+    for t in range(M + S - 1):
+      for s in range(S):
+        j = t - (S - 1 - s)
+        if 0 <= j < M:
+          tl.run(s, f"B{s},{j}", "backward", b[s], start)
+      start += tick
+    return start
+  end = {}
+  for j in range(M):
+    for s in reversed(range(S)):
+      ready = end[(s + 1, j)] + d["comm"] if s < S - 1 else 0.0
+      end[(s, j)] = tl.run(s, f"B{s},{j}", "backward", b[s], ready)
+  return max(end.values())
+
+
+def gpipe_schedule(
+  method: str,
+  num_stages: int,
+  num_microbatches: int,
+  durations: Durations,
+  *,
+  inner_steps: int = 1,
+  line_search_trials: int = 0,
+  lockstep: bool = False,
+  fill: bool = False,
+) -> Schedule:
+  """The modelled timeline of one GPipe iteration with GD or SM updates.
+
+  Args:
+    method: ``"gd"`` (one update per pass) or ``"sm"`` (curvature chain, then N inner
+      steps on every device's local losses).
+    num_stages: S devices.
+    num_microbatches: M.
+    durations: per-device operation times.
+    inner_steps: N (SM).
+    line_search_trials: r extra pipelined forward passes per GD iteration (the trial
+      steps of an Armijo search; 0 for a fixed step).
+    lockstep: tick-synchronous phases (as implemented with ``shard_map``) instead of
+      dependency-driven execution.
+    fill: SM only: every device takes ``N + fill_steps[s]`` inner steps, filling its
+      idle time after the local solve without lengthening the iteration (SM's descent
+      guarantee holds for any number of inner steps per layer, Theorem 1).
+
+  Returns:
+    A :class:`Schedule`.
+
+  Example:
+    >>> from altmin_jax.sm.schedule_model import Durations, gpipe_schedule
+    >>> gd = gpipe_schedule("gd", 2, 2, Durations(forward=1, backward=2, update=0.5))
+    >>> gd.makespan, gd.busy, round(gd.utilization, 4)
+    (9.5, (6.5, 6.5), 0.6842)
+  """
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
+  S = _check_int("num_stages", num_stages, 1)
+  M = _check_int("num_microbatches", num_microbatches, 1)
+  N = _check_int("inner_steps", inner_steps, 1)
+  r = _check_int("line_search_trials", line_search_trials, 0)
+  if not isinstance(durations, Durations):
+    raise ValueError(f"durations must be a Durations, got durations={durations!r}")
+  if fill and method == "sm":
+    plain = gpipe_schedule(method, S, M, durations, inner_steps=N, lockstep=lockstep, fill=False)
+    steps = [N + f for f in plain.fill_steps]
+    return _schedule(method, S, M, durations, N, steps, r, lockstep)
+  return _schedule(method, S, M, durations, N, [N] * S, r, lockstep)
+
+
+def _schedule(method, S, M, durations, N, steps, r, lockstep) -> Schedule:
+  d = {k: _per_stage(k, v, S) for k, v in durations._asdict().items() if k != "comm"}
+  d["comm"] = _per_stage("comm", durations.comm, 1)[0]
+  tl = _Timeline(S)
+  t = _passes(tl, S, M, d, lockstep=lockstep)
+  t = _backward(tl, S, M, d, lockstep=lockstep, start=t)
+  if method == "gd":
+    for k in range(r):  # trial k needs every gradient and the previous trial's loss
+      t = _passes(tl, S, M, d, lockstep=lockstep, start=t + d["comm"], label=f"T{k}:")
+    ready = t if lockstep else (t + d["comm"] if r else 0.0)
+    for s in range(S):
+      tl.run(s, f"U{s}", "update", d["update"][s], ready)
+  else:
+    c = d["curvature"]
+    solve = [d["solve_setup"][s] + steps[s] * d["inner_step"][s] for s in range(S)]
+    if lockstep:
+      for s in reversed(range(S)):  # round S-1-s: device s, then one scalar ppermute
+        tl.run(s, f"C{s}", "curvature", c[s], t)
+        t += c[s] + d["comm"]
+      for s in range(S):
+        tl.run(s, f"L{s}", "solve", solve[s], t)
+    else:
+      chain = 0.0
+      for s in reversed(range(S)):
+        chain = tl.run(s, f"C{s}", "curvature", c[s], chain + d["comm"] if s < S - 1 else 0.0)
+        tl.run(s, f"L{s}", "solve", solve[s])
+  makespan = max(tl.free)
+  busy = tuple(sum(e - b for _, b, e in ops) for ops in tl.ops)
+  before, after = [], []
+  for ops in tl.ops:
+    last_b = max(e for name, _, e in ops if name.startswith("B"))
+    update = [(b, e) for name, b, e in ops if name[0] in "UCL"]
+    between = sum(e - b for name, b, e in ops if name.startswith("T"))
+    before.append(update[0][0] - last_b - between)
+    after.append(makespan - update[-1][1])
+  fill = tuple(
+    math.floor(a / d["inner_step"][s] + 1e-9) if method == "sm" and d["inner_step"][s] > 0 else 0
+    for s, a in enumerate(after)
+  )
+  return Schedule(
+    method=method,
+    lockstep=lockstep,
+    num_stages=S,
+    num_microbatches=M,
+    inner_steps=N if method == "sm" else 1,
+    stage_inner_steps=tuple(steps) if method == "sm" else (1,) * S,
+    line_search_trials=r if method == "gd" else 0,
+    makespan=makespan,
+    busy=busy,
+    idle=tuple(makespan - b for b in busy),
+    phase_busy={k: tuple(v) for k, v in tl.phase.items()},
+    idle_before_update=tuple(before),
+    idle_after_update=tuple(after),
+    fill_steps=fill,
+    ops=tuple(tuple(ops) for ops in tl.ops),
+  )
+
+
+def compare(
+  num_stages: int,
+  num_microbatches: int,
+  durations: Durations,
+  *,
+  inner_steps: int,
+  line_search_trials: int = 0,
+) -> dict:
+  """GPipe + GD and GPipe + SM side by side, dependency-driven and lockstep, as a dict
+  ready for JSON (``{"gd": ..., "sm": ..., "gd_lockstep": ..., "sm_lockstep": ...}``)."""
+  out = {}
+  for lockstep in (False, True):
+    suffix = "_lockstep" if lockstep else ""
+    out["gd" + suffix] = gpipe_schedule(
+      "gd",
+      num_stages,
+      num_microbatches,
+      durations,
+      line_search_trials=line_search_trials,
+      lockstep=lockstep,
+    ).as_dict()
+    out["sm" + suffix] = gpipe_schedule(
+      "sm", num_stages, num_microbatches, durations, inner_steps=inner_steps, lockstep=lockstep
+    ).as_dict()
+  return out

@@ -1,0 +1,262 @@
+r"""Pipeline-parallel SM: measured time per component, the schedule model, utilization.
+
+A 784-w-...-w-10 ReLU MLP on bundled MNIST images is pipelined over S devices with M
+GPipe micro-batches, in two layouts: ``pad`` (the paper's setting: 8 layers, 2 per
+device for S = 4, the 784-wide input and 10 logits zero-padded into the stack) and
+``outside`` (2 + 2S layers: the first and last layer outside the pipeline, 2 unpadded
+w x w layers per device). For every platform (always the CPU, with S fake devices from
+``XLA_FLAGS=--xla_force_host_platform_device_count``; also the accelerator when one is
+present, over up to S of its devices) the benchmark
+
+1. times each phase of a step as its own jitted ``shard_map`` (median over repeats,
+   compilation excluded, ``block_until_ready``): the GPipe forward pass, SM's backward
+   pass, GD's backward pass (parameter gradients accumulated), the curvature chain, the
+   local solves with N and with 1 inner step (giving the set-up and the time per inner
+   step), GD's update, one Armijo trial (forward pass and loss) and the point-to-point
+   transfers alone;
+2. turns them into per-device operation times (:class:`~altmin_jax.sm.schedule_model.
+   Durations`: a pass of ``M + S - 1`` ticks gives the time per micro-batch and device)
+   and models one iteration of GPipe + GD (fixed step; and Armijo with one trial) and
+   GPipe + SM with N inner steps, dependency-driven (the SM paper's Figure 1) and
+   lockstep (as implemented), with per-device busy and idle times and utilization, and
+   SM with the idle time after the local solves filled with more inner steps;
+3. times whole steps: pipelined SM, pipelined GD (fixed step and Armijo), single-device
+   SM, and the matching optax baseline (one backprop ``optax.sgd`` step on one device),
+   reporting each as a ratio to the baseline, and the *measured* utilization (modelled
+   busy time over S times the measured step time). ``padded_params_ratio`` (stacked /
+   real parameters) is the price of zero-padding (``pad``: every layer gets the
+   784-wide input layer's shape).
+
+On fake CPU devices all S "devices" share the machine's cores, so phases that run in
+parallel on real devices are serialised here: the measured numbers show the structure
+and the model's use, not a speed-up.
+
+Usage::
+
+  python benchmarks/sm_pipeline.py [--quick] [--out results.json] [--stages 4]
+
+``--quick`` (under a minute on a 2-core CPU): the ``pad`` layout, width 64, 256
+samples, M = 4, N = 10, 3 repeats. Full: width 128, 1024 samples, M in {2, 8}, N in
+{10, 20}, both layouts, 7 repeats. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _stages_from_argv(default: int = 4) -> int:
+  for i, arg in enumerate(sys.argv):
+    if arg == "--stages" and i + 1 < len(sys.argv):
+      return int(sys.argv[i + 1])
+    if arg.startswith("--stages="):
+      return int(arg.split("=", 1)[1])
+  return default
+
+
+# S fake CPU devices; set before JAX starts (on a GPU machine this only affects the CPU).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count={_stages_from_argv()}"
+  ).strip()
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+import altmin_jax as amj  # noqa: E402
+from altmin_jax.sm import pipeline as pl  # noqa: E402
+from altmin_jax.sm import schedule_model as sched  # noqa: E402
+
+LAYERS = 8
+SM_KW = dict(delta=0.1, power_iterations=10)
+
+
+def median_time(fn, args, repeats: int) -> float:
+  """Median seconds of ``fn(*args)`` after two warm-up calls (compilation)."""
+  for _ in range(2):
+    jax.block_until_ready(fn(*args))
+  samples = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    samples.append(time.perf_counter() - start)
+  return statistics.median(samples)
+
+
+def run_platform(devices, n_stages: int, config: dict, repeats: int):
+  width, batch, M, N = config["width"], config["batch"], config["M"], config["N"]
+  boundary = config["boundary"]
+  S = min(n_stages, len(devices))
+  layers = LAYERS if boundary == "pad" else 2 + 2 * S  # outside: 2 stacked layers per device
+  mesh = jax.make_mesh((S,), ("stage",), devices=devices[:S])
+  home = devices[0]
+  data = amj.data.load_dataset("bundled_mnist", num_train=8000)
+  x = jax.device_put(jnp.asarray(data.train[0][:batch]), home)
+  y = jax.device_put(jnp.asarray(data.train[1][:batch]), home)
+  net = amj.networks.mlp([784] + [width] * (layers - 1) + [10], activation=jax.nn.relu)
+  params = jax.device_put(net.init(jax.random.key(0)), home)
+
+  # 1. phases
+  kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
+  pipe = pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
+  phases = pl.phase_functions(pipe, net, params, (x, y))
+  measured = {name: median_time(fn, args, repeats) for name, (fn, args) in phases.items()}
+  one = pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
+  _, solve_args = phases["solve"]
+  measured["solve_1_step"] = median_time(jax.jit(one.solve), solve_args, repeats)
+
+  # 2. per-device operation times and the model
+  ticks = M + S - 1
+  inner = max(measured["solve"] - measured["solve_1_step"], 0.0) / max(N - 1, 1)
+  durations = sched.Durations(
+    forward=measured["forward"] / ticks,
+    backward=measured["backward"] / ticks,
+    update=measured["gd_update"],
+    curvature=measured["curvature"] / S,
+    inner_step=inner,
+    solve_setup=max(measured["solve_1_step"] - inner, 0.0),
+    comm=measured["communication"] / (2 * ticks),
+  )
+  gd_durations = durations._replace(backward=measured["gd_backward"] / ticks)
+  model = {
+    "gd": sched.gpipe_schedule("gd", S, M, gd_durations).as_dict(),
+    "gd_armijo_1_trial": sched.gpipe_schedule(
+      "gd", S, M, gd_durations, line_search_trials=1
+    ).as_dict(),
+    "sm": sched.gpipe_schedule("sm", S, M, durations, inner_steps=N).as_dict(),
+    "sm_filled": sched.gpipe_schedule("sm", S, M, durations, inner_steps=N, fill=True).as_dict(),
+    "gd_lockstep": sched.gpipe_schedule("gd", S, M, gd_durations, lockstep=True).as_dict(),
+    "sm_lockstep": sched.gpipe_schedule(
+      "sm", S, M, durations, inner_steps=N, lockstep=True
+    ).as_dict(),
+  }
+
+  # 3. whole steps
+  stacked = pl.stack_params(net, params, boundary=boundary, mesh=mesh)
+  loss = amj.losses.softmax_cross_entropy
+
+  xm, ym = pl.replicate_on(mesh, (x, y))
+
+  def pipelined(tx):
+    state = tx.init(stacked)
+    step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(xm, ym)))
+    return step, (stacked, state)
+
+  def single(tx, grads):
+    state = tx.init(params)
+    g = jax.grad(lambda p: jnp.mean(loss(net.apply(p, x), y)))
+    step = jax.jit(lambda p, s: tx.update(g(p) if grads else None, s, p, batch=(x, y)))
+    return step, (params, state)
+
+  steps = {
+    "optax_sgd": single(optax.sgd(0.1), True),
+    "sm_single_device": single(amj.sm.surrogate_minimization(net, inner_steps=N, **SM_KW), False),
+    "pipelined_sm": pipelined(
+      pl.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
+    ),
+    "pipelined_gd": pipelined(pl.pipelined_gradient_descent(net, learning_rate=0.1, **kw)),
+    "pipelined_gd_armijo": pipelined(pl.pipelined_gradient_descent(net, **kw)),
+  }
+  step_times = {name: median_time(fn, args, repeats) for name, (fn, args) in steps.items()}
+  base = step_times["optax_sgd"]
+  busy = {k: sum(model[k]["busy"]) for k in ("gd", "sm", "gd_armijo_1_trial")}
+  real = sum(a.size for a in jax.tree.leaves(params))
+  padded = sum(a.size for a in jax.tree.leaves(stacked))
+  return {
+    "device": devices[0].device_kind,
+    "platform": devices[0].platform,
+    "stages": S,
+    "boundary": boundary,
+    "layers": layers,
+    "layers_per_device": pipe.layers_per_stage,
+    "width": width,
+    "padded_params_ratio": padded / real,
+    "batch": batch,
+    "microbatches": M,
+    "inner_steps": N,
+    "phase_seconds": measured,
+    "durations": durations._asdict(),
+    "model": model,
+    "step_seconds": step_times,
+    "ratio_to_optax_sgd": {k: v / base for k, v in step_times.items()},
+    "modelled_utilization": {k: v["utilization"] for k, v in model.items()},
+    "measured_utilization": {
+      "pipelined_gd": busy["gd"] / (S * step_times["pipelined_gd"]),
+      "pipelined_gd_armijo": busy["gd_armijo_1_trial"] / (S * step_times["pipelined_gd_armijo"]),
+      "pipelined_sm": busy["sm"] / (S * step_times["pipelined_sm"]),
+    },
+    "modelled_lockstep_step_seconds": {
+      "pipelined_gd": model["gd_lockstep"]["makespan"],
+      "pipelined_sm": model["sm_lockstep"]["makespan"],
+    },
+  }
+
+
+def main() -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="one small configuration")
+  parser.add_argument("--out", default=None, help="also write the JSON to this file")
+  parser.add_argument("--stages", type=int, default=4, help="pipeline devices S")
+  args = parser.parse_args()
+  if args.quick:
+    configs, repeats = [dict(width=64, batch=256, M=4, N=10, boundary="pad")], 3
+  else:
+    configs = [
+      dict(width=128, batch=1024, M=m, N=n, boundary=b)
+      for b in ("pad", "outside")
+      for m in (2, 8)
+      for n in (10, 20)
+    ]
+    repeats = 7
+  platforms = {"cpu": jax.devices("cpu")}
+  if jax.default_backend() != "cpu":
+    platforms[jax.default_backend()] = jax.devices()
+  runs = []
+  for name, devices in platforms.items():
+    for c in configs:
+      r = run_platform(devices, args.stages, c, repeats)
+      runs.append(r)
+      print(
+        f"{name} {r['boundary']} L={r['layers']} S={r['stages']} M={r['microbatches']} "
+        f"N={r['inner_steps']} w={r['width']}: "
+        + "  ".join(f"{k} {1e3 * v:.1f} ms" for k, v in r["step_seconds"].items())
+      )
+      print(
+        "  phases: " + "  ".join(f"{k} {1e3 * v:.2f} ms" for k, v in r["phase_seconds"].items())
+      )
+      print(
+        "  utilization modelled: "
+        + "  ".join(f"{k} {v:.2f}" for k, v in r["modelled_utilization"].items())
+        + " | measured: "
+        + "  ".join(f"{k} {v:.2f}" for k, v in r["measured_utilization"].items())
+      )
+  report = {
+    "benchmark": "sm_pipeline",
+    "platform": platform.platform(),
+    "jax": jax.__version__,
+    "quick": args.quick,
+    "notes": [
+      "fake CPU devices share the host's cores: parallel phases are serialised",
+      "boundary 'outside': the first and last layer run replicated on every device and "
+      "are not part of the modelled busy time",
+    ],
+    "runs": runs,
+  }
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=2)
+  print(json.dumps(report))
+  return report
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,200 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Pipeline-parallel surrogate minimization: an 8-layer MLP on 4 devices
+#
+# Surrogate minimization (SM; Asad, Babanezhad, Laradji, Le Roux, Vaswani) builds, from one
+# forward and one backward pass, a *local loss* for every layer whose sum majorizes the
+# network's loss. Each layer can then take N optimization steps on its own local loss with
+# no communication. With the layers split over devices and GPipe micro-batching, those N
+# steps fill the update phase that plain GPipe + gradient descent leaves idle (the paper's
+# Figure 1).
+#
+# Here the 8 layers of a 784-w-...-w-10 ReLU MLP are stacked, zero-padded to one shape and
+# sharded over a 4-device mesh axis `'stage'` (2 layers per device). One SM step is a GPipe
+# forward and backward pass (`lax.scan` over M + S - 1 ticks, `lax.ppermute` between
+# neighbours), the curvature chain down the pipeline, then N conjugate-gradient steps on
+# each local loss on every device, with no collectives. Without 4 accelerators the 4
+# devices are CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=4`).
+#
+# Sizes come from environment variables so that CI runs this notebook small
+# (`ALTMIN_JAX_SMALL=1`); `ITERATIONS` overrides the number of training iterations.
+
+# %%
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:  # install the package when running on Colab
+  spec = os.environ.get("ALTMIN_JAX_PIP_SPEC", "altmin_jax")
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
+
+# Four CPU devices for the pipeline when there are not four accelerators (this flag only
+# affects the CPU platform and must be set before JAX starts).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+# %%
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+
+import altmin_jax as amj
+from altmin_jax.sm import pipeline as pl
+from altmin_jax.sm import schedule_model as sched
+
+SMALL = os.environ.get("ALTMIN_JAX_SMALL") == "1"
+ITERATIONS = int(os.environ.get("ITERATIONS", 8 if SMALL else 100))
+NUM_TRAIN = 512 if SMALL else 4000
+WIDTH = 32 if SMALL else 100
+STAGES, MICROBATCHES, INNER_STEPS = 4, 4, 10
+
+devices = jax.devices() if len(jax.devices()) >= STAGES else jax.devices("cpu")
+mesh = jax.make_mesh((STAGES,), ("stage",), devices=devices[:STAGES])
+print(f"{ITERATIONS} iterations on {NUM_TRAIN} images; mesh: {mesh}")
+
+# %% [markdown]
+# ## Data and network
+# The MNIST digits bundled with the package (the first `NUM_TRAIN` images train, the last
+# 2,000 are held out). As in the paper's experiments, every iteration uses the whole
+# training set (deterministic setting), split into 4 GPipe micro-batches.
+
+# %%
+data = amj.data.load_dataset("bundled_mnist", num_train=NUM_TRAIN)
+(x_train, y_train), (x_test, y_test) = data.train, data.test
+x_test, y_test = x_test[-2000:], y_test[-2000:]
+
+net = amj.networks.mlp([784] + [WIDTH] * 7 + [10], activation=jax.nn.relu)
+params = net.init(jax.random.key(0))
+print(f"{net.num_stages} layers:", [p["kernel"].shape for p in params])
+
+# %% [markdown]
+# `stack_params` stacks the 8 kernels on a leading layer axis, zero-padded to the widest
+# shape (784 x w), and shards that axis over the mesh: each device holds its 2 layers.
+# Padding changes no result: padded inputs and units stay exactly zero, and so do the padded
+# entries of every gradient and update.
+
+# %%
+stacked = pl.stack_params(net, params, mesh=mesh)
+print("stacked kernel:", stacked.kernel.shape, stacked.kernel.sharding.spec)
+for shard in stacked.kernel.addressable_shards:
+  print(f"  {shard.device}: layers {shard.index[0]}")
+x_all, y_all = pl.replicate_on(mesh, (x_train, y_train))
+
+# %% [markdown]
+# ## The pipelined step equals the single-device step
+# One pipelined SM step against `altmin_jax.sm.surrogate_minimization` on one device, from
+# the same parameters on the same batch.
+
+# %%
+sm_kw = dict(inner_steps=INNER_STEPS, delta=0.1, power_iterations=10)
+sm = pl.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=MICROBATCHES, **sm_kw)
+single = amj.sm.surrogate_minimization(net, **sm_kw)
+
+updates, _ = jax.jit(lambda p, s: sm.update(None, s, p, batch=(x_all, y_all)))(
+  stacked, sm.init(stacked)
+)
+pipelined_params = pl.unstack_params(net, optax.apply_updates(stacked, updates))
+single_updates, _ = jax.jit(lambda p, s: single.update(None, s, p, batch=(x_train, y_train)))(
+  params, single.init(params)
+)
+single_params = optax.apply_updates(params, single_updates)
+gap = max(
+  float(jnp.max(jnp.abs(a - b)))
+  for a, b in zip(jax.tree.leaves(pipelined_params), jax.tree.leaves(single_params))
+)
+print(f"largest difference after one step: {gap:.2e}")
+
+# %% [markdown]
+# ## Training: GPipe + SM against GPipe + GD
+# The baseline is the same pipeline with one gradient update per pass, the step size chosen
+# by an Armijo line search (every trial step is one more pipelined forward pass), as the
+# paper's GD+Armijo.
+
+# %%
+gd = pl.pipelined_gradient_descent(net, mesh=mesh, num_microbatches=MICROBATCHES)
+
+
+def train(tx):
+  step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x_all, y_all)))
+  p, state = stacked, tx.init(stacked)
+  losses, accuracies = [], []
+  for _ in range(ITERATIONS):
+    updates, state = step(p, state)
+    p = optax.apply_updates(p, updates)
+    losses.append(float(state.loss))  # the loss at the start of the iteration
+    logits = net.apply(pl.unstack_params(net, p), x_test)
+    accuracies.append(float(amj.losses.accuracy(logits, y_test)))
+  return losses, accuracies
+
+
+history = {"GPipe + SM (N = 10)": train(sm), "GPipe + GD+Armijo": train(gd)}
+for name, (losses, accuracies) in history.items():
+  print(f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}, held-out accuracy {accuracies[-1]:.3f}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+for name, (losses, accuracies) in history.items():
+  axes[0].plot(range(len(losses)), losses, label=name)
+  axes[1].plot(range(1, len(accuracies) + 1), accuracies, label=name)
+axes[0].set_yscale("log")
+axes[0].set_xlabel("iteration (full batch)")
+axes[0].set_ylabel("training loss")
+axes[1].set_xlabel("iteration")
+axes[1].set_ylabel("held-out accuracy")
+for ax in axes:
+  ax.grid(alpha=0.3)
+  ax.legend()
+fig.suptitle(f"8-layer ReLU MLP (width {WIDTH}) pipelined over {STAGES} devices")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Where the time goes: the schedule model
+# `altmin_jax.sm.schedule_model` lays out one iteration on S = 4 devices with M = 4
+# micro-batches from per-device operation times: forward F, backward B, GD's update U,
+# SM's curvature chain C and local solves L. (Illustrative times below;
+# `benchmarks/sm_pipeline.py` measures them.) With GD every device is idle in the bubbles
+# around its short update; SM's N inner steps turn the update phase into useful work, and
+# each device could take more inner steps in its remaining idle time (`fill=True`).
+
+# %%
+durations = sched.Durations(forward=1.0, backward=2.0, update=0.2, curvature=0.5, inner_step=0.6)
+schedules = {
+  "GPipe + GD": sched.gpipe_schedule("gd", STAGES, MICROBATCHES, durations),
+  "GPipe + SM, N = 10": sched.gpipe_schedule("sm", STAGES, MICROBATCHES, durations, inner_steps=10),
+  "GPipe + SM, idle time filled": sched.gpipe_schedule(
+    "sm", STAGES, MICROBATCHES, durations, inner_steps=10, fill=True
+  ),
+}
+colors = {"F": "tab:blue", "B": "tab:orange", "U": "tab:green", "C": "tab:red", "L": "tab:green"}
+fig, axes = plt.subplots(len(schedules), 1, figsize=(10, 6), sharex=True)
+for ax, (name, s) in zip(axes, schedules.items()):
+  for device, ops in enumerate(s.ops):
+    for label, start, end in ops:
+      ax.barh(device, end - start, left=start, color=colors[label[0]], edgecolor="white")
+  ax.set_yticks(range(STAGES), [f"device {d}" for d in range(STAGES)])
+  ax.invert_yaxis()
+  ax.set_title(f"{name}: utilization {s.utilization:.2f}", fontsize=10)
+axes[-1].set_xlabel("time (units of one micro-batch forward)")
+fig.tight_layout()
+plt.show()
+for name, s in schedules.items():
+  print(f"{name:30s} busy {np.round(s.busy, 1)} idle {np.round(s.idle, 1)}")
+
+# %%
+sm_losses = history["GPipe + SM (N = 10)"][0]
+assert gap < 1e-4, "the pipelined step should equal the single-device step"
+assert sm_losses[-1] < 0.9 * sm_losses[0], "SM should decrease the training loss"
