@@ -126,6 +126,11 @@ CASES: list[Case] = [
     ],
   ),
   Case(
+    "am_adam_record_codes",
+    _am_problem(amj.am_adam, weight_optimizer=optax.adam(3e-2), record_codes=16, **AM_KW),
+    bad_hyperparams=[(lambda: amj.am_adam(_net(), record_codes=0), "record_codes=0")],
+  ),
+  Case(
     "am_adam_nesterov_codes",
     _am_problem(
       amj.am_adam,

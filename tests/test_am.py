@@ -276,3 +276,27 @@ def test_output_optimizer_overrides_the_last_layer_only():
   ub, _ = b.update(None, b.init(params), params, batch=(x, y))
   assert all(float(jnp.max(jnp.abs(u))) == 0 for u in jax.tree.leaves(ua[-1]))
   assert tree_equal(ua[:-1], ub[:-1])
+
+
+def test_recorded_codes_are_the_updated_codes_of_the_last_batch():
+  net, params, x, y = _setup()
+  tx = amj.am_adam(net, code_steps=3, record_codes=16)
+  state = tx.init(params)
+  assert [c.shape for c in state.codes] == [(16, *s) for s in net.code_shapes]
+  _, state = tx.update(None, state, params, batch=(x, y))
+  codes, _ = net.forward(params, x)
+  expected = codes_lib.update_codes(
+    net,
+    params,
+    y,
+    codes,
+    codes,
+    loss=LOSS,
+    mu=0.01,
+    tx=codes_lib.make_code_optimizer("sgd", 0.01),
+    steps=3,
+  )
+  assert tree_allclose(state.codes, expected)
+  assert amj.am_adam(net).init(params).codes == ()
+  with pytest.raises(ValueError, match="record_codes=16"):
+    tx.update(None, state, params, batch=(x[:8], y[:8]))

@@ -38,13 +38,14 @@ Optimizers = optax.GradientTransformation | Sequence[optax.GradientTransformatio
 
 
 class AMState(NamedTuple):
-  """State of online AM: step count, last batch loss, per-layer optimizer states and
-  co-activation memories (AM-mem)."""
+  """State of online AM: step count, last batch loss, per-layer optimizer states,
+  co-activation memories (AM-mem) and, when recorded, the last batch's codes."""
 
   count: Array  # int32 scalar, minibatches seen
   batch_loss: Array  # float32 scalar, mean loss of the last batch before its update
   weight_states: tuple  # one optax state per stage (EmptyState for memory layers)
   memory: tuple  # one CoactivationMemory per memory layer (empty for AM-Adam)
+  codes: tuple  # with record_codes=B: the updated codes c^1..c^L of the last batch, else ()
 
 
 # ------------------------------------------------------------ shared config
@@ -172,17 +173,26 @@ def params_difference(new_params, params):
   return jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
 
 
-def _online(cfg: AMConfig) -> optax.GradientTransformationExtraArgs:
+def _online(cfg: AMConfig, record_codes: int | None) -> optax.GradientTransformationExtraArgs:
   net = cfg.net
+  if record_codes is not None:
+    check_int("record_codes", record_codes, 1)
 
   def init_fn(params):
     stage_params = net.stage_params(params)
     weight_states, memory = weights_lib.init_weights_state(cfg.weights, net, stage_params)
+    dtype = jax.tree.leaves(stage_params)[0].dtype
+    codes = (
+      ()
+      if record_codes is None
+      else tuple(jnp.zeros((record_codes, *shape), dtype) for shape in net.code_shapes)
+    )
     return AMState(
       count=jnp.zeros([], jnp.int32),
       batch_loss=jnp.zeros([], jnp.float32),
       weight_states=weight_states,
       memory=memory,
+      codes=codes,
     )
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
@@ -192,10 +202,15 @@ def _online(cfg: AMConfig) -> optax.GradientTransformationExtraArgs:
         "alternating minimization needs params: call update(grads, state, params, batch=(x, y))"
       )
     x, y = unpack_batch(net, batch)
+    if record_codes is not None and x.shape[0] != record_codes:
+      raise ValueError(
+        f"record_codes={record_codes} keeps the codes of batches of that size, "
+        f"got a batch of {x.shape[0]}"
+      )
     params = as_arrays(params)
     stage_params = net.stage_params(params)
     codes, logits = net.forward_stages(stage_params, x)
-    new_stage_params, _, weight_states, memory, batch_loss = am_iteration(
+    new_stage_params, new_codes, weight_states, memory, batch_loss = am_iteration(
       cfg, stage_params, x, y, codes, codes, logits, state.weight_states, state.memory, state.count
     )
     new_params = net.merge_stage_params(new_stage_params, params)
@@ -204,6 +219,7 @@ def _online(cfg: AMConfig) -> optax.GradientTransformationExtraArgs:
       batch_loss=batch_loss,
       weight_states=weight_states,
       memory=memory,
+      codes=() if record_codes is None else tuple(new_codes),
     )
     return params_difference(new_params, params), new_state
 
@@ -222,6 +238,7 @@ def am_adam(
   code_optimizer: str | optax.GradientTransformation = "sgd",
   mu: float | optax.Schedule = 0.01,
   code_proximal: bool = True,
+  record_codes: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Online alternating minimization with a gradient optimizer per layer (AM-Adam).
 
@@ -245,6 +262,10 @@ def am_adam(
     mu: penalty weight: a positive constant or a schedule of the step count
       (see :func:`altmin_jax.mu_schedule`).
     code_proximal: keep the ``\mu \|c - c_{\rm init}\|^2`` terms of eqs. (4)-(5).
+    record_codes: ``None`` (default) or a batch size ``B``: keep the updated codes of the
+      last batch in ``state.codes`` for inspection and checkpoints (every batch must then
+      hold ``B`` samples). Online codes are otherwise recomputed from each batch and are
+      not state.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params,
@@ -274,7 +295,7 @@ def am_adam(
     code_optimizer=code_optimizer,
     code_proximal=code_proximal,
   )
-  return _online(cfg)
+  return _online(cfg, record_codes)
 
 
 def gradient_rule(
@@ -329,6 +350,7 @@ def am_mem(
   code_optimizer: str | optax.GradientTransformation = "sgd",
   mu: float | optax.Schedule = 0.01,
   code_proximal: bool = True,
+  record_codes: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Online alternating minimization with co-activation memory (AM-mem).
 
@@ -351,7 +373,8 @@ def am_mem(
     forgetting: ``beta`` in ``(0, 1]``; 1 keeps the whole history.
     ridge: Tikhonov term of the exact solve, relative to ``Tr(A) / d``; 0 selects the
       minimum-norm least-squares solution (slower, SVD based).
-    code_steps, code_lr, code_optimizer, mu, code_proximal: as in :func:`am_adam`.
+    code_steps, code_lr, code_optimizer, mu, code_proximal, record_codes: as in
+      :func:`am_adam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (``update(grads, state, params, *,
@@ -376,4 +399,4 @@ def am_mem(
     code_optimizer=code_optimizer,
     code_proximal=code_proximal,
   )
-  return _online(cfg)
+  return _online(cfg, record_codes)
