@@ -67,8 +67,10 @@ print(x_train.shape, x_test.shape)
 def make_model(seed):
   rngs = nnx.Rngs(seed)
   return nnx.Sequential(
-    nnx.Linear(784, 100, rngs=rngs), jax.nn.relu,
-    nnx.Linear(100, 100, rngs=rngs), jax.nn.relu,
+    nnx.Linear(784, 100, rngs=rngs),
+    jax.nn.relu,
+    nnx.Linear(100, 100, rngs=rngs),
+    jax.nn.relu,
     nnx.Linear(100, 10, rngs=rngs),
   )
 
@@ -78,13 +80,17 @@ def accuracy(model):
 
 
 steps_per_epoch = NUM_TRAIN // BATCH
-mu = amj.mu_schedule(init=0.01, epoch_multiplier=1.1, max_value=1.5,
-                     steps_per_epoch=steps_per_epoch)
+mu = amj.mu_schedule(
+  init=0.01, epoch_multiplier=1.1, max_value=1.5, steps_per_epoch=steps_per_epoch
+)
 
 am_model = make_model(0)
 am_net = amj.networks.from_nnx(am_model)
-am_opt = nnx.Optimizer(am_model, amj.am_adam(am_net, code_steps=5, code_lr=0.01, mu=mu,
-                                             weight_optimizer=optax.adam(2e-3)), wrt=nnx.Param)
+am_opt = nnx.Optimizer(
+  am_model,
+  amj.am_adam(am_net, code_steps=5, code_lr=0.01, mu=mu, weight_optimizer=optax.adam(2e-3)),
+  wrt=nnx.Param,
+)
 
 adam_model = make_model(0)
 adam_opt = nnx.Optimizer(adam_model, optax.adam(2e-3), wrt=nnx.Param)

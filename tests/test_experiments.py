@@ -14,8 +14,9 @@ import pytest
 from experiments import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "experiments" / "configs").glob("*.py")
-                 if p.stem not in ("__init__", "common"))
+CONFIGS = sorted(
+  p for p in (ROOT / "experiments" / "configs").glob("*.py") if p.stem not in ("__init__", "common")
+)
 
 
 def _load(path: pathlib.Path, arg: str | None):
@@ -49,7 +50,7 @@ def test_full_config_is_well_formed(path):
 def test_unknown_experiment_method_and_dataset_fail_clearly(tmp_path):
   config = _load(ROOT / "experiments/configs/quickstart.py", "smoke")
   config.experiment = "nope"
-  with pytest.raises(ValueError, match="unknown experiment 'nope'; known experiments: .*am_fc"):
+  with pytest.raises(ValueError, match=r"unknown experiment 'nope'; known experiments: .*am_fc"):
     train.train_and_evaluate(config, str(tmp_path))
   config = _load(ROOT / "experiments/configs/quickstart.py", "smoke")
   config.method_list = ("am_adam", "lbfgs")
@@ -65,25 +66,44 @@ def test_unknown_experiment_method_and_dataset_fail_clearly(tmp_path):
 
 def _main(*args, tmp_path):
   env = {**os.environ, "ALTMIN_JAX_DATA_DIR": str(tmp_path / "none")}
-  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.main", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_binary_rejects_unknown_config_keys(tmp_path):
-  out = _main("--config=experiments/configs/quickstart.py:smoke", f"--workdir={tmp_path}",
-              "--config.learning_rate=0.1", tmp_path=tmp_path)
+  out = _main(
+    "--config=experiments/configs/quickstart.py:smoke",
+    f"--workdir={tmp_path}",
+    "--config.learning_rate=0.1",
+    tmp_path=tmp_path,
+  )
   assert out.returncode != 0
   assert "learning_rate" in out.stderr
 
 
 def test_binary_runs_with_overrides_and_reports_missing_data(tmp_path):
-  out = _main("--config=experiments/configs/quickstart.py:smoke", f"--workdir={tmp_path}/a",
-              "--config.epochs=1", "--config.method_list=adam,am_adam", tmp_path=tmp_path)
+  out = _main(
+    "--config=experiments/configs/quickstart.py:smoke",
+    f"--workdir={tmp_path}/a",
+    "--config.epochs=1",
+    "--config.method_list=adam,am_adam",
+    tmp_path=tmp_path,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
   assert [r["method"] for r in metrics["summary"]] == ["adam", "am_adam"]
   assert metrics["config"]["epochs"] == 1
-  out = _main("--config=experiments/configs/am_fc_mnist.py", f"--workdir={tmp_path}/b",
-              "--config.seeds=0", tmp_path=tmp_path)
+  out = _main(
+    "--config=experiments/configs/am_fc_mnist.py",
+    f"--workdir={tmp_path}/b",
+    "--config.seeds=0",
+    tmp_path=tmp_path,
+  )
   assert out.returncode != 0
   assert "mnist" in out.stderr and "download" in out.stderr.lower()
