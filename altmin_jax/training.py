@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -201,13 +202,24 @@ def make_train_step(
   return step
 
 
+@functools.lru_cache(maxsize=128)
+def _jitted(fn: Callable) -> Callable:
+  # Bound methods (``net.apply``) are new objects at every access but compare and hash
+  # equal, so repeated evaluations of one model reuse one compiled function.
+  return jax.jit(fn)
+
+
 def evaluate(
   apply_fn: Callable, params: Any, x, y, *, loss: Callable | None = None, batch_size: int = 2000
 ) -> dict[str, float]:
-  """Accuracy (and mean loss when ``loss`` is given) of ``params`` on ``(x, y)``."""
+  """Accuracy (and mean loss when ``loss`` is given) of ``params`` on ``(x, y)``.
+
+  The forward pass is jitted once per ``apply_fn`` (and per chunk shape) and reused by
+  later calls; ``x`` is processed in chunks of ``batch_size``.
+  """
   from altmin_jax.losses import accuracy
 
-  predict = jax.jit(apply_fn)
+  predict = _jitted(apply_fn)
   correct, total, loss_sum = 0.0, 0, 0.0
   for start in range(0, len(x), batch_size):
     xb, yb = x[start : start + batch_size], y[start : start + batch_size]
