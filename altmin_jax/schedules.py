@@ -7,6 +7,8 @@ import math
 import jax.numpy as jnp
 import optax
 
+from altmin_jax.validation import check_int, check_positive, check_real, concrete_scalar
+
 
 def mu_schedule(
   init: float = 0.01,
@@ -44,30 +46,30 @@ def mu_schedule(
     >>> round(float(mu(40)), 6)
     0.011
   """
-  if not init > 0 or not math.isfinite(init):
-    raise ValueError(f"mu init must be positive and finite, got init={init!r}")
-  if not batch_increment >= 0:
-    raise ValueError(f"batch_increment must be >= 0, got batch_increment={batch_increment!r}")
-  if not epoch_multiplier >= 1:
-    raise ValueError(f"epoch_multiplier must be >= 1, got epoch_multiplier={epoch_multiplier!r}")
-  if not max_value >= init:
+  init = float(check_positive("init", init))
+  batch_increment = float(check_real("batch_increment", batch_increment, low=0.0))
+  epoch_multiplier = float(check_real("epoch_multiplier", epoch_multiplier, low=1.0))
+  max_value = concrete_scalar("max_value", max_value)
+  if max_value is None or math.isnan(max_value) or max_value < init:
     raise ValueError(f"max_value must be >= init ({init!r}), got max_value={max_value!r}")
-  if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-    raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+  steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
+  # sum_{k=1..e} r^k = r (r^e - 1) / (r - 1), with r^e - 1 = expm1(e log1p(r - 1)) so that
+  # multipliers close to 1 lose no precision (r - 1 is taken in double precision).
+  log_r = math.log1p(epoch_multiplier - 1.0)
+  rm1 = epoch_multiplier - 1.0
 
   def schedule(count):
     count = jnp.asarray(count)
     epochs = (count // steps_per_epoch).astype(jnp.float32)
     in_epoch = (count % steps_per_epoch).astype(jnp.float32)
-    growth = jnp.power(jnp.float32(epoch_multiplier), epochs)
-    value = growth * init
+    growth_m1 = jnp.expm1(epochs * jnp.float32(log_r))
+    value = (growth_m1 + 1.0) * init
     if batch_increment > 0:
       per_epoch = steps_per_epoch * batch_increment
-      if epoch_multiplier == 1:
+      if rm1 == 0:
         value = value + epochs * per_epoch
       else:
-        r = epoch_multiplier
-        value = value + per_epoch * r * (growth - 1.0) / (r - 1.0)
+        value = value + per_epoch * epoch_multiplier * growth_m1 / jnp.float32(rm1)
       value = value + in_epoch * batch_increment
     return jnp.minimum(value, jnp.float32(max_value))
 
@@ -75,9 +77,9 @@ def mu_schedule(
 
 
 def as_schedule(mu: float | optax.Schedule, name: str = "mu") -> optax.Schedule:
-  """A constant or a schedule, validated: constants must be positive and finite."""
+  """A constant or a schedule; constants must be positive and finite (Python, NumPy or
+  JAX scalars; traced values, as under ``optax.inject_hyperparams``, pass unchecked)."""
   if callable(mu):
     return mu
-  if not isinstance(mu, (int, float)) or not (mu > 0 and math.isfinite(mu)):
-    raise ValueError(f"{name} must be a positive finite number or a schedule, got {name}={mu!r}")
-  return lambda count: jnp.float32(mu)
+  check_positive(name, mu)
+  return lambda count: jnp.asarray(mu, jnp.float32)

@@ -60,11 +60,21 @@ class TrainState(struct.PyTreeNode):
   def apply_gradients(self, *, grads: Any = None, **extra_args) -> TrainState:
     """One optimizer step: ``tx.update(grads, opt_state, params, **extra_args)``.
 
+    Unlike Flax's ``TrainState.apply_gradients``, where extra keywords replace fields,
+    every extra keyword goes to the optimizer; use ``state.replace(...)`` to change
+    fields. A keyword that names a field raises ``ValueError``.
+
     Args:
       grads: gradients for gradient-based methods; ``None`` for methods that set
         parameters themselves (alternating and surrogate minimization).
       **extra_args: forwarded to ``tx.update`` (``batch=(x, y)``, ``value=...``).
     """
+    fields = {"step", "params", "opt_state", "apply_fn", "tx"} & set(extra_args)
+    if fields:
+      raise ValueError(
+        f"apply_gradients forwards keywords to the optimizer; {sorted(fields)} are TrainState "
+        "fields: set them with state.replace(...)"
+      )
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params, **extra_args)
     return self.replace(
       step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state

@@ -142,6 +142,19 @@ CASES: list[Case] = [
     ),
   ),
   Case(
+    "am_adam_adam_codes_no_prox_long_loops",
+    _am_problem(
+      amj.am_adam,
+      weight_optimizer=optax.adam(3e-2),
+      code_optimizer="adam",
+      code_lr=0.01,
+      code_steps=10,
+      weight_steps=9,
+      code_proximal=False,
+      mu=0.05,
+    ),
+  ),
+  Case(
     "am_mem",
     _am_problem(amj.am_mem, output_optimizer=optax.adam(3e-2), **AM_KW),
     bad_hyperparams=[

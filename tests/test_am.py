@@ -133,20 +133,26 @@ def test_block_coordinate_sweeps_skip_dead_inputs():
 
 @pytest.mark.parametrize("forgetting", [1.0, 0.5])
 def test_memories_are_the_sums_over_all_samples_seen(forgetting):
+  """A = sum a a^T and B = sum c a^T over every sample seen, built from the *updated*
+  codes (recorded in the state) with a = [sigma(c^{l-1}); 1]."""
   net, params, x, y = _setup(sizes=(6, 8, 7, 3))
-  tx = amj.am_mem(net, code_steps=0, forgetting=forgetting, output_optimizer=optax.sgd(0.1))
+  tx = amj.am_mem(
+    net, code_steps=3, forgetting=forgetting, output_optimizer=optax.sgd(0.1), record_codes=8
+  )
   state = tx.init(params)
   expected = [(np.zeros((7, 7)), np.zeros((8, 7))), (np.zeros((9, 9)), np.zeros((7, 9)))]
   for step in range(3):
     xb, yb = x[4 * step : 4 * step + 8], y[4 * step : 4 * step + 8]
-    codes, _ = net.forward(params, xb)  # code_steps=0: the codes are the encoded ones
+    encoded, _ = net.forward(params, xb)
+    updates, state = tx.update(None, state, params, batch=(xb, yb))
+    params = optax.apply_updates(params, updates)
+    codes = state.codes  # the updated codes the layers were fitted to
+    assert not tree_allclose(codes, encoded)
     inputs = (xb, jnp.tanh(codes[0]))
     for l in range(2):
       a = np.concatenate([np.asarray(inputs[l]), np.ones((8, 1))], axis=1)
       A, B = expected[l]
       expected[l] = (forgetting * A + a.T @ a, forgetting * B + np.asarray(codes[l]).T @ a)
-    updates, state = tx.update(None, state, params, batch=(xb, yb))
-    params = optax.apply_updates(params, updates)
   for (A, B), memory in zip(expected, state.memory):
     np.testing.assert_allclose(memory.A, A, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(memory.B, B, rtol=1e-5, atol=1e-4)
@@ -300,3 +306,51 @@ def test_recorded_codes_are_the_updated_codes_of_the_last_batch():
   assert amj.am_adam(net).init(params).codes == ()
   with pytest.raises(ValueError, match="record_codes=16"):
     tx.update(None, state, params, batch=(x[:8], y[:8]))
+
+
+def test_works_inside_optax_inject_hyperparams():
+  """mu and code_lr become state the user can change between steps (ints and callables
+  other than schedules go in static_args)."""
+  net, params, x, y = _setup()
+  static = ("net", "loss", "code_steps", "weight_steps", "record_codes")
+  injected = optax.inject_hyperparams(amj.am_adam, static_args=static)(
+    net=net, mu=0.05, code_lr=0.01, code_steps=3
+  )
+  step = jax.jit(injected.update)
+  state = injected.init(params)
+  u, _ = step(None, state, params, batch=(x, y))
+  ref, _ = amj.am_adam(net, mu=0.05, code_lr=0.01, code_steps=3).update(
+    None, amj.am_adam(net).init(params), params, batch=(x, y)
+  )
+  assert tree_allclose(u, ref, rtol=1e-5, atol=1e-7)
+  state.hyperparams["mu"] = jnp.array(0.5, jnp.float32)
+  state.hyperparams["code_lr"] = jnp.array(0.002, jnp.float32)
+  u2, _ = step(None, state, params, batch=(x, y))
+  ref2, _ = amj.am_adam(net, mu=0.5, code_lr=0.002, code_steps=3).update(
+    None, amj.am_adam(net).init(params), params, batch=(x, y)
+  )
+  assert tree_allclose(u2, ref2, rtol=1e-5, atol=1e-7)
+  assert not tree_allclose(u2, u)
+  assert step._cache_size() == 1
+
+
+def test_hyperparameter_checks_accept_numpy_and_jax_scalars():
+  net, *_ = _setup()
+  amj.am_adam(net, mu=np.float32(0.1), code_lr=jnp.float32(0.01), code_steps=np.int64(2))
+  with pytest.raises(ValueError, match="code_steps=True"):
+    amj.am_adam(net, code_steps=True)
+  with pytest.raises(ValueError, match="mu=nan"):
+    amj.am_adam(net, mu=float("nan"))
+
+
+def test_long_inner_loops_match_their_unrolled_form(monkeypatch):
+  """Up to ``loops.UNROLL_LIMIT`` code/weight steps are unrolled at trace time, more run
+  in a ``lax.fori_loop``: both forms compute the same iterates."""
+  from altmin_jax import loops
+
+  net, params, x, y = _setup()
+  tx = amj.am_adam(net, code_steps=10, weight_steps=9, weight_optimizer=optax.adam(1e-2))
+  looped, _ = jax.jit(tx.update)(None, tx.init(params), params, batch=(x, y))
+  monkeypatch.setattr(loops, "UNROLL_LIMIT", 100)
+  unrolled, _ = jax.jit(tx.update)(None, tx.init(params), params, batch=(x, y))
+  assert tree_allclose(looped, unrolled, rtol=1e-5, atol=1e-6)

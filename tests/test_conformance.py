@@ -161,3 +161,26 @@ def test_decreases_the_loss_on_a_small_problem(case):
   after = float(problem.loss(params, problem.extra_args(0)))
   assert np.isfinite(after)
   assert after < case.descent_factor * before, (before, after)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_bfloat16_params_with_float32_batches_compile_once(case):
+  """Mixed precision (bfloat16 params, float32 inputs) keeps the state's dtypes, so the
+  jitted step does not recompile."""
+  problem = case.make(jnp.bfloat16)
+  if "batch" not in problem.extra_args(0):
+    pytest.skip("method takes no batch")
+
+  def extra(i):
+    args = problem.extra_args(i)
+    x, y = args["batch"]
+    return {**args, "batch": (x.astype(jnp.float32), y)}
+
+  step = jax.jit(lambda p, s, e: _step(problem, p, s, e)[:2])
+  params, state = problem.params, problem.tx.init(problem.params)
+  dtypes = [leaf.dtype for leaf in jax.tree.leaves(state)]
+  for i in range(3):
+    params, state = step(params, state, extra(i))
+  assert step._cache_size() == 1
+  assert [leaf.dtype for leaf in jax.tree.leaves(state)] == dtypes
+  assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(params))

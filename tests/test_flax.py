@@ -76,3 +76,28 @@ def test_train_state_with_gradient_optimizer():
   grads = grad_fn(state.params)
   new = state.apply_gradients(grads=grads)
   assert tree_allclose(new.params, jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads))
+
+
+def test_train_state_rejects_field_keywords():
+  net = amj.networks.mlp([6, 16, 3])
+  state = amj.training.TrainState.create(
+    apply_fn=net.apply, params=net.init(jax.random.key(0)), tx=amj.am_adam(net)
+  )
+  x, y = teacher_classification(0, n=8)
+  import pytest
+
+  with pytest.raises(ValueError, match="step"):
+    state.apply_gradients(batch=(x, y), step=5)
+
+
+def test_adapted_relu_model_works_with_taylor_admm():
+  """A single activation after a Flax layer is kept as is, so methods that need to know
+  it (Taylor ADMM's closed-form ReLU step) accept Flax models."""
+  model = _model()
+  net = amj.networks.from_nnx(model)
+  assert net.stages[0].activation is jax.nn.relu
+  x, y = teacher_classification(0, n=64)
+  tx = amj.am.taylor_admm(net, num_samples=64)
+  params = net.init(None)
+  updates, _ = tx.update(None, tx.init(params), params, batch=(x, y))
+  assert bool(amj.training.all_finite(updates))

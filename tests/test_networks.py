@@ -90,6 +90,14 @@ def test_from_nnx_matches_the_model_and_the_native_network():
   assert tree_allclose(net.stage_params(merged), doubled)
 
 
+def test_from_nnx_init_returns_the_model_params_and_refuses_a_key():
+  model = _nnx_model()
+  net = amj.networks.from_nnx(model)
+  assert tree_allclose(jax.tree.leaves(net.init(None)), jax.tree.leaves(_native_params(model)))
+  with pytest.raises(ValueError, match="init\\(None\\)"):
+    net.init(jax.random.key(0))
+
+
 def test_from_nnx_with_explicit_layers():
   class Model(nnx.Module):
     def __init__(self):

@@ -28,6 +28,7 @@ import optax
 
 from altmin_jax.loops import repeat
 from altmin_jax.networks import LayeredNetwork
+from altmin_jax.validation import check_positive
 
 Array = jax.Array
 
@@ -55,8 +56,9 @@ def make_code_optimizer(
       f"code_optimizer must be one of {CODE_OPTIMIZERS} or an optax "
       f"transformation, got code_optimizer={code_optimizer!r}"
     )
-  if code_lr is None or not (code_lr > 0 and jnp.isfinite(code_lr)):
+  if code_lr is None:
     raise ValueError(f"code_lr must be positive and finite, got code_lr={code_lr!r}")
+  check_positive("code_lr", code_lr)
   if code_optimizer == "sgd":
     return optax.sgd(code_lr)
   if code_optimizer == "nesterov":

@@ -27,6 +27,7 @@ from altmin_jax.am.online import (
   am_iteration,
   check_int,
   gradient_rule,
+  like,
   make_config,
   memory_rule,
   params_difference,
@@ -97,7 +98,7 @@ def _offline(cfg: AMConfig, num_samples: int) -> optax.GradientTransformationExt
       batch_loss=batch_loss,
       weight_states=weight_states,
       memory=memory,
-      codes=new_codes,
+      codes=like(new_codes, state.codes),
     )
     return params_difference(new_params, params), new_state
 
@@ -124,11 +125,37 @@ def am_adam_offline(
   Each ``update(grads, state, params, *, batch=(X, Y))`` with the full training set
   is one AM iteration: the codes move from their stored values by eqs. (4)-(5) with
   anchors ``f_l(W^l, \sigma_{l-1}(c^{l-1}))``, then every layer's weights move by
-  its own optimizer (eq. 6).
+  its own optimizer (eq. 6). ``X`` must hold the same samples in the same order at
+  every call: row ``n`` of ``state.codes`` belongs to sample ``n``.
 
   Args:
+    net: a :class:`~altmin_jax.networks.LayeredNetwork` with at least one hidden layer.
+    loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
     num_samples: ``n``, the size of the training set (the batch of every update).
-    others: as in :func:`~altmin_jax.am_adam`.
+    weight_optimizer: optax optimizer for every layer (default ``optax.adam(1e-3)``),
+      or one per stage.
+    output_optimizer: optional optimizer for the output layer only.
+    weight_steps: ``K_w >= 1`` optimizer steps per layer and iteration.
+    code_steps: ``K_c >= 0`` code steps per subproblem and iteration.
+    code_lr: code step size (scaling as in :func:`~altmin_jax.am_adam`).
+    code_optimizer: ``"sgd"``, ``"nesterov"``, ``"adam"`` or an optax transformation.
+    mu: penalty weight, a constant or a schedule of the iteration count.
+    code_proximal: keep the proximal terms of eqs. (4)-(5).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its state is :class:`AMOfflineState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import altmin_jax as amj
+    >>> net = amj.networks.mlp([4, 8, 3])
+    >>> params = net.init(jax.random.key(0))
+    >>> X, Y = jnp.ones((6, 4)), jnp.array([0, 1, 2, 0, 1, 2])
+    >>> tx = amj.am_adam_offline(net, num_samples=6)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(None, state, params, batch=(X, Y))
+    >>> [c.shape for c in state.codes]
+    [(6, 8)]
   """
   weights = gradient_rule(net, weight_optimizer, output_optimizer, weight_steps)
   cfg = make_config(
@@ -161,16 +188,39 @@ def am_mem_offline(
   code_proximal: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Offline AM-mem (AM-mem-off): :func:`~altmin_jax.am_mem` on the full dataset with
-  stored codes.
+  the codes of all samples stored in ``state.codes``.
 
-  With the default ``forgetting=0`` the memories are rebuilt from all ``n`` samples
-  at each iteration, so each hidden layer moves towards the least-squares fit
-  ``W^l = B^l (A^l)^{-1}`` of the current codes over the whole dataset.
+  With the default ``forgetting=0`` the memories are rebuilt from all ``n`` samples at
+  each iteration, so each hidden layer moves towards the least-squares fit
+  ``W^l = B^l (A^l)^{-1}`` of the current codes over the whole dataset (one
+  block-coordinate sweep by default, exactly with ``solver="exact"``). ``X`` must hold
+  the same samples in the same order at every call.
 
   Args:
+    net: a layered network whose hidden stages are dense.
+    loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
     num_samples: ``n``, the size of the training set.
-    forgetting: ``beta`` in ``[0, 1]``.
-    others: as in :func:`~altmin_jax.am_mem`.
+    output_optimizer: optimizer of the output layer (default ``optax.sgd(0.1)``).
+    sweeps: block-coordinate sweeps per iteration.
+    solver: ``"bcd"`` or ``"exact"``.
+    forgetting: ``beta`` in ``[0, 1]`` (0: memories of the current iteration only).
+    ridge: Tikhonov term of the exact solve relative to ``Tr(A) / d``.
+    code_steps, code_lr, code_optimizer, mu, code_proximal: as in
+      :func:`am_adam_offline`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its state is :class:`AMOfflineState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import altmin_jax as amj
+    >>> net = amj.networks.mlp([4, 8, 3])
+    >>> params = net.init(jax.random.key(0))
+    >>> tx = amj.am_mem_offline(net, num_samples=6)
+    >>> _, state = tx.update(None, tx.init(params), params,
+    ...                      batch=(jnp.ones((6, 4)), jnp.array([0, 1, 2, 0, 1, 2])))
+    >>> state.memory[0].A.shape
+    (5, 5)
   """
   weights = memory_rule(
     net,
@@ -179,7 +229,6 @@ def am_mem_offline(
     solver=solver,
     forgetting=forgetting,
     ridge=ridge,
-    forgetting_min=0.0,
   )
   cfg = make_config(
     net,

@@ -31,6 +31,7 @@ from altmin_jax.am import codes as codes_lib
 from altmin_jax.am import weights as weights_lib
 from altmin_jax.networks import LayeredNetwork, as_arrays
 from altmin_jax.schedules import as_schedule
+from altmin_jax.validation import check_int, check_real
 
 Array = jax.Array
 Loss = Callable[[Array, Array], Array]
@@ -49,12 +50,6 @@ class AMState(NamedTuple):
 
 
 # ------------------------------------------------------------ shared config
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-  return value
 
 
 def check_network(net: Any) -> LayeredNetwork:
@@ -169,6 +164,12 @@ def am_iteration(
   return new_params, new_codes, weight_states, memory, batch_loss
 
 
+def like(values, stored):
+  """``values`` cast to the dtypes of ``stored`` (a state must keep its dtypes between
+  steps: float32 inputs with bfloat16 params would otherwise promote stored codes)."""
+  return tuple(v.astype(s.dtype) for v, s in zip(values, stored))
+
+
 def params_difference(new_params, params):
   return jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
 
@@ -219,7 +220,7 @@ def _online(cfg: AMConfig, record_codes: int | None) -> optax.GradientTransforma
       batch_loss=batch_loss,
       weight_states=weight_states,
       memory=memory,
-      codes=() if record_codes is None else tuple(new_codes),
+      codes=like(new_codes, state.codes),
     )
     return params_difference(new_params, params), new_state
 
@@ -256,8 +257,17 @@ def am_adam(
       state), or one per stage; default ``optax.adam(1e-3)``.
     output_optimizer: optional optimizer for the output layer only.
     weight_steps: ``K_w >= 1`` optimizer steps per layer and minibatch.
-    code_steps: ``K_c >= 0`` code-optimizer steps per code subproblem.
-    code_lr: code step size for the named code optimizers.
+    code_steps: ``K_c >= 0`` code-optimizer steps per code subproblem. Up to 8 steps are
+      unrolled at trace time (faster on CPU, see :func:`altmin_jax.loops.repeat`), more
+      run in a ``lax.fori_loop``; the results are the same.
+    code_lr: code step size for the named code optimizers. The steps are taken on each
+      subproblem *divided by* ``mu`` and summed over the batch (per-sample objectives,
+      :mod:`altmin_jax.am.codes`): in the paper's scaling the top code moves by
+      ``code_lr / mu`` times the loss gradient, and the hidden-code step does not
+      depend on ``mu``. Code step sizes from implementations that average the code
+      objectives (the authors' PyTorch code averages the top loss over the batch and the
+      hidden terms over batch and units) correspond to step sizes here divided by the
+      batch size (top code) or by batch size times code width (hidden codes).
     code_optimizer: ``"sgd"``, ``"nesterov"``, ``"adam"`` or an optax transformation.
     mu: penalty weight: a positive constant or a schedule of the step count
       (see :func:`altmin_jax.mu_schedule`).
@@ -309,7 +319,7 @@ def gradient_rule(
 
 
 def memory_rule(
-  net: LayeredNetwork, output_optimizer, *, sweeps, solver, forgetting, ridge, forgetting_min: float
+  net: LayeredNetwork, output_optimizer, *, sweeps, solver, forgetting, ridge
 ) -> weights_lib.WeightRule:
   """The weight rule of AM-mem: memory layers for the hidden stages, an optimizer for
   the output stage."""
@@ -319,10 +329,8 @@ def memory_rule(
       raise ValueError(f"AM-mem needs dense hidden layers; stage {l} ({stage.name}) is not dense")
   if solver not in weights_lib.MEMORY_SOLVERS:
     raise ValueError(f"solver must be one of {weights_lib.MEMORY_SOLVERS}, got solver={solver!r}")
-  if not (isinstance(forgetting, (int, float)) and forgetting_min <= forgetting <= 1):
-    raise ValueError(f"forgetting must lie in [{forgetting_min}, 1], got forgetting={forgetting!r}")
-  if not (isinstance(ridge, (int, float)) and ridge >= 0 and math.isfinite(ridge)):
-    raise ValueError(f"ridge must be >= 0 and finite, got ridge={ridge!r}")
+  forgetting = float(check_real("forgetting", forgetting, low=0.0, high=1.0))
+  ridge = float(check_real("ridge", ridge, low=0.0))
   if output_optimizer is None:
     output_optimizer = optax.sgd(0.1)
   optimizers = (None,) * net.num_codes + (check_optimizer("output_optimizer", output_optimizer),)
@@ -357,11 +365,13 @@ def am_mem(
   Codes are updated as in :func:`am_adam`. Each dense hidden layer then
   accumulates ``A^l \leftarrow \beta A^l + \sum_n a_n a_n^\top`` and
   ``B^l \leftarrow \beta B^l + \sum_n c^l_n a_n^\top`` with
-  ``a = [\sigma_{l-1}(c^{l-1}); 1]`` (Algorithm 2.3, ``updateMemory``) and sets
-  ``W^l = \arg\min_W \mathrm{Tr}(W^\top W A^l) - 2\,\mathrm{Tr}(W^\top B^l)`` (eq. 7),
-  the least-squares fit to every code seen so far, by ``sweeps`` block-coordinate
-  sweeps ``w_j \leftarrow w_j + (b_j - W a_j)/A_{jj}`` or exactly
-  (``solver="exact"``). The output layer takes one step of ``output_optimizer``.
+  ``a = [\sigma_{l-1}(c^{l-1}); 1]`` (Algorithm 2.3, ``updateMemory``) and moves
+  ``W^l`` towards ``\arg\min_W \mathrm{Tr}(W^\top W A^l) - 2\,\mathrm{Tr}(W^\top B^l)``
+  (eq. 7), the least-squares fit to every code seen so far: by ``sweeps``
+  block-coordinate sweeps ``w_j \leftarrow w_j + (b_j - W a_j)/A_{jj}`` started from the
+  current weights (one sweep by default, as the paper makes the number of sweeps a
+  hyperparameter), or exactly with ``solver="exact"``. The output layer takes one step of
+  ``output_optimizer``.
 
   Args:
     net: a layered network whose hidden stages are dense.
@@ -370,7 +380,8 @@ def am_mem(
       paper uses SGD).
     sweeps: block-coordinate sweeps per minibatch.
     solver: ``"bcd"`` (block-coordinate descent) or ``"exact"`` (least squares).
-    forgetting: ``beta`` in ``(0, 1]``; 1 keeps the whole history.
+    forgetting: ``beta`` in ``[0, 1]``; 1 keeps the whole history, 0 fits every layer to
+      the current batch only.
     ridge: Tikhonov term of the exact solve, relative to ``Tr(A) / d``; 0 selects the
       minimum-norm least-squares solution (slower, SVD based).
     code_steps, code_lr, code_optimizer, mu, code_proximal, record_codes: as in
@@ -387,7 +398,6 @@ def am_mem(
     solver=solver,
     forgetting=forgetting,
     ridge=ridge,
-    forgetting_min=1e-12,
   )
   cfg = make_config(
     net,

@@ -69,9 +69,8 @@ def mlp(
 ) -> LayeredNetwork:
   """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` as a layered network.
 
-  The network has ``len(sizes) - 1`` stages and ``len(sizes) - 2`` codes. Inputs of
-  any per-sample shape whose size is ``sizes[0]`` are accepted only when their
-  shape is exactly ``(sizes[0],)``: flatten images first.
+  The network has ``len(sizes) - 1`` stages and ``len(sizes) - 2`` codes. Inputs must be
+  batches of vectors of size ``sizes[0]``: flatten images first.
 
   Args:
     sizes: layer widths, input and output included (``[784, 100, 100, 10]``).

@@ -19,6 +19,8 @@ from altmin_jax.networks.layered import LayeredNetwork, Stage, as_arrays, identi
 def _compose(fns: Sequence[Callable]) -> Callable:
   if not fns:
     return identity
+  if len(fns) == 1:
+    return fns[0]  # keep the function itself: methods recognise e.g. jax.nn.relu
 
   def composed(x):
     for f in fns:
@@ -98,7 +100,8 @@ def from_nnx(
 
   Returns:
     A :class:`LayeredNetwork` whose params are the pure ``nnx.State`` of the model's
-    ``nnx.Param`` variables (``nnx.as_pure(nnx.state(model, nnx.Param))``).
+    ``nnx.Param`` variables; ``net.init(None)`` returns the model's current ones
+    (``nnx.as_pure(nnx.state(model, nnx.Param))``): the Flax model owns initialisation.
 
   Example:
     >>> import jax
@@ -156,7 +159,12 @@ def from_nnx(
     ).shape[1:]
 
   def init_fn(key):
-    del key  # the Flax model owns its initialisation
+    if key is not None:
+      raise ValueError(
+        "a network adapted from a Flax model has the model's own parameters: call "
+        "net.init(None) for the model's current params; for a fresh initialisation build "
+        "a new model with new nnx.Rngs"
+      )
     return as_arrays(nnx.state(model, nnx.Param))
 
   return LayeredNetwork(

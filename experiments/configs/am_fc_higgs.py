@@ -25,5 +25,6 @@ def get_config(arg: str | None = None):
     seeds=(0,),
   )
   config.eval_every = 500
-  config.max_rows = 0  # > 0: read only the first rows of HIGGS.csv.gz (the last 500,000 test)
+  config.max_rows = 0  # > 0: read only the first rows of HIGGS.csv.gz
+  config.num_test = 0  # > 0: the last rows read that form the test set (0: the last 500,000)
   return common.smoke(config) if "smoke" in options else config

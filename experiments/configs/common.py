@@ -61,7 +61,12 @@ def am_fc(
   config.experiment = "am_fc"
   config.dataset = dataset
   config.data_dir = ""
-  config.num_train = 8000  # bundled_mnist only: first 8,000 train, last 2,000 held out
+  config.download = False  # let TFDS download a missing dataset (needs network)
+  # 0: the dataset's default split (bundled_mnist: first 8,000 train, last 2,000 test;
+  # mnist: 50,000 train, 10,000 validation; cifar10: 40,000 / 10,000).
+  config.num_train = 0
+  config.num_validation = 0  # bundled_mnist: samples after the training ones, before the test
+  config.eval_split = "test"  # or "validation": curves on the validation split (tuning)
   config.hidden = hidden
   config.activation = "relu"
   config.batch_size = batch_size

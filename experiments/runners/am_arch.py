@@ -17,15 +17,12 @@ Each entry of ``config.methods`` is a labelled method whose ``kind`` is ``sgd``,
 
 from __future__ import annotations
 
-import time
-
 import jax
 import ml_collections
-import numpy as np
 import optax
 
 import altmin_jax as amj
-from experiments import reporting
+from experiments.runners import _training
 from experiments.runners.am_fc import mu_schedule
 
 ARCHITECTURES = ("lenet5", "elman_rnn", "binary_mlp")
@@ -84,7 +81,12 @@ def arch_config(
   config.architecture = architecture
   config.dataset = dataset
   config.data_dir = ""
-  config.num_train = 8000  # bundled_mnist only: first 8,000 train, last 2,000 held out
+  config.download = False  # let TFDS download a missing dataset (needs network)
+  # 0: the dataset's default split (bundled_mnist: first 8,000 train, last 2,000 test;
+  # mnist: 50,000 train, 10,000 validation; cifar10: 40,000 / 10,000).
+  config.num_train = 0
+  config.num_validation = 0  # bundled_mnist: samples after the training ones, before the test
+  config.eval_split = "test"  # or "validation": curves on the validation split (tuning)
   config.hidden = hidden
   config.downsample = 1  # elman_rnn: average-pool images by this factor (T = (28 / k)^2)
   config.batch_size = batch_size
@@ -116,12 +118,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def load_data(config) -> amj.data.Dataset:
   """The dataset shaped for the architecture: images for LeNet-5, vectors for the binary
   net, ``(N, T, 1)`` pixel sequences for the RNN."""
-  kwargs = {"flatten": config.architecture == "binary_mlp"}
-  if config.dataset == "bundled_mnist":
-    kwargs["num_train"] = config.num_train
-  else:
-    kwargs["data_dir"] = config.data_dir or None
-  data = amj.data.load_dataset(config.dataset, **kwargs)
+  data = _training.load_dataset(config, flatten=config.architecture == "binary_mlp")
   if config.architecture != "elman_rnn":
     return data
 
@@ -187,47 +184,29 @@ def train_one(config, data, label: str, seed: int) -> dict:
   """One method, one seed: accuracy and loss curves and wall times (evaluation excluded)."""
   m = config.methods[label]
   x_train, y_train = data.train
-  x_test, y_test = data.test
+  x_eval, y_eval = _training.eval_data(config, data)
   steps_per_epoch = len(x_train) // config.batch_size
   net = build_network(config, data, m)
   tx, uses_grads = build_method(config, m, net, steps_per_epoch)
   loss = amj.losses.softmax_cross_entropy
   step = amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=uses_grads)
   params = net.init(jax.random.key(seed))
-  opt_state = tx.init(params)
-  record = {"step": [], "accuracy": [], "loss": [], "time": []}
-  elapsed, done = 0.0, 0
-
-  def log():
-    metrics = amj.training.evaluate(net.apply, params, x_test, y_test, loss=loss)
-    for key, value in (("step", done), ("time", elapsed), *metrics.items()):
-      record[key].append(value)
-
-  log()
-  # Compile outside the timed region: steps are pure, so a discarded call is harmless.
   batch = config.batch_size
-  jax.block_until_ready(step(params, opt_state, x_train[:batch], y_train[:batch]))
-  bar = reporting.progress(
-    range(config.epochs * steps_per_epoch), desc=f"{label} seed {seed}", enabled=config.progress
+  return _training.train_and_record(
+    step,
+    params,
+    tx.init(params),
+    epoch_batches=lambda epoch: amj.data.iterate_batches(
+      x_train, y_train, batch, seed=seed, epoch=epoch
+    ),
+    epochs=config.epochs,
+    calls_per_epoch=steps_per_epoch,
+    evaluate=lambda p: amj.training.evaluate(net.apply, p, x_eval, y_eval, loss=loss),
+    warmup_batch=(x_train[:batch], y_train[:batch]),
+    eval_every=config.eval_every,
+    desc=f"{label} seed {seed}",
+    progress=config.progress,
   )
-  bar_iter = iter(bar)
-  for epoch in range(config.epochs):
-    for x, y in amj.data.iterate_batches(x_train, y_train, batch, seed=seed, epoch=epoch):
-      start = time.perf_counter()
-      params, opt_state, _ = step(params, opt_state, x, y)
-      jax.block_until_ready(params)
-      elapsed += time.perf_counter() - start
-      done += 1
-      next(bar_iter, None)
-      if config.eval_every and done % config.eval_every == 0:
-        log()
-    if not config.eval_every:
-      log()
-  if record["step"][-1] != done:
-    log()
-  if hasattr(bar, "close"):
-    bar.close()
-  return record
 
 
 def _title(config, data) -> str:
@@ -240,7 +219,7 @@ def _title(config, data) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  labels = [t.strip() for m in config.method_list for t in str(m).split(",") if t.strip()]
+  labels = _training.method_labels(config)
   unknown = [m for m in labels if m not in config.methods]
   if unknown:
     raise ValueError(f"unknown methods {unknown}; known methods: {', '.join(config.methods)}")
@@ -250,43 +229,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
   data = load_data(config)
   runs = {m: [train_one(config, data, m, seed) for seed in config.seeds] for m in labels}
-  steps_per_epoch = len(data.train[0]) // config.batch_size
-  curves = {}
-  rows = []
-  for m in labels:
-    curves[m] = reporting.summarize_curves({m: [r["accuracy"] for r in runs[m]]})[m]
-    steps = runs[m][0]["step"]
-    curves[m]["x"] = steps if config.eval_every else [s / steps_per_epoch for s in steps]
-    mean, spread = reporting.mean_and_spread([r["accuracy"][-1] for r in runs[m]])
-    rows.append(
-      {
-        "method": m,
-        "accuracy": mean,
-        "spread": spread,
-        "train time (s)": float(np.mean([r["time"][-1] for r in runs[m]])),
-      }
-    )
-  x_label = "minibatches" if config.eval_every else "epoch"
-  metrics = {
+  header = {
     "experiment": "am_arch",
     "architecture": config.architecture,
     "dataset": config.dataset,
     "source": data.source,
-    "x_axis": x_label,
-    "seeds": list(config.seeds),
-    "summary": rows,
-    "curves": curves,
-    "runs": runs,
-    "config": config.to_dict(),
   }
-  reporting.save_json(workdir, "metrics.json", metrics)
-  reporting.plot_curves(
-    f"{workdir}/accuracy.png",
-    curves,
-    xlabel=x_label,
-    ylabel="held-out accuracy",
+  return _training.write_report(
+    workdir,
+    header,
+    config,
+    runs,
+    steps_per_epoch=len(data.train[0]) // config.batch_size,
+    per_step=bool(config.eval_every),
     title=_title(config, data),
   )
-  print(reporting.format_table(rows, ["method", "accuracy", "spread", "train time (s)"]))
-  print(f"metrics: {workdir}/metrics.json  plot: {workdir}/accuracy.png")
-  return metrics
