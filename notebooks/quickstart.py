@@ -28,7 +28,15 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:  # install the package when running on Colab
-  spec = os.environ.get("ALTMIN_JAX_PIP_SPEC", "altmin_jax")
+  # altmin_jax is installed from a copy of its repository: clone or upload it to
+  # /content/altmin_jax, or set ALTMIN_JAX_PIP_SPEC to any pip requirement (a git URL
+  # "git+https://...", a wheel, a path).
+  checkout = "/content/altmin_jax"
+  spec = os.environ.get("ALTMIN_JAX_PIP_SPEC", checkout)
+  if spec == checkout and not os.path.isfile(os.path.join(checkout, "pyproject.toml")):
+    raise RuntimeError(
+      f"no altmin_jax checkout in {checkout}: put one there or set ALTMIN_JAX_PIP_SPEC"
+    )
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # %%

@@ -344,13 +344,47 @@ def test_hyperparameter_checks_accept_numpy_and_jax_scalars():
 
 
 def test_long_inner_loops_match_their_unrolled_form(monkeypatch):
-  """Up to ``loops.UNROLL_LIMIT`` code/weight steps are unrolled at trace time, more run
-  in a ``lax.fori_loop``: both forms compute the same iterates."""
+  """Up to ``loops.UNROLL_LIMIT`` code/weight steps run in a fully unrolled
+  ``lax.fori_loop``, more in a rolled one: both forms compute the same iterates, and only
+  the rolled one is a while loop in the compiled step."""
   from altmin_jax import loops
 
   net, params, x, y = _setup()
-  tx = amj.am_adam(net, code_steps=10, weight_steps=9, weight_optimizer=optax.adam(1e-2))
-  looped, _ = jax.jit(tx.update)(None, tx.init(params), params, batch=(x, y))
+
+  def step():  # a new transformation each time: jit caches traces per function
+    tx = amj.am_adam(net, code_steps=10, weight_steps=9, weight_optimizer=optax.adam(1e-2))
+    args = (None, tx.init(params), params)
+    lowered = jax.jit(tx.update).lower(*args, batch=(x, y))
+    return jax.jit(tx.update)(*args, batch=(x, y))[0], "while" in lowered.as_text()
+
+  looped, has_while = step()
+  assert has_while
   monkeypatch.setattr(loops, "UNROLL_LIMIT", 100)
-  unrolled, _ = jax.jit(tx.update)(None, tx.init(params), params, batch=(x, y))
+  unrolled, has_while = step()
+  assert not has_while
   assert tree_allclose(looped, unrolled, rtol=1e-5, atol=1e-6)
+  assert not tree_allclose(looped, jax.tree.map(jnp.zeros_like, looped))
+
+
+def test_am_mem_output_layer_takes_output_steps_sgd_steps():
+  """AM-mem's output layer takes ``output_steps`` steps of its optimizer on the mean loss
+  at the updated top code (Algorithm 2.3, line 1); the hidden layers do not depend on it."""
+  net, params, x, y = _setup()
+  lr = 0.1
+  results = {}
+  for k in (1, 3):
+    tx = amj.am_mem(net, output_optimizer=optax.sgd(lr), output_steps=k, record_codes=16)
+    updates, state = tx.update(None, tx.init(params), params, batch=(x, y))
+    results[k] = (optax.apply_updates(params, updates), state.codes)
+  (new1, codes1), (new3, codes3) = results[1], results[3]
+  assert tree_allclose(codes1, codes3)
+  assert tree_allclose(new1[:-1], new3[:-1])
+  top = jnp.tanh(codes3[-1])
+  w = params[-1]
+  for _ in range(3):
+    g = jax.grad(lambda w: jnp.mean(LOSS(net.stage_apply(net.num_stages, w, top), y)))(w)
+    w = jax.tree.map(lambda a, b: a - lr * b, w, g)
+  assert tree_allclose(new3[-1], w, rtol=1e-5, atol=1e-6)
+  assert not tree_allclose(new1[-1], new3[-1])
+  with pytest.raises(ValueError, match="output_steps=0"):
+    amj.am_mem(net, output_steps=0)

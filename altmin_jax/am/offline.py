@@ -177,6 +177,7 @@ def am_mem_offline(
   *,
   num_samples: int,
   output_optimizer: optax.GradientTransformation | None = None,
+  output_steps: int = 1,
   sweeps: int = 1,
   solver: str = "bcd",
   forgetting: float = 0.0,
@@ -201,6 +202,7 @@ def am_mem_offline(
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
     num_samples: ``n``, the size of the training set.
     output_optimizer: optimizer of the output layer (default ``optax.sgd(0.1)``).
+    output_steps: optimizer steps of the output layer per iteration.
     sweeps: block-coordinate sweeps per iteration.
     solver: ``"bcd"`` or ``"exact"``.
     forgetting: ``beta`` in ``[0, 1]`` (0: memories of the current iteration only).
@@ -225,6 +227,7 @@ def am_mem_offline(
   weights = memory_rule(
     net,
     output_optimizer,
+    output_steps=output_steps,
     sweeps=sweeps,
     solver=solver,
     forgetting=forgetting,

@@ -257,9 +257,10 @@ def am_adam(
       state), or one per stage; default ``optax.adam(1e-3)``.
     output_optimizer: optional optimizer for the output layer only.
     weight_steps: ``K_w >= 1`` optimizer steps per layer and minibatch.
-    code_steps: ``K_c >= 0`` code-optimizer steps per code subproblem. Up to 8 steps are
-      unrolled at trace time (faster on CPU, see :func:`altmin_jax.loops.repeat`), more
-      run in a ``lax.fori_loop``; the results are the same.
+    code_steps: ``K_c >= 0`` code-optimizer steps per code subproblem, in a
+      ``lax.fori_loop``: fully unrolled up to 8 steps (straight-line code for XLA, faster
+      on CPU, see :func:`altmin_jax.loops.repeat`), rolled beyond; the results are the
+      same.
     code_lr: code step size for the named code optimizers. The steps are taken on each
       subproblem *divided by* ``mu`` and summed over the batch (per-sample objectives,
       :mod:`altmin_jax.am.codes`): in the paper's scaling the top code moves by
@@ -319,7 +320,7 @@ def gradient_rule(
 
 
 def memory_rule(
-  net: LayeredNetwork, output_optimizer, *, sweeps, solver, forgetting, ridge
+  net: LayeredNetwork, output_optimizer, *, output_steps=1, sweeps, solver, forgetting, ridge
 ) -> weights_lib.WeightRule:
   """The weight rule of AM-mem: memory layers for the hidden stages, an optimizer for
   the output stage."""
@@ -336,7 +337,7 @@ def memory_rule(
   optimizers = (None,) * net.num_codes + (check_optimizer("output_optimizer", output_optimizer),)
   return weights_lib.WeightRule(
     optimizers=optimizers,
-    steps=1,
+    steps=check_int("output_steps", output_steps, 1),
     sweeps=check_int("sweeps", sweeps, 1),
     solver=solver,
     forgetting=float(forgetting),
@@ -349,6 +350,7 @@ def am_mem(
   loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   output_optimizer: optax.GradientTransformation | None = None,
+  output_steps: int = 1,
   sweeps: int = 1,
   solver: str = "bcd",
   forgetting: float = 1.0,
@@ -370,14 +372,15 @@ def am_mem(
   (eq. 7), the least-squares fit to every code seen so far: by ``sweeps``
   block-coordinate sweeps ``w_j \leftarrow w_j + (b_j - W a_j)/A_{jj}`` started from the
   current weights (one sweep by default, as the paper makes the number of sweeps a
-  hyperparameter), or exactly with ``solver="exact"``. The output layer takes one step of
-  ``output_optimizer``.
+  hyperparameter), or exactly with ``solver="exact"``. The output layer takes
+  ``output_steps`` steps of ``output_optimizer`` (one SGD step in Algorithm 2.3, line 1).
 
   Args:
     net: a layered network whose hidden stages are dense.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
     output_optimizer: optimizer of the output layer; default ``optax.sgd(0.1)`` (the
       paper uses SGD).
+    output_steps: optimizer steps of the output layer per minibatch (``K_w``).
     sweeps: block-coordinate sweeps per minibatch.
     solver: ``"bcd"`` (block-coordinate descent) or ``"exact"`` (least squares).
     forgetting: ``beta`` in ``[0, 1]``; 1 keeps the whole history, 0 fits every layer to
@@ -394,6 +397,7 @@ def am_mem(
   weights = memory_rule(
     net,
     output_optimizer,
+    output_steps=output_steps,
     sweeps=sweeps,
     solver=solver,
     forgetting=forgetting,
