@@ -18,7 +18,9 @@ Delay models:
   after the first round every gradient has staleness exactly ``p - 1``.
 * :func:`random_delays`: seeded; a random order every round and each worker pushing
   with probability ``participation`` (never idle for more than ``max_delay`` rounds):
-  staleness varies from 0 upwards with mean about ``(p - 1) / participation``.
+  staleness varies from 0 upwards with mean about ``p - 1``: a worker pushes every
+  ``1 / participation`` rounds on average while the others push ``(p - 1) *
+  participation`` times per round, so the rate cancels.
 
 :func:`simulate` runs any DC-ASGD family method (DC-ASGD-c / -a, ASGD, SSGD,
 MDOWNPOUR; the EASGD family uses ``order`` for its exchanges) for a number of rounds in
@@ -35,6 +37,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -135,17 +138,41 @@ def inverse_permutation(order: Array) -> Array:
   return jnp.zeros_like(order).at[order].set(jnp.arange(p, dtype=order.dtype))
 
 
+def check_permutations(order: Any, name: str = "order") -> None:
+  """Raises ``ValueError`` naming ``name`` unless every row (last axis) of ``order`` is a
+  permutation of ``0..p-1``. Checked only when the values are known: a traced ``order``
+  (inside ``jit``) or one not fully held by this process passes unchecked."""
+  if isinstance(order, jax.core.Tracer):
+    return
+  if isinstance(order, jax.Array) and not order.is_fully_addressable:
+    return
+  values = np.asarray(order)
+  p = values.shape[-1]
+  rows = values.reshape(-1, p)
+  bad = np.flatnonzero((np.sort(rows, axis=1) != np.arange(p)).any(axis=1))
+  if bad.size:
+    rounds = " in every round" if values.ndim > 1 else ""
+    where = f"{name}[{bad[0]}]" if values.ndim > 1 else name
+    raise ValueError(
+      f"{name} must be a permutation of 0..{p - 1}{rounds}; {where} is {rows[bad[0]].tolist()}"
+    )
+
+
 def round_args(order: Any, active: Any, num_workers: int) -> tuple[Array, Array]:
-  """Defaults (round-robin order, everyone active) and static shape checks for the
-  ``order`` / ``active`` extra args of a p-worker ``update``."""
+  """Defaults (round-robin order, everyone active) and checks for the ``order`` /
+  ``active`` extra args of a p-worker ``update``: static shapes always, and that a
+  concrete ``order`` is a permutation of ``0..p-1``."""
   if order is None:
     order = jnp.arange(num_workers, dtype=jnp.int32)
+  else:
+    order = order if isinstance(order, jax.Array) else np.asarray(order)
+    if order.shape != (num_workers,) or not jnp.issubdtype(order.dtype, jnp.integer):
+      raise ValueError(
+        f"order must be an integer permutation of shape ({num_workers},), got shape "
+        f"{order.shape} and dtype {order.dtype}"
+      )
+    check_permutations(order)
   order = jnp.asarray(order)
-  if order.shape != (num_workers,) or not jnp.issubdtype(order.dtype, jnp.integer):
-    raise ValueError(
-      f"order must be an integer permutation of shape ({num_workers},), got shape "
-      f"{order.shape} and dtype {order.dtype}"
-    )
   if active is None:
     active = jnp.ones(num_workers, bool)
   active = jnp.asarray(active)
@@ -245,6 +272,12 @@ def simulate(
     >>> bool(out.metrics[-1] < 1e-4), int(out.staleness[-1, 0])
     (True, 3)
   """
+  if schedule.order.ndim != 2 or jnp.shape(schedule.active) != schedule.order.shape:
+    raise ValueError(
+      "schedule.order and schedule.active must both have shape (rounds, p), got "
+      f"{schedule.order.shape} and {jnp.shape(schedule.active)}"
+    )
+  check_permutations(schedule.order, "schedule.order")
   num_rounds = schedule.order.shape[0]
   if state is None:
     state = tx.init(params)

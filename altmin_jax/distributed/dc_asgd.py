@@ -112,7 +112,8 @@ def difference(new: Any, old: Any) -> Any:
 def _compensated_rule(lambda_0: float, decay: float | None, eps: float):
   """The server's update for one push: returns ``rule(w, ms, g, bak, lr) -> (w, ms)``.
 
-  ``decay=None`` is DC-ASGD-c (``lambda_0 = 0`` included); a float is DC-ASGD-a.
+  ``decay=None`` is DC-ASGD-c; a float is DC-ASGD-a (MeanSquare updated on every push).
+  The factories use :func:`_plain_rule` instead when ``lambda_0 = 0``.
   """
 
   def leaf(w, ms, g, bak, lr):
@@ -145,9 +146,26 @@ def _plain_rule():
   return rule
 
 
+def _track_mean_square(decay: float):
+  """MeanSquare's update for one push, ``ms <- m ms + (1 - m) g . g`` (no parameters)."""
+
+  def track(ms, g):
+    ms = jax.tree.map(lambda s, g_: (decay * s + (1.0 - decay) * g_ * g_).astype(s.dtype), ms, g)
+    return ms, None
+
+  return track
+
+
 def _async_transformation(
-  rule, learning_rate, num_workers, mesh, axis_name
+  rule, learning_rate, num_workers, mesh, axis_name, mean_square_decay=None
 ) -> optax.GradientTransformationExtraArgs:
+  """The parameter-server round of DC-ASGD-c/-a and ASGD around a one-push ``rule``.
+
+  ``mean_square_decay`` (DC-ASGD-a with ``lambda_0 = 0`` only) updates MeanSquare in a
+  second pass over the round's pushes, so that the parameters follow ``rule`` through
+  exactly the computation :func:`async_sgd` compiles (one fused graph would let XLA
+  contract ``w - lr g`` into a multiply-add and round differently).
+  """
   lr_fn = as_schedule(learning_rate, "learning_rate")
   num_workers = workers_lib.worker_count(num_workers)
   workers_lib.check_mesh(mesh, axis_name, num_workers)
@@ -176,6 +194,9 @@ def _async_transformation(
     (server, mean_square), pulled = async_sim.apply_in_order(
       push, (server, mean_square), (g, bak), order, active
     )
+    if mean_square_decay is not None:
+      track = _track_mean_square(mean_square_decay)
+      mean_square, _ = async_sim.apply_in_order(track, mean_square, g, order, active)
     new_x = workers_lib.where_rows(active, pulled, x)
     new_bak = workers_lib.where_rows(active, pulled, bak)
     return (), (difference(new_x, x), new_bak), (server, mean_square)
@@ -221,7 +242,8 @@ def dc_asgd(
 
   (the compensated gradient :math:`g^{dc}` of supplement section D; section G discusses
   the choice of :math:`\lambda`: too large adds variance, too small degrades to ASGD).
-  ``lambda_0 = 0`` is exactly :func:`async_sgd`.
+  ``lambda_0 = 0`` is exactly :func:`async_sgd` (the same push rule, bitwise equal
+  results).
 
   Args:
     learning_rate: :math:`\eta`, a positive constant or a schedule of the round count.
@@ -250,7 +272,8 @@ def dc_asgd(
     >>> round(float(dist.centre(state)[0]), 4)
     0.6032
   """
-  rule = _compensated_rule(check_nonnegative("lambda_0", lambda_0), None, 0.0)
+  lambda_0 = check_nonnegative("lambda_0", lambda_0)
+  rule = _plain_rule() if lambda_0 == 0 else _compensated_rule(lambda_0, None, 0.0)
   return _async_transformation(rule, learning_rate, num_workers, mesh, axis_name)
 
 
@@ -274,6 +297,9 @@ def dc_asgd_adaptive(
      w \leftarrow w - \eta \left( g_m + \lambda_t \odot g_m \odot g_m \odot
      (w - w_{\rm bak}(m)) \right), \quad w_{\rm bak}(m) \leftarrow w.
 
+  ``lambda_0 = 0`` pushes exactly as :func:`async_sgd` (bitwise equal parameters) and
+  still keeps MeanSquare up to date in the state.
+
   Args:
     learning_rate: :math:`\eta`, a positive constant or a schedule of the round count.
     lambda_0: :math:`\lambda_0 \ge 0` (paper default 2).
@@ -294,11 +320,12 @@ def dc_asgd_adaptive(
     >>> state.mean_square.shape, state.backups.shape
     ((2,), (4, 2))
   """
-  rule = _compensated_rule(
-    check_nonnegative("lambda_0", lambda_0),
-    check_unit_interval("momentum", momentum),
-    check_positive("eps", eps),
-  )
+  lambda_0 = check_nonnegative("lambda_0", lambda_0)
+  decay = check_unit_interval("momentum", momentum)
+  eps = check_positive("eps", eps)
+  if lambda_0 == 0:  # ASGD's push rule; MeanSquare still tracked
+    return _async_transformation(_plain_rule(), learning_rate, num_workers, mesh, axis_name, decay)
+  rule = _compensated_rule(lambda_0, decay, eps)
   return _async_transformation(rule, learning_rate, num_workers, mesh, axis_name)
 
 
