@@ -91,6 +91,16 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+def _no_new_nonfinite(new: Any, old: Any) -> jax.Array:
+  """``True`` unless some inexact leaf of ``new`` is NaN or inf where ``old`` was finite."""
+  flags = [
+    jnp.all(jnp.isfinite(n) | ~jnp.isfinite(o))
+    for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(old))
+    if jnp.issubdtype(jnp.asarray(n).dtype, jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
 class SkipNonfiniteState(NamedTuple):
   """State of :func:`skip_nonfinite_updates`."""
 
@@ -105,9 +115,13 @@ def skip_nonfinite_updates(
 ) -> optax.GradientTransformationExtraArgs:
   """Skips steps whose updates are not finite, keeping the inner state unchanged.
 
-  Non-finite updates (a NaN or inf in the batch, a diverged subproblem) become
-  zero updates, the inner state stays at its previous value, and the counters in
-  the state record the event. After ``max_consecutive_errors`` skipped steps in a
+  A step is skipped when its updates hold a NaN or inf, or when it writes a NaN or inf
+  into a leaf of the inner state that was finite before (a method that delays
+  gradients, like DDG, can keep a non-finite value in its buffers for later steps
+  while this step's updates are still finite; non-finite values the inner state held
+  on purpose, such as an initial best value of inf, are not counted). The skipped
+  step's updates become zeros, the inner state stays at its previous value, and the
+  counters in the state record the event. After ``max_consecutive_errors`` skipped steps in a
   row the next step is applied whatever it holds, so divergence surfaces instead
   of stalling silently (``None``: never).
 
@@ -134,7 +148,7 @@ def skip_nonfinite_updates(
 
   def update_fn(updates, state, params=None, **extra_args):
     new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
-    finite = all_finite(new_updates)
+    finite = all_finite(new_updates) & _no_new_nonfinite(new_inner, state.inner_state)
     accept = finite
     if max_consecutive_errors is not None:
       accept = accept | (state.notfinite_count >= max_consecutive_errors)

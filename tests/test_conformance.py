@@ -97,7 +97,9 @@ def test_wrong_feature_size_raises_before_running(case):
 def test_non_finite_batch_is_detectable_and_skippable(case, tmp_path):
   """A NaN in the batch makes the updates non-finite (``training.all_finite`` is
   False); wrapped in ``training.skip_nonfinite_updates`` the step is skipped and
-  counted, and diverged params are refused by ``save_checkpoint``."""
+  counted, and diverged params are refused by ``save_checkpoint``. An inf in the batch
+  shows in the updates or the new state (DDG keeps it in its delay buffers), and the
+  wrapper skips that step too."""
   problem = case.make(jnp.float32)
   if problem.nonfinite_extra_args is None:
     pytest.skip("method takes no batch")
@@ -107,6 +109,13 @@ def test_non_finite_batch_is_detectable_and_skippable(case, tmp_path):
   assert not bool(amj.training.all_finite(updates))
   with pytest.raises(amj.training.NonFiniteError):
     amj.training.save_checkpoint(tmp_path / "bad", new_params)
+  # The same batch with +inf where the NaN was is detected too.
+  with_inf = jax.tree.map(
+    lambda a: jnp.where(jnp.isnan(a), jnp.inf, a) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+    extra,
+  )
+  _, inf_state, inf_updates = _step(problem, problem.params, state, with_inf)
+  assert not bool(amj.training.all_finite(inf_updates) & amj.training.all_finite(inf_state))
 
   guarded = amj.training.skip_nonfinite_updates(problem.tx, max_consecutive_errors=3)
   gstate = guarded.init(problem.params)
@@ -115,6 +124,10 @@ def test_non_finite_batch_is_detectable_and_skippable(case, tmp_path):
   assert tree_equal(optax.apply_updates(problem.params, gupdates), problem.params)
   assert int(gstate2.notfinite_count) == 1 and int(gstate2.total_notfinite) == 1
   assert tree_equal(gstate2.inner_state, gstate.inner_state)
+  inf_grads = problem.grads(problem.params, with_inf)
+  gupdates, gstate_inf = jax.jit(guarded.update)(inf_grads, gstate, problem.params, **with_inf)
+  assert tree_equal(optax.apply_updates(problem.params, gupdates), problem.params)
+  assert int(gstate_inf.total_notfinite) == 1
   # A clean batch afterwards is applied and resets the consecutive counter.
   clean = problem.extra_args(0)
   gupdates, gstate3 = jax.jit(guarded.update)(

@@ -98,6 +98,26 @@ def test_from_nnx_init_returns_the_model_params_and_refuses_a_key():
     net.init(jax.random.key(0))
 
 
+def test_adapted_network_and_am_update_work_under_jit_and_vmap():
+  """``vmap`` over a batch of parameter sets: the Flax-adapted forward pass and an AM
+  update equal their one-at-a-time results."""
+  net = amj.networks.from_nnx(_nnx_model())
+  base = net.init(None)
+  scales = jnp.array([0.5, 1.0, 2.0])
+  stacked = jax.vmap(lambda s: jax.tree.map(lambda p: s * p, base))(scales)
+  x = jnp.linspace(-1.0, 1.0, 24).reshape(4, 6)
+  y = jnp.array([0, 1, 2, 1])
+  batched = jax.jit(jax.vmap(net.apply, in_axes=(0, None)))(stacked, x)
+  tx = amj.am_adam(net, code_steps=2)
+  step = jax.jit(jax.vmap(lambda p: tx.update(None, tx.init(p), p, batch=(x, y))[0]))
+  updates = step(stacked)
+  for i in range(len(scales)):
+    params = jax.tree.map(lambda p, i=i: scales[i] * p, base)
+    np.testing.assert_allclose(batched[i], net.apply(params, x), rtol=1e-5, atol=1e-6)
+    one = tx.update(None, tx.init(params), params, batch=(x, y))[0]
+    assert tree_allclose(jax.tree.map(lambda u, i=i: u[i], updates), one, rtol=1e-4, atol=1e-6)
+
+
 def test_from_nnx_with_explicit_layers():
   class Model(nnx.Module):
     def __init__(self):
