@@ -58,6 +58,42 @@ def test_block_updates_solve_their_subproblems():
   np.testing.assert_allclose(grad, 0.0, atol=1e-3)
 
 
+def test_hidden_block_updates_solve_their_subproblems():
+  """From stored blocks that do not agree with the network (as mid-run), hidden layers
+  l = 1, 2: W_l is the least-squares fit of the stored z_l on the new a_{l-1}; a_l solves
+  its ridge problem with the not yet updated W_{l+1} (normal equations); z_l is the
+  elementwise minimiser given the new a_l and W_l a_{l-1}."""
+  net, params, x, y = _problem()
+  beta, gamma = 3.0, 7.0
+  tx = amj.am.taylor_admm(net, num_samples=48, beta=beta, gamma=gamma)
+  keys = iter(jax.random.split(jax.random.key(3), 6))
+  blank = tx.init(params)
+  prev = blank._replace(
+    count=jnp.array(5, jnp.int32),
+    activations=tuple(
+      jax.nn.relu(jax.random.normal(next(keys), a.shape)) for a in blank.activations
+    ),
+    preactivations=tuple(jax.random.normal(next(keys), z.shape) for z in blank.preactivations),
+    multiplier=0.1 * jax.random.normal(next(keys), blank.multiplier.shape),
+  )
+  updates, state = tx.update(None, prev, params, batch=(x, y))
+  new = optax.apply_updates(params, updates)
+  a = (x, *state.activations)
+  for l in (1, 2):
+    aug = jnp.concatenate([a[l - 1], jnp.ones((48, 1))], axis=1)
+    w = jnp.concatenate([new[l - 1]["kernel"], new[l - 1]["bias"][None]], axis=0)
+    z_old = prev.preactivations[l - 1]
+    np.testing.assert_allclose(aug.T @ (aug @ w - z_old), 0.0, atol=2e-3)
+    k_next, b_next = params[l]["kernel"], params[l]["bias"]
+    lhs = a[l] @ (beta * k_next @ k_next.T + gamma * jnp.eye(k_next.shape[0]))
+    rhs = beta * (prev.preactivations[l] - b_next) @ k_next.T + gamma * jax.nn.relu(z_old)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-4, atol=2e-3)
+    assert float(jnp.max(jnp.abs(a[l] - jax.nn.relu(z_old)))) > 0.1
+    m = a[l - 1] @ new[l - 1]["kernel"] + new[l - 1]["bias"]
+    expected = admm._relu_z_update(a[l], m, beta, gamma)
+    np.testing.assert_allclose(state.preactivations[l - 1], expected, atol=1e-4)
+
+
 def test_admm_learns_a_small_problem():
   net, params, x, y = _problem(n=96)
   tx = amj.am.taylor_admm(net, num_samples=96, beta=1.0, gamma=10.0, warm_start=5)
