@@ -341,3 +341,64 @@ def test_wrong_shapes_raise():
     tx.update(jnp.zeros((3, D)), state, params, order=jnp.arange(4))
   with pytest.raises(ValueError, match="gradients"):
     tx.update(None, state, params)
+
+
+# --------------------------------------------------------------------- experiments
+
+
+def test_dc_asgd_cifar10_configs_build_every_run_with_the_stated_settings():
+  """Both worker counts list DC-ASGD-c (0.04), DC-ASGD-a (2), ASGD and SSGD; every run's
+  method builds with its step schedule (0.5, / 10 after 80 and 120 epochs) without
+  training, and the rounds cover 160 epochs of 128-image minibatches per worker."""
+  from experiments.configs import dc_asgd_cifar10
+  from experiments.runners import distributed as runner
+
+  for p in (4, 8):
+    for extra in ("", ",random"):
+      config = dc_asgd_cifar10.get_config(f"p={p}{extra}")
+      assert config.delay == ("random" if extra else "round_robin")
+      assert (config.batch_size, config.epochs, config.crop) == (128, 160, 28)
+      methods = {config.runs[n].method: config.runs[n] for n in config.run_list}
+      assert sorted(methods) == ["async_sgd", "dc_asgd", "dc_asgd_adaptive", "ssgd"]
+      assert methods["dc_asgd"].lambda_0 == 0.04
+      assert methods["dc_asgd_adaptive"].lambda_0 == 2.0
+      n_train = 40_000  # the loader's default CIFAR-10 training split
+      rounds, first, second = {4: (12500, 6250, 9375), 8: (6250, 3125, 4688)}[p]
+      assert runner.num_rounds(config, p, n_train) == rounds  # 160 epochs of 128 p images
+      for name in config.run_list:
+        spec = config.runs[name]
+        assert spec.num_workers == p and spec.lr == 0.5
+        lr = runner.learning_rate(config, spec, p, n_train)
+        steps = [0, first - 1, first, second - 1, second, rounds]
+        np.testing.assert_allclose(
+          [lr(t) for t in steps], [0.5, 0.5, 0.05, 0.05, 0.005, 0.005], rtol=1e-6
+        )
+        tx, workers = runner.build_method(spec, lr)
+        assert workers == p
+        jax.tree.leaves(tx.init(dist.replicate(jnp.zeros(2), p)))
+  with pytest.raises(ValueError, match="p=16"):
+    dc_asgd_cifar10.get_config("p=16")
+
+
+def test_distributed_mnist_dc_asgd_option_runs_offline_at_smoke_size(tmp_path, monkeypatch):
+  """The bundled-MNIST comparison of DC-ASGD-c / -a, ASGD and SSGD with 4 and 8 workers
+  runs its smoke size without network or data files, and every run's centre variable
+  gains test accuracy (at this size a stale step can still raise the loss)."""
+  from experiments import train
+  from experiments.configs import distributed_mnist
+
+  monkeypatch.setenv("ALTMIN_JAX_DATA_DIR", str(tmp_path / "no-data-here"))
+  config = distributed_mnist.get_config("dc_asgd,smoke")
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  rows = {row["run"]: row for row in metrics["summary"]}
+  assert sorted(rows) == sorted(
+    f"{name}_p{p}" for p in (4, 8) for name in ("dc_asgd_c", "dc_asgd_a", "asgd", "ssgd")
+  )
+  for name, row in rows.items():
+    p = int(name.rsplit("_p", 1)[1])
+    record = metrics["runs"][name][0]
+    assert row["workers"] == p
+    assert record["samples"][-1] == config.rounds * p * config.batch_size
+    assert record["accuracy"][-1] > record["accuracy"][0] + 0.08, (name, record["accuracy"])
+    assert np.isfinite(record["loss"]).all()
+  assert (tmp_path / "metrics.json").exists()

@@ -129,12 +129,16 @@ def _child_modes(full):
   print(json.dumps(results))
 
 
+# methods run across two processes: both families, synchronous and asynchronous
+MULTIPROCESS = ("easgd", "eamsgd", "downpour", "dc_asgd", "ssgd")
+
+
 def _child_worker(rank, port, out):
   dist.initialize_multiprocess(f"127.0.0.1:{port}", 2, rank)
   mesh = dist.worker_mesh()  # 4 devices, 2 per process
   assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
   saved = {}
-  for name in ("easgd", "dc_asgd"):
+  for name in MULTIPROCESS:
     p = 8
     rows = dist.workers.process_rows(p, mesh)
 
@@ -201,8 +205,8 @@ def _free_port():
 
 def test_two_processes_match_stacked_workers(tmp_path):
   """Two processes (jax.distributed on localhost, gloo CPU collectives, 2 devices each)
-  run EASGD and DC-ASGD with 8 workers on a mesh spanning both; the
-  gathered params and centres equal the stacked single-device run."""
+  run EASGD, EAMSGD, DOWNPOUR, DC-ASGD and SSGD with 8 workers on a mesh spanning both;
+  the gathered params and centres equal the stacked single-device run."""
   port, out = _free_port(), tmp_path / "multiprocess.npz"
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   procs = [_python(["worker", str(rank), str(port), str(out)], env, 300) for rank in (0, 1)]
@@ -210,7 +214,8 @@ def test_two_processes_match_stacked_workers(tmp_path):
   for proc, (_, stderr) in zip(procs, outputs):
     assert proc.returncode == 0, stderr[-4000:]
   got = np.load(out)
-  for name in ("easgd", "dc_asgd"):
+  assert {key.split("/")[0] for key in got.files} == set(MULTIPROCESS)
+  for name in MULTIPROCESS:
     params, state = run_method(name, 8)
     for i, want in enumerate(_flat((params, dist.centre(state)))):
       np.testing.assert_allclose(got[f"{name}/{i}"], want, rtol=1e-6, atol=1e-6, err_msg=name)

@@ -346,3 +346,133 @@ def test_centre_is_found_inside_wrappers():
   assert tree_allclose(dist.centre(state), jnp.arange(3.0))
   with pytest.raises(ValueError, match="centre"):
     dist.centre(optax.sgd(0.1).init(params))
+
+
+# ------------------------------------------- CIFAR-10 experiment (supplement section 9)
+
+
+def _position_images(n, size=32):
+  """Images whose channels say where a pixel is: row * size + column, the image's index,
+  and 0; a patch cut from them shows its offset, its flip and its source image."""
+  rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  x = np.zeros((n, size, size, 3), np.float32)
+  x[..., 0] = rows * size + cols
+  x[..., 1] = np.arange(n)[:, None, None]
+  return x
+
+
+def test_cifar10_preprocessing_random_crops_flips_and_centre_patch():
+  """Supplement 9.1: random 28 x 28 crops with horizontal flips to train (every offset
+  and both flips occur, each patch is an exact slice of its own image, seeded), and the
+  centre patch to evaluate."""
+  from experiments.runners import distributed as runner
+
+  x = _position_images(600).reshape(2, 300, 32, 32, 3)  # (workers, batch, H, W, C)
+  crops = runner.random_crops(x, 28, np.random.default_rng(0))
+  assert crops.shape == (2, 300, 28, 28, 3)
+  crops, x = crops.reshape(600, 28, 28, 3), x.reshape(600, 32, 32, 3)
+  offsets, flips = set(), []
+  for i in range(600):
+    top, left = divmod(int(crops[i, 0, 0, 0]), 32)
+    flipped = crops[i, 0, 1, 0] < crops[i, 0, 0, 0]
+    if flipped:
+      left -= 27
+    want = x[i, top : top + 28, left : left + 28]
+    np.testing.assert_array_equal(crops[i], want[:, ::-1] if flipped else want)
+    offsets.add((top, left))
+    flips.append(flipped)
+  assert offsets == {(t, u) for t in range(5) for u in range(5)}  # uniform over 5 x 5
+  assert 0.4 < np.mean(flips) < 0.6
+  again = runner.random_crops(x, 28, np.random.default_rng(0))
+  other = runner.random_crops(x, 28, np.random.default_rng(1))
+  np.testing.assert_array_equal(again, crops)
+  assert not np.array_equal(other, crops)
+  np.testing.assert_array_equal(runner.centre_crops(x, 28), x[:, 2:30, 2:30])
+  with pytest.raises(ValueError, match="crop"):
+    runner.check_crop(33, (32, 32, 3))
+  with pytest.raises(ValueError, match="flattened"):
+    runner.check_crop(28, (3072,))
+
+
+def test_easgd_cifar10_run_trains_on_crops_and_tests_on_centre_patches(monkeypatch):
+  """At smoke size on TFDS mock CIFAR-10: pixels in [0, 1], the model sees 28 x 28 x 3
+  inputs in training and evaluation, and a run is reproducible from its seed."""
+  from experiments.configs import easgd_cifar10
+  from experiments.runners import distributed as runner
+
+  config = easgd_cifar10.get_config("smoke")
+  assert config.crop == 28 and config.normalization == "none"
+  data = runner.load_data(config)
+  assert data.input_shape == (32, 32, 3)
+  assert data.train[0].min() >= 0.0 and data.train[0].max() <= 1.0
+  seen = []
+  build = runner.build_model
+
+  def recording_build_model(config, input_shape, num_classes):
+    init, apply = build(config, input_shape, num_classes)
+    seen.append(("model", tuple(input_shape)))
+
+    def recording_apply(params, x):
+      seen.append(("apply", tuple(x.shape[-3:])))
+      return apply(params, x)
+
+    return init, recording_apply
+
+  monkeypatch.setattr(runner, "build_model", recording_build_model)
+  first = runner.train_one(config, data, "sgd", 0)
+  assert seen and {shape for _, shape in seen} == {(28, 28, 3)}
+  again = runner.train_one(config, data, "sgd", 0)
+  other = runner.train_one(config, data, "sgd", 1)
+  assert first["loss"] == again["loss"] and first["accuracy"] == again["accuracy"]
+  assert other["loss"] != first["loss"]
+
+
+def test_easgd_cifar10_configs_follow_the_paper_grid():
+  """Every (p, tau) of the grid lists the runs of the supplement's Tables 1-2 with a
+  learning rate from the explored set, and every run's method builds (no training)."""
+  from experiments.configs import easgd_cifar10
+  from experiments.runners import distributed as runner
+
+  explored = {  # supplement Tables 1 and 2
+    "async_easgd": {0.05, 0.01, 0.005},
+    "eamsgd": {0.01, 0.005, 0.001},
+    "downpour": {0.005, 0.001, 0.0005},
+    "mdownpour": {0.00005, 0.00001, 0.000005},
+    "sgd": {0.05, 0.01, 0.005},
+    "averaged_sgd": {0.05, 0.01, 0.005},
+    "mvasgd": {0.05, 0.01, 0.005},
+    "msgd": {0.001, 0.0005, 0.0001},
+  }
+  assert (easgd_cifar10.WORKERS, easgd_cifar10.PERIODS) == ((4, 8, 16), (1, 4, 16, 64))
+  for p in (4, 8, 16):
+    for tau in (1, 4, 16, 64):
+      config = easgd_cifar10.get_config(f"p={p},tau={tau}")
+      assert (config.batch_size, config.crop, config.model) == (128, 28, "convnet7")
+      assert list(config.run_list) == [
+        f"easgd_p{p}_tau{tau}",
+        f"eamsgd_p{p}_tau{tau}",
+        f"downpour_p{p}_tau{tau}",
+        f"mdownpour_p{p}",
+        "sgd",
+        "averaged_sgd",
+        "mvasgd",
+        "msgd",
+      ]
+      for name in config.run_list:
+        spec = config.runs[name]
+        assert spec.lr in explored[spec.method], name
+        if spec.method in ("async_easgd", "eamsgd", "downpour"):
+          assert spec.communication_period == tau, name
+        if spec.method in ("async_easgd", "eamsgd"):
+          assert spec.beta == 0.9, name
+        if spec.method in ("eamsgd", "mdownpour", "msgd"):
+          assert spec.momentum == 0.99, name
+        tx, workers = runner.build_method(spec)
+        p_worker = spec.method in ("async_easgd", "eamsgd", "downpour", "mdownpour")
+        assert workers == (p if p_worker else 1), name
+        params = dist.replicate(jnp.zeros(2), workers) if workers > 1 else jnp.zeros(2)
+        jax.tree.leaves(tx.init(params))  # the state builds for this p
+  with pytest.raises(ValueError, match="p=2"):
+    easgd_cifar10.get_config("p=2")
+  with pytest.raises(ValueError, match="tau=10"):
+    easgd_cifar10.get_config("tau=10")

@@ -30,11 +30,16 @@ def base_config(*, dataset: str, model: str, runs: dict, rounds: int) -> ml_coll
   config.data_dir = ""
   config.num_train = 8000  # bundled_mnist: the first 8,000 train, the last 2,000 test
   config.mock_data = 0  # > 0: that many TFDS mock examples (CI without the dataset)
+  config.normalization = "standard"  # load_dataset's; "none": pixels in [0, 1]
+  config.crop = 0  # > 0: random crops (and flips) of this side to train, centre patch to test
   config.model = model
   config.hidden = (100, 100)
   config.width = 64 if model == "convnet7" else 16
   config.batch_size = 128
   config.rounds = rounds
+  config.epochs = 0  # > 0: rounds = epochs * num_train / (num_workers * batch_size), per run
+  config.lr_decay_epochs = ()  # multiply the learning rate by lr_decay_factor after these
+  config.lr_decay_factor = 0.1
   config.eval_every = max(1, rounds // 20)
   config.delay = "round_robin"
   config.seeds = (0, 1, 2)
@@ -71,6 +76,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """CI size: 1 seed, a few rounds, small batches."""
   config.seeds = (0,)
   config.rounds = 4
+  config.epochs = 0
   config.eval_every = 2
   config.batch_size = 16
   config.num_train = 1000

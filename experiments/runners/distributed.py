@@ -8,16 +8,30 @@ evaluated on the test split every ``eval_every`` rounds. Single-worker baselines
 ``averaged_sgd``, ``mvasgd``, ``msgd``) run with p = 1.
 
 Config fields: ``dataset``, ``data_dir``, ``num_train`` (bundled MNIST), ``mock_data``
-(number of TFDS mock examples, 0 for real data), ``model`` (``mlp`` with ``hidden``,
-``convnet7`` or ``resnet20``), ``batch_size`` (per worker), ``rounds``, ``eval_every``,
+(number of TFDS mock examples, 0 for real data), ``normalization`` (``load_dataset``'s:
+``"standard"``, or ``"none"`` for pixels in [0, 1]), ``crop`` (0, or the side of the
+random training crops below), ``model`` (``mlp`` with ``hidden``, ``convnet7`` or
+``resnet20``), ``batch_size`` (per worker), ``rounds``, or ``epochs`` > 0 to derive the
+rounds from passes over the training images, ``lr_decay_epochs`` and ``lr_decay_factor``
+(the learning rate is multiplied by the factor after each of these epochs), ``eval_every``,
 ``delay`` (``round_robin`` or ``random``), ``seeds``, ``run_list`` and ``runs`` (name ->
-``method``, ``num_workers``, ``lr`` and the method's hyperparameters). Writes
-``metrics.json`` and ``accuracy.png`` to the workdir and prints a table.
+``method``, ``num_workers``, ``lr`` and the method's hyperparameters). One round draws
+``num_workers * batch_size`` training images, so an epoch is ``num_train / (num_workers
+* batch_size)`` rounds. Writes ``metrics.json`` and ``accuracy.png`` to the workdir and
+prints a table.
+
+Image preprocessing with ``crop = c`` (EASGD supplement, section 9.1, for CIFAR: random
+crops of 3 x 28 x 28 and their horizontal flips for training; losses and errors computed
+on the centre patch): every training image of a minibatch is cut to a c x c patch at a
+uniformly random offset and flipped left-right with probability 1/2, drawn from a NumPy
+generator seeded by the run's seed (one vectorised gather per minibatch); the test images
+are cut to their centre c x c patch once, and the model is built for c x c inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import flax.linen as nn
@@ -119,8 +133,11 @@ def build_model(config, input_shape, num_classes):
 
 def load_data(config) -> amj.data.Dataset:
   flatten = config.model == "mlp"
+  normalization = config.get("normalization", "standard")
   if config.dataset == "bundled_mnist":
-    return amj.data.load_dataset("bundled_mnist", num_train=config.num_train, flatten=flatten)
+    return amj.data.load_dataset(
+      "bundled_mnist", num_train=config.num_train, flatten=flatten, normalization=normalization
+    )
   context = contextlib.nullcontext()
   kwargs = {"data_dir": config.data_dir or None}
   if config.mock_data:
@@ -129,19 +146,94 @@ def load_data(config) -> amj.data.Dataset:
     context = tfds.testing.mock_data(num_examples=config.mock_data)
     kwargs = {"source": "tfds", "num_train": config.mock_data // 2}
   with context:
-    return amj.data.load_dataset(config.dataset, flatten=flatten, **kwargs)
+    return amj.data.load_dataset(
+      config.dataset, flatten=flatten, normalization=normalization, **kwargs
+    )
 
 
-def build_method(spec) -> tuple[optax.GradientTransformation, int]:
-  """The transformation of a run and its number of workers."""
+def check_crop(crop: int, input_shape: tuple[int, ...]) -> None:
+  """``crop`` must be 0 (off) or fit inside the ``(H, W, C)`` images."""
+  if crop == 0:
+    return
+  if len(input_shape) != 3:
+    raise ValueError(
+      f"crop={crop!r} needs (height, width, channels) images, got input shape {input_shape} "
+      "(flattened inputs: use a convolutional model)"
+    )
+  if isinstance(crop, bool) or not isinstance(crop, int) or not 0 < crop <= min(input_shape[:2]):
+    raise ValueError(f"crop must be 0 or an integer in [1, {min(input_shape[:2])}], got {crop!r}")
+
+
+def random_crops(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  """A random ``size x size`` patch of every image, flipped left-right with probability 1/2.
+
+  Args:
+    images: ``(..., H, W, C)``; every image gets its own offset and flip.
+    size: the patch side.
+    rng: the NumPy generator drawing the offsets (uniform over the ``H - size + 1`` by
+      ``W - size + 1`` positions) and the flips.
+
+  Returns:
+    ``(..., size, size, C)``, gathered with one fancy-indexing call.
+  """
+  *lead, h, w, c = images.shape
+  flat = images.reshape(-1, h, w, c)
+  n = flat.shape[0]
+  top = rng.integers(0, h - size + 1, n)
+  left = rng.integers(0, w - size + 1, n)
+  flip = rng.random(n) < 0.5
+  steps = np.arange(size)
+  rows = top[:, None] + steps  # (n, size)
+  cols = left[:, None] + np.where(flip[:, None], size - 1 - steps, steps)  # reversed if flipped
+  patches = flat[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  return patches.reshape(*lead, size, size, c)
+
+
+def centre_crops(images: np.ndarray, size: int) -> np.ndarray:
+  """The centre ``size x size`` patch of ``(..., H, W, C)`` images (offset ``(H - size) // 2``)."""
+  h, w = images.shape[-3:-1]
+  top, left = (h - size) // 2, (w - size) // 2
+  return images[..., top : top + size, left : left + size, :]
+
+
+def num_rounds(config, num_workers: int, num_train: int) -> int:
+  """``config.rounds``, or with ``config.epochs > 0`` the rounds of that many passes."""
+  epochs = config.get("epochs", 0)
+  if not epochs:
+    return config.rounds
+  return max(1, math.ceil(epochs * num_train / (num_workers * config.batch_size)))
+
+
+def learning_rate(config, spec, num_workers: int, num_train: int):
+  """The run's constant ``spec.lr``, or a step schedule of the round count multiplying it by
+  ``config.lr_decay_factor`` after each epoch in ``config.lr_decay_epochs``."""
+  decay_epochs = tuple(config.get("lr_decay_epochs", ()))
+  if not decay_epochs:
+    return spec.lr
+  rounds_per_epoch = num_train / (num_workers * config.batch_size)
+  boundaries = {}
+  for epoch in decay_epochs:
+    at = max(1, round(epoch * rounds_per_epoch))
+    boundaries[at] = boundaries.get(at, 1.0) * config.lr_decay_factor
+  return optax.piecewise_constant_schedule(spec.lr, boundaries)
+
+
+def build_method(spec, lr=None) -> tuple[optax.GradientTransformation, int]:
+  """The transformation of a run and its number of workers (``lr``: a schedule or constant
+  that replaces ``spec.lr``)."""
+  lr = spec.lr if lr is None else lr
   kwargs = {k: spec[k] for k in HYPERPARAMETERS if k in spec and spec[k] is not None}
   if spec.method in SINGLE:
-    return SINGLE[spec.method](spec.lr, **kwargs), 1
+    return SINGLE[spec.method](lr, **kwargs), 1
   if spec.method in P_WORKER:
     p = spec.num_workers
-    return P_WORKER[spec.method](spec.lr, num_workers=p, **kwargs), p
+    return P_WORKER[spec.method](lr, num_workers=p, **kwargs), p
   known = ", ".join(sorted({**P_WORKER, **SINGLE}))
   raise ValueError(f"unknown method {spec.method!r}; known methods: {known}")
+
+
+def workers_of(spec) -> int:
+  return spec.num_workers if spec.method in P_WORKER else 1
 
 
 # ------------------------------------------------------------------- training
@@ -149,9 +241,24 @@ def build_method(spec) -> tuple[optax.GradientTransformation, int]:
 
 def train_one(config, data, name: str, seed: int) -> dict:
   spec = config.runs[name]
-  tx, p = build_method(spec)
-  init, apply = build_model(config, data.input_shape, data.num_classes)
+  x_train, y_train = data.train
+  x_test, y_test = data.test
+  p = workers_of(spec)
+  tx, p = build_method(spec, learning_rate(config, spec, p, len(x_train)))
+  rounds = num_rounds(config, p, len(x_train))
+  crop = config.get("crop", 0)
+  check_crop(crop, data.input_shape)
+  input_shape = data.input_shape
+  if crop:
+    x_test = centre_crops(x_test, crop)  # evaluation on the centre patch
+    input_shape = x_test.shape[1:]
+  crop_rng = np.random.default_rng([seed, 1])  # own stream: the batch indices ignore crop
+  init, apply = build_model(config, input_shape, data.num_classes)
   loss_fn = amj.losses.softmax_cross_entropy
+
+  def batch(idx):
+    x = x_train[idx]
+    return (random_crops(x, crop, crop_rng) if crop else x), y_train[idx]
 
   def loss(params, x, y):
     return jnp.mean(loss_fn(apply(params, x), y))
@@ -166,12 +273,10 @@ def train_one(config, data, name: str, seed: int) -> dict:
   params = dist.replicate(one, p)
   state = tx.init(params)
   if config.delay == "random":
-    schedule = dist.random_delays(jax.random.key(seed), p, config.rounds, participation=0.8)
+    schedule = dist.random_delays(jax.random.key(seed), p, rounds, participation=0.8)
   else:
-    schedule = dist.round_robin(p, config.rounds)
+    schedule = dist.round_robin(p, rounds)
   order, active = np.asarray(schedule.order), np.asarray(schedule.active)
-  x_train, y_train = data.train
-  x_test, y_test = data.test
   rng = np.random.default_rng(seed)
 
   def centre(params, state):
@@ -194,17 +299,15 @@ def train_one(config, data, name: str, seed: int) -> dict:
   log(0)
   # Compile outside the timed region: the step is pure, so a discarded call is harmless.
   idx = rng.integers(0, len(x_train), size=(p, config.batch_size))
-  jax.block_until_ready(step(params, state, x_train[idx], y_train[idx], order[0], active[0]))
-  bar = reporting.progress(
-    range(config.rounds), desc=f"{name} seed {seed}", enabled=config.progress
-  )
+  jax.block_until_ready(step(params, state, *batch(idx), order[0], active[0]))
+  bar = reporting.progress(range(rounds), desc=f"{name} seed {seed}", enabled=config.progress)
   for r in bar:
-    idx = rng.integers(0, len(x_train), size=(p, config.batch_size))
+    x, y = batch(rng.integers(0, len(x_train), size=(p, config.batch_size)))
     start = time.perf_counter()
-    params, state = step(params, state, x_train[idx], y_train[idx], order[r], active[r])
+    params, state = step(params, state, x, y, order[r], active[r])
     jax.block_until_ready(params)
     elapsed += time.perf_counter() - start
-    if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
+    if (r + 1) % config.eval_every == 0 or r + 1 == rounds:
       log(r + 1)
   return record
 
@@ -228,7 +331,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       {
         "run": n,
         "method": spec.method,
-        "workers": spec.get("num_workers", 1) if spec.method in P_WORKER else 1,
+        "workers": workers_of(spec),
         "accuracy": mean,
         "spread": spread,
         "loss": loss,
