@@ -353,16 +353,38 @@ def test_tfds_data_source_under_mock_data(name, no_network):
     np.testing.assert_array_equal(ds.validation[1], [ex["label"] for ex in raw[8:]])
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10"])
-def test_tfds_download_flag_and_auto_fallback_under_mock_data(tmp_path, name):
-  size = int(np.prod(catalog.SPECS[name].example_shape))
+@pytest.mark.parametrize("name", TFDS_NAMES)
+def test_tfds_download_flag_and_auto_fallback_under_mock_data(tmp_path, name, monkeypatch):
+  """``download=True`` tries the prepared copy first, then probes the host and asks TFDS
+  to download (here: a missing copy is simulated, the probe and the download are mocked);
+  ``source="auto"`` without local files falls back to TFDS."""
+  from altmin_jax.data import tfds as tfds_loader
+
+  real, calls = tfds_loader._data_source, []
+
+  def missing_until_downloaded(tfds_module, name_, splits, data_dir, *, download):
+    calls.append(download)
+    if not download:
+      raise tfds_loader.TfdsUnavailableError("no prepared copy (simulated)")
+    return real(tfds_module, name_, splits, data_dir, download=False)  # mock_data's copy
+
+  kwargs = dict(num_test=2) if name == "higgs" else dict(num_train=4)
   with tfds.testing.mock_data(num_examples=6):
-    downloaded = data.load_dataset(name, source="tfds", download=True, num_train=4)
-    auto = data.load_dataset(name, data_dir=tmp_path, num_train=4)  # no local files here
+    with monkeypatch.context() as patch:
+      patch.setattr(tfds_loader, "_data_source", missing_until_downloaded)
+      patch.setattr(tfds_loader, "probe_download_host", lambda n: calls.append(f"probe {n}"))
+      with pytest.raises(data.DataNotAvailableError):
+        data.load_dataset(name, source="tfds", tfds_data_dir=tmp_path / "tfds", **kwargs)
+      assert calls == [False]
+      downloaded = data.load_dataset(name, source="tfds", download=True, **kwargs)
+      assert calls == [False, False, f"probe {name}", True]
+    auto = data.load_dataset(name, data_dir=tmp_path, **kwargs)  # no local files here
   assert downloaded.source == auto.source == "tfds"
+  size = int(np.prod(catalog.SPECS[name].example_shape))
   assert downloaded.train[0].shape == (4, size)
-  mean = np.asarray(catalog.SPECS[name].mean, np.float32)
-  np.testing.assert_array_equal(auto.mean, mean)  # the paper's constants, not mock statistics
+  if name != "higgs":
+    mean = np.asarray(catalog.SPECS[name].mean, np.float32)
+    np.testing.assert_array_equal(auto.mean, mean)  # the paper's constants, not mock statistics
 
 
 def test_download_without_network_fails_fast(tmp_path, no_network):

@@ -9,9 +9,12 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from experiments import train
+from experiments.runners import _training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
@@ -38,13 +41,96 @@ def test_config_runs_its_smoke_size_offline(path, tmp_path, capsys, monkeypatch)
   assert metrics["summary"], "the summary table has rows"
 
 
+def test_rnn_50_option_runs_its_smoke_size(tmp_path):
+  """RNN-50 has its own supplement C.2 hyperparameters (a different path from RNN-15)."""
+  path = ROOT / "experiments/configs/rnn_mnist.py"
+  config, default = _load(path, "50,smoke"), _load(path, "smoke")
+  assert tuple(config.hidden) == (50,) and tuple(default.hidden) == (15,)
+  assert config.methods.to_dict() != default.methods.to_dict()
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert {row["method"] for row in metrics["summary"]} == set(config.method_list)
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_full_config_is_well_formed(path):
   config = _load(path, None)
   assert config.experiment in train.available_experiments()
-  if config.experiment == "am_fc":
-    assert set(config.method_list) <= set(config.methods.keys())
-    assert len(config.seeds) >= 1
+  if config.experiment in ("am_fc", "am_arch"):
+    assert set(_training.method_labels(config)) <= set(config.methods.keys())
+    assert len(config.seeds) >= 3, "several seeds per run (mean and spread)"
+    assert len(set(config.seeds)) == len(config.seeds)
+
+
+# The AM configs whose full size reads a dataset other than the bundle.
+AM_DOWNLOAD_CONFIGS = [
+  "am_fc_mnist",
+  "am_fc_cifar10",
+  "am_fc_higgs",
+  "lenet5_mnist",
+  "lenet5_fashion_mnist",
+  "binary_mnist",
+  "rnn_mnist",
+]
+
+
+@pytest.mark.parametrize("name", AM_DOWNLOAD_CONFIGS)
+def test_am_config_trains_on_its_own_dataset_under_tfds_mock_data(name, tmp_path, monkeypatch):
+  """The smoke size, but on the config's own dataset (MNIST, CIFAR-10, Fashion-MNIST,
+  HIGGS) served by ``tfds.testing.mock_data``: the full configs' data paths run offline."""
+  monkeypatch.setenv("ALTMIN_JAX_DATA_DIR", str(tmp_path / "no-data-here"))
+  path = ROOT / "experiments" / "configs" / f"{name}.py"
+  config = _load(path, "smoke")
+  config.dataset = _load(path, None).dataset
+  assert config.dataset != "bundled_mnist"
+  config.batch_size = 16
+  if config.dataset == "higgs":
+    config.num_train, config.num_test = 0, 16
+  else:
+    config.num_train = 48
+  with tfds.testing.mock_data(num_examples=64):
+    metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert metrics["source"] == "tfds" and metrics["dataset"] == config.dataset
+  assert all(np.isfinite(row["accuracy"]) for row in metrics["summary"])
+
+
+@pytest.mark.parametrize("name", ["am_fc_mnist", "rnn_mnist"])
+def test_zoom_records_every_minibatch_with_wall_time_and_a_progress_bar(name, tmp_path, capsys):
+  """The first-epoch zoom (paper Figure 1): one record per minibatch (plus the initial
+  one), wall time that never decreases, minibatches on the x axis, and a tqdm bar."""
+  config = _load(ROOT / "experiments" / "configs" / f"{name}.py", "bundled,zoom,smoke")
+  config.progress = True
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert metrics["x_axis"] == "minibatches"
+  # am_fc: zoom_batches minibatches; the RNN's zoom evaluates every minibatch of an epoch.
+  steps = config.zoom_batches if name == "am_fc_mnist" else config.num_train // config.batch_size
+  assert steps >= 3
+  for label, runs in metrics["runs"].items():
+    for run in runs:
+      assert run["step"] == list(range(steps + 1)), label
+      assert len(run["accuracy"]) == len(run["time"]) == steps + 1, label
+      assert run["time"][0] == 0.0 and run["time"][-1] > 0, label
+      assert np.all(np.diff(run["time"]) >= 0), label
+  written = json.loads((tmp_path / "metrics.json").read_text())
+  assert written["runs"] == json.loads(json.dumps(metrics["runs"]))
+  assert "seed 0" in capsys.readouterr().err  # the progress bar's description
+
+
+def test_eval_split_validation_measures_the_validation_samples(tmp_path):
+  config = _load(ROOT / "experiments/configs/quickstart.py", "smoke")
+  config.method_list = ("adam",)
+  config.num_train, config.num_validation, config.eval_split = 700, 100, "validation"
+  data = _training.load_dataset(config)
+  assert (len(data.train[0]), len(data.validation[0])) == (700, 100)
+  x_eval, _ = _training.eval_data(config, data)
+  np.testing.assert_array_equal(x_eval, data.validation[0])
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert metrics["summary"][0]["method"] == "adam"
+  config.eval_split = "train"
+  with pytest.raises(ValueError, match="eval_split"):
+    _training.load_dataset(config)
+  config.eval_split, config.num_validation = "validation", 0
+  with pytest.raises(ValueError, match="num_validation"):
+    _training.eval_data(config, _training.load_dataset(config))
 
 
 def test_unknown_experiment_method_and_dataset_fail_clearly(tmp_path):
@@ -106,4 +192,5 @@ def test_binary_runs_with_overrides_and_reports_missing_data(tmp_path):
     tmp_path=tmp_path,
   )
   assert out.returncode != 0
-  assert "mnist" in out.stderr and "download" in out.stderr.lower()
+  assert "mnist" in out.stderr and "--config.download=True" in out.stderr
+  assert "--config.data_dir" in out.stderr
