@@ -8,7 +8,8 @@ into rounds in which every worker pushes at most once, so the simulator describe
 a :class:`Schedule` of rounds, each with
 
 * ``order``: a permutation of the p workers, the fixed order in which the server applies
-  the round's pushes (one ``lax.scan`` over it inside the method's ``update``), and
+  the round's pushes (one ``lax.scan`` over it inside the method's ``update``; a concrete
+  ``order`` that is not a permutation raises ``ValueError``), and
 * ``active``: which workers push in this round; an inactive worker is still computing,
   keeps its stale copy, and its next push is staler.
 
