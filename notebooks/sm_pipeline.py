@@ -41,8 +41,11 @@ if "google.colab" in sys.modules:  # install the package when running on Colab
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # Four CPU devices for the pipeline when there are not four accelerators (this flag only
-# affects the CPU platform and must be set before JAX starts).
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# affects the CPU platform and must be set before JAX starts): appended to any XLA_FLAGS
+# already set, unless they already choose a device count (checked below).
+flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_force_host_platform_device_count" not in flags:
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=4".strip()
 
 # %%
 import jax
@@ -62,6 +65,9 @@ WIDTH = 32 if SMALL else 100
 STAGES, MICROBATCHES, INNER_STEPS = 4, 4, 10
 
 devices = jax.devices() if len(jax.devices()) >= STAGES else jax.devices("cpu")
+assert len(devices) >= STAGES, (
+  f"{len(devices)} devices; restart the runtime so that XLA_FLAGS takes effect ({flags!r})"
+)
 mesh = jax.make_mesh((STAGES,), ("stage",), devices=devices[:STAGES])
 print(f"{ITERATIONS} iterations on {NUM_TRAIN} images; mesh: {mesh}")
 
@@ -116,6 +122,7 @@ gap = max(
   for a, b in zip(jax.tree.leaves(pipelined_params), jax.tree.leaves(single_params))
 )
 print(f"largest difference after one step: {gap:.2e}")
+assert gap < 1e-4, gap  # float32 rounding only
 
 # %% [markdown]
 # ## Training: GPipe + SM against GPipe + GD

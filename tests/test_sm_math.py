@@ -1,7 +1,10 @@
 """The mathematics of surrogate minimization against dense formulas (SPEC section 5).
 
 Dense references are built with ``jax.hessian`` on flattened variables in float64, on
-networks small enough that every Hessian fits in a few kilobytes.
+networks small enough that every Hessian fits in a few megabytes. They do not use the
+library's construction: the stage maps, the forward and backward pass and
+``psi_i(z, theta) = <g_z, f_i(z, theta) - z_t> + (c/2) ||f_i(z, theta) - z_t||^2`` are
+written out here from SPEC's formulas.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from helpers import teacher_classification
 from jax.flatten_util import ravel_pytree
 
 import altmin_jax as amj
+from altmin_jax.networks import Stage
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import solvers, surrogate_minimization
 from altmin_jax.sm.surrogate import stage_groups
@@ -40,9 +44,89 @@ def _forward_backward(net, params, x, y):
   return sp, jax.jit(lambda sp, x, y: ll.forward_backward(net, sp, x, y, LOSS))(sp, x, y)
 
 
+# ------------------------------------------------- references written from SPEC
+
+
+def _stage_map(i, m, activation):
+  """``f_i(theta, z)`` of an ``mlp`` stage: ``activation(z W + b)``, logits for i = m."""
+
+  def f(theta, z):
+    pre = z @ theta["kernel"] + theta["bias"]
+    return pre if i == m else activation(pre)
+
+  return f
+
+
+def _spec_psi(f, g_out, z_out, c_next):
+  """SPEC section 5: <g_z, f(z, theta) - z_t> + (c_{i+1}/2) ||f(z, theta) - z_t||^2."""
+
+  def psi(z, theta):
+    r = f(theta, z) - z_out
+    return jnp.sum(g_out * r) + 0.5 * c_next * jnp.sum(r * r)
+
+  return psi
+
+
+def _reference_pass(sp, x, y, activation=jnp.tanh, loss=LOSS):
+  """Stage outputs ``z^(0..m)`` and ``g_z^(i) = dh/dz^(i)`` of an ``mlp``, written out."""
+  m = len(sp)
+  maps = [_stage_map(i, m, activation) for i in range(1, m + 1)]
+  zs = [x]
+  for f, theta in zip(maps, sp):
+    zs.append(f(theta, zs[-1]))
+
+  def h_of(i, z):  # the batch-mean loss as a function of z^(i)
+    for f, theta in zip(maps[i:], sp[i:]):
+      z = f(theta, z)
+    return jnp.mean(loss(z, y))
+
+  g_z = [jax.grad(lambda z, i=i: h_of(i, z))(zs[i]) for i in range(1, m + 1)]
+  return maps, zs, g_z
+
+
+def _dense_blocks(psi, z, theta):
+  """``(H_zz, H_ztheta, H_thetatheta)`` of ``psi(z, theta)`` from one dense Hessian;
+  ``H_ztheta`` has shape (dim z, dim theta) as in the paper's block matrix."""
+  w0, unravel = ravel_pytree((z, theta))
+  nz = z.size
+  H = jax.jit(jax.hessian(lambda w: psi(*unravel(w))))(w0)
+  return H[:nz, :nz], H[:nz, nz:], H[nz:, nz:]
+
+
+def _dense_hzz(psi, z, theta):
+  flat, unravel = ravel_pytree(z)
+  return np.asarray(jax.jit(jax.hessian(lambda w: psi(unravel(w), theta)))(flat))
+
+
+def _top(matrix) -> float:
+  return float(np.linalg.eigvalsh(np.asarray(matrix, np.float64))[-1])
+
+
+def _dense_chain(sp, x, y, c_last, delta, activation=jnp.tanh):
+  """``(c_2, ..., c_{m+1})`` from eigvalsh, and the dense blocks of every psi_i."""
+  maps, zs, g_z = _reference_pass(sp, x, y, activation)
+  m = len(sp)
+  c = {m + 1: c_last}
+  blocks = {}
+  for i in range(m, 0, -1):
+    psi = _spec_psi(maps[i - 1], g_z[i - 1], zs[i], c[i + 1])
+    blocks[i] = _dense_blocks(psi, zs[i - 1], sp[i - 1])
+    if i > 1:
+      c[i] = max(_top(blocks[i][0]), 0.0) + delta
+  return [c[i + 1] for i in range(1, m + 1)], blocks
+
+
+def _dense_H(blocks, i, delta):
+  _, hzt, htt = blocks[i]
+  return htt if i == 1 else htt + hzt.T @ hzt / delta
+
+
+# ------------------------------------------------------ the library's operators
+
+
 def _local_quadratics(net, sp, fb, c, delta):
   """Every stage's (g_theta, dense H_i, dense H_zz) from the library's matrix-free
-  products, inside one jit."""
+  products (its own psi_i), inside one jit."""
 
   def build(sp, fb, c):
     out = []
@@ -57,60 +141,36 @@ def _local_quadratics(net, sp, fb, c, delta):
 
 
 def _matrix(matvec, like):
+  """The matrix of a linear map on pytrees shaped like ``like``."""
   flat, unravel = ravel_pytree(like)
   cols = jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0])
   return cols(jnp.eye(flat.size, dtype=flat.dtype)).T
 
 
-def _chain(net, sp, fb, delta, iterations):
+def _chain(net, sp, fb, delta, iterations, per_sample=None):
   fns = [ll.stage_function(net, i) for i in range(1, net.num_stages + 1)]
   c_last = 0.5 / fb.z[0].shape[0]
-  run = lambda sp, fb: ll.curvature_chain(fns, sp, fb, c_last, delta=delta, iterations=iterations)
+
+  def run(sp, fb):
+    return ll.curvature_chain(
+      fns, sp, fb, c_last, delta=delta, iterations=iterations, per_sample=per_sample
+    )
+
   return jax.jit(run)(sp, fb)
-
-
-def _dense_blocks(psi, z, theta):
-  """``(H_zz, H_ztheta, H_thetatheta)`` of ``psi(z, theta)`` from one dense Hessian;
-  ``H_ztheta`` has shape (dim z, dim theta) as in the paper's block matrix."""
-  w0, unravel = ravel_pytree((z, theta))
-  nz = z.size
-  H = jax.jit(jax.hessian(lambda w: psi(*unravel(w))))(w0)
-  return H[:nz, :nz], H[:nz, nz:], H[nz:, nz:]
-
-
-def _dense_operator(matvec, like):
-  """The matrix of a linear map on pytrees shaped like ``like``."""
-  flat, unravel = ravel_pytree(like)
-  cols = jax.jit(jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0]))
-  return cols(jnp.eye(flat.size, dtype=flat.dtype)).T
-
-
-def _dense_chain(net, sp, fb, c_last, delta):
-  """``(c_2, ..., c_{m+1})`` and the dense blocks of every psi_i, from eigvalsh."""
-  m = net.num_stages
-  c = {m + 1: c_last}
-  blocks = {}
-  for i in range(m, 0, -1):
-    psi = ll.make_psi(ll.stage_function(net, i), fb.g_z[i - 1], fb.z[i], c[i + 1])
-    blocks[i] = _dense_blocks(psi, fb.z[i - 1], sp[i - 1])
-    if i > 1:
-      c[i] = max(float(np.linalg.eigvalsh(np.asarray(blocks[i][0]))[-1]), 0.0) + delta
-  return [c[i + 1] for i in range(1, m + 1)], blocks
-
-
-def _dense_H(blocks, i, delta):
-  _, hzt, htt = blocks[i]
-  return htt if i == 1 else htt + hzt.T @ hzt / delta
 
 
 def test_local_hessian_products_match_dense_hessians(x64):
   """H_zz u, H_i v (= H_thetatheta v + H_ztheta^T H_ztheta v / delta; first stage without
-  the coupling term) and g_theta of every stage equal the dense jax.hessian formulas,
-  and g_theta is the backprop gradient dh/dtheta_i (Proposition 1)."""
+  the coupling term) and g_theta of every stage equal the dense jax.hessian formulas of
+  SPEC's psi_i, the library's pass gives the written-out z^(i) and g_z^(i), and g_theta
+  is the backprop gradient dh/dtheta_i (Proposition 1)."""
   net, params, x, y = _problem()
   sp, fb = _forward_backward(net, params, x, y)
+  _, zs, g_z = _reference_pass(sp, x, y)
+  for a, b in zip(fb.z + fb.g_z, zs + g_z):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
   delta = 0.05
-  c_dense, blocks = _dense_chain(net, sp, fb, 0.5 / x.shape[0], delta)
+  c_dense, blocks = _dense_chain(sp, x, y, 0.5 / x.shape[0], delta)
   full_grad = jax.jit(jax.grad(ll.network_loss(net, LOSS, x, y)))(sp)
   local = _local_quadratics(net, sp, fb, c_dense, delta)
   for i, (g_theta, H_i, H_zz) in enumerate(local, start=1):
@@ -122,33 +182,214 @@ def test_local_hessian_products_match_dense_hessians(x64):
   assert not np.allclose(_dense_H(blocks, 2, delta), blocks[2][2])
 
 
-def test_curvature_chain_matches_dense_top_eigenvalues(x64):
-  """c_i = max(lambda_max(H_zz^(i)), 0) + delta down the chain, c_{m+1} = 1/(2B)."""
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_curvature_chain_matches_dense_top_eigenvalues(x64, per_sample):
+  """c_i = max(lambda_max(H_zz^(i)), 0) + delta down the chain from c_{m+1} = 1/(2B),
+  exactly when the Lanczos steps span each block (whole batch or one sample)."""
   net, params, x, y = _problem(sizes=(5, 6, 7, 6, 3))
   sp, fb = _forward_backward(net, params, x, y)
   delta = 1e-2
-  c_dense, _ = _dense_chain(net, sp, fb, 0.5 / x.shape[0], delta)
-  c = _chain(net, sp, fb, delta, 1000)
+  c_dense, _ = _dense_chain(sp, x, y, 0.5 / x.shape[0], delta)
+  c = _chain(net, sp, fb, delta, 1000, per_sample=[per_sample] * 4)
   np.testing.assert_allclose(np.array(c), c_dense, rtol=1e-7)
-  assert c_dense[-1] == 0.5 / x.shape[0]
+
+
+@pytest.mark.parametrize(
+  "loss, targets",
+  [
+    (amj.losses.softmax_cross_entropy, lambda y, k: y),
+    (amj.losses.squared_error, lambda y, k: jax.nn.one_hot(y, k, dtype=jnp.float64)),
+  ],
+)
+def test_output_constant_bounds_the_dense_hessian_of_the_mean_loss(x64, loss, targets):
+  """The factory's c_{m+1} bounds the top eigenvalue of the dense Hessian of the batch-mean
+  loss in the stacked (B x K) logits, at the network's logits and at logits where the
+  bound is attained: softmax cross-entropy 1/(2B) (each sample's diag(p) - p p^T has top
+  eigenvalue 1/2 when two classes share the probability), squared error 2/B."""
+  net, params, x, y = _problem(n=8)
+  t = targets(y, 3)
+  tx = surrogate_minimization(net, loss)
+  _, state = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, t)))(params)
+  c_out = float(state.curvature[-1])
+
+  def top(logits):
+    h = lambda flat: jnp.mean(loss(flat.reshape(logits.shape), t))
+    return _top(jax.hessian(h)(logits.reshape(-1)))
+
+  tie = jnp.tile(jnp.array([0.0, 0.0, -40.0]), (x.shape[0], 1))
+  lam_net, lam_tie = top(net.apply(params, x)), top(tie)
+  assert lam_net <= c_out * (1 + 1e-6) and lam_tie <= c_out * (1 + 1e-6)
+  np.testing.assert_allclose(lam_tie, c_out, rtol=1e-6)  # the bound is tight
+  if loss is LOSS:
+    assert lam_net < 0.9 * c_out  # away from a tie the Hessian is smaller
+
+
+@pytest.mark.parametrize("activation", [jax.nn.relu, jnp.tanh], ids=["relu", "tanh"])
+def test_default_curvature_constants_bound_the_dense_hessians(activation):
+  """At the default settings (float32, delta = 1e-2, power_iterations = 10) every c_i
+  of a 20-30-30-30-10 MLP bounds the dense H_zz of the psi_i built from the c_{i+1} the
+  step used: c_i >= lambda_max + delta up to float32 rounding, on three random nets and
+  batches, and it is not far above (within 15% of lambda_max)."""
+  sizes, delta = (20, 30, 30, 30, 10), 1e-2
+  m = len(sizes) - 1
+  net = amj.networks.mlp(list(sizes), activation=activation)
+  tx = surrogate_minimization(net)
+  step = jax.jit(lambda p, x, y: tx.update(None, tx.init(p), p, batch=(x, y)))
+
+  @jax.jit
+  def dense_hzz(sp, x, y, c):  # float64 H_zz of SPEC's psi_i, i = m, ..., 2
+    maps, zs, g_z = _reference_pass(sp, x, y, activation)
+    out = []
+    for i in range(m, 1, -1):
+      psi = _spec_psi(maps[i - 1], g_z[i - 1], zs[i], c[i - 1])
+      flat = zs[i - 1].reshape(-1)
+      hess = jax.hessian(lambda w, i=i, psi=psi: psi(w.reshape(zs[i - 1].shape), sp[i - 1]))
+      out.append(hess(flat))
+    return out
+
+  for seed in range(3):
+    params = net.init(jax.random.key(seed))
+    x, y = teacher_classification(seed + 1, n=24, d=sizes[0], classes=sizes[-1])
+    _, state = step(params, x, y)
+    c = np.asarray(state.curvature, np.float64)  # entry i - 1 is c_{i+1}
+    with jax.enable_x64(True):
+      sp = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), net.stage_params(params))
+      hzz = dense_hzz(sp, jnp.asarray(x, jnp.float64), y, jnp.asarray(c))
+    for i, H in zip(range(m, 1, -1), hzz):
+      lam = _top(H)
+      assert lam > 0
+      assert c[i - 2] >= lam + delta - 1e-4 * lam, (seed, i, c[i - 2], lam)
+      assert c[i - 2] <= 1.15 * lam + delta, (seed, i, c[i - 2], lam)
+
+
+def _power_iteration(A, v, steps):
+  """Plain power iteration: the last Rayleigh quotient (written out as a reference)."""
+  for _ in range(steps):
+    w = A @ v
+    rq, v = v @ w, w / np.linalg.norm(w)
+  return rq
 
 
 def test_top_eigenvalue_is_safe_for_indefinite_matrices(x64):
-  """Power iteration alone finds the eigenvalue of largest magnitude (-5 here); the
-  shifted pass recovers lambda_max = 2, and an all-negative spectrum gives a value <= 0
-  that the chain clips to zero (c = delta)."""
-  q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))
-  v0 = jnp.ones(5)
-  for eigs, expected in [
-    ([-5.0, 2.0, 1.0, 0.5, -1.0], 2.0),
-    ([3.0, 2.0, 1.0, -0.5, 0.0], 3.0),
-    ([-3.0, -2.0, -1.0, -0.5, -4.0], -0.5),
+  """Power iteration finds the eigenvalue of largest magnitude (-5 here, not
+  lambda_max = 2); the Lanczos estimate finds lambda_max, also after fewer steps than
+  the dimension (within its residual, from above), and an all-negative spectrum gives a
+  value <= 0 that the chain clips to zero (c = delta)."""
+  q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(40, 40)))
+  v0 = jnp.cos(jnp.arange(40.0))
+  for top, rest, dominant in [
+    (2.0, (-5.0, 1.5), -5.0),
+    (3.0, (-2.5, 2.5), 3.0),
+    (-0.5, (-4, -1), -4),
   ]:
+    eigs = np.concatenate([[top], np.linspace(*rest, 39)])
     A = jnp.asarray(q @ np.diag(eigs) @ q.T)
-    plain = ll.power_iteration(lambda v, A=A: A @ v, v0, 300)
-    np.testing.assert_allclose(abs(float(plain.rayleigh)), max(abs(e) for e in eigs), rtol=1e-6)
-    lam = ll.top_eigenvalue(lambda v, A=A: A @ v, v0, 300)
-    np.testing.assert_allclose(float(lam), expected, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(_power_iteration(np.asarray(A), np.asarray(v0), 2000), dominant)
+    exact = ll.lanczos(lambda v, A=A: A @ v, v0, 1000)
+    assert int(exact.krylov_dim[0]) == 40
+    np.testing.assert_allclose(float(exact.ritz[0]), top, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(float(exact.residual[0]), 0.0, atol=1e-9)
+    short = ll.lanczos(lambda v, A=A: A @ v, v0, 15)
+    ritz, res = float(short.ritz[0]), float(short.residual[0])
+    assert ritz <= top + 1e-12 and abs(ritz - top) < 0.05 * max(abs(eigs))  # interlacing
+    lam = float(ll.top_eigenvalue(lambda v, A=A: A @ v, v0, 15))
+    assert lam == pytest.approx(ritz + res) and top <= lam <= top + 0.1 * max(abs(eigs))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tridiagonal_top_eigenpair_matches_lapack(x64, dtype):
+  """Bisection + inverse iteration (no LAPACK call, so it runs inside shard_map on CPU
+  devices) give numpy's largest eigenvalue and |eigenvector| of tridiagonal matrices,
+  also with zero (decoupled) and tiny off-diagonals and repeated eigenvalues."""
+  rng = np.random.default_rng(0)
+  for k in (1, 2, 7, 30):
+    d, e = rng.normal(size=(20, k)), rng.normal(size=(20, k - 1))
+    e[1], d[2], e[2] = 0.0, 1.0, 0.0
+    e[3] *= 1e-30
+    if k > 3:
+      e[4, 1] = 0.0
+    theta, s = ll.tridiagonal_top_eigenpair(jnp.asarray(d, dtype), jnp.asarray(e, dtype))
+    tri = lambda a, b: np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
+    T = np.stack([tri(a, b) for a, b in zip(d, e)])
+    T_abs = np.stack([tri(a, np.abs(b)) for a, b in zip(d, e)])  # similar to T
+    w, v = np.linalg.eigh(T)
+    eps, size = np.finfo(dtype).eps, np.abs(w).max(1)
+    np.testing.assert_allclose(theta, w[:, -1], atol=8 * eps * size.max())
+    s = np.asarray(s, np.float64)
+    residual = np.linalg.norm(np.einsum("bij,bj->bi", T_abs, s) - w[:, -1:] * s, axis=1)
+    assert np.all(residual <= 50 * eps * size), residual / size
+    if k > 1:  # where the top eigenvalue is simple, |s| is |its eigenvector|
+      simple = w[:, -1] - w[:, -2] > 1e-2
+      assert simple.sum() > 10
+      np.testing.assert_allclose(np.abs(s[simple]), np.abs(v[simple, :, -1]), atol=1e4 * eps)
+
+
+def test_per_sample_lanczos_on_block_diagonal_operators(x64):
+  """With per_sample, one product per step runs an independent recurrence per sample:
+  each block's Ritz value is its own lambda_max (blocks with rank 2 break down after
+  3 steps and are exact), and the estimate is the largest over the blocks. On a whole
+  batch the blocks' close top eigenvalues slow a single recurrence down."""
+  rng = np.random.default_rng(3)
+  B, n = 6, 12
+  blocks = []
+  for b in range(B):
+    u, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    eigs = np.sort(rng.uniform(-1.0, 1.0, n))[::-1] + 0.02 * b
+    if b == 2:
+      eigs = np.r_[0.7, -0.3, np.zeros(n - 2)]  # rank 2
+    blocks.append(u @ np.diag(eigs) @ u.T)
+  A = jnp.asarray(np.stack(blocks))
+  mv = lambda v: jnp.einsum("bij,bj->bi", A, v)
+  v0 = ll.start_vector(0, jnp.zeros((B, n)))
+  tops = [_top(b) for b in blocks]
+  res = ll.lanczos(mv, v0, 6, per_sample=True)
+  assert res.ritz.shape == (B,) and int(res.krylov_dim[2]) == 3
+  np.testing.assert_allclose(float(res.ritz[2]), 0.7, rtol=1e-10)
+  assert np.all(np.asarray(res.ritz) <= np.asarray(tops) + 1e-12)
+  full = ll.lanczos(mv, v0, n, per_sample=True)
+  np.testing.assert_allclose(full.ritz, tops, rtol=1e-9)
+  lam = float(ll.top_eigenvalue(mv, v0, 6, per_sample=True))
+  assert lam == pytest.approx(float(jnp.max(res.ritz + res.residual)))
+  assert max(tops) <= lam
+  # the whole batch as one block: the same products converge more slowly
+  whole = ll.lanczos(mv, v0, 6)
+  assert max(tops) - float(whole.ritz[0]) > 2 * (max(tops) - float(jnp.max(res.ritz)))
+
+
+def test_per_sample_curvature_only_for_stages_that_map_samples_independently(x64):
+  """A dense stage's H_zz is block diagonal over samples (its off-diagonal blocks are
+  exactly zero) and is estimated per sample; a stage that mixes samples (centring by the
+  batch mean) is not, and there a per-sample estimate would miss the coupling, so the
+  factory treats it as one block and its c_i still bounds the dense H_zz."""
+  net, params, x, y = _problem(sizes=(5, 6, 6, 3))
+  assert all(ll.stage_is_per_sample(net, i) for i in (1, 2, 3))
+  sp, fb = _forward_backward(net, params, x, y)
+  maps, zs, g_z = _reference_pass(sp, x, y)
+  B, w = zs[1].shape
+  H = _dense_hzz(_spec_psi(maps[1], g_z[1], zs[2], 0.3), zs[1], sp[1]).reshape(B, w, B, w)
+  off = H * (1 - np.eye(B))[:, None, :, None]
+  assert np.all(off == 0) and np.abs(H).max() > 1e-3
+
+  dense = amj.networks.builders.dense_stage(6, 6, jnp.tanh)
+  centred = Stage(
+    init=dense.init,
+    apply=lambda p, a: dense.apply(p, a - jnp.mean(a, axis=0)),
+    output_shape=(6,),
+    activation=jnp.tanh,
+  )
+  stages = list(net.stages)
+  mixed = amj.networks.LayeredNetwork((stages[0], centred, stages[2]), net.input_shape)
+  assert not ll.stage_is_per_sample(mixed, 2)
+  delta = 1e-2
+  tx = surrogate_minimization(mixed, delta=delta, power_iterations=1000)
+  _, state = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
+  sp, fb = _forward_backward(mixed, params, x, y)
+  psi = ll.make_psi(ll.stage_function(mixed, 2), fb.g_z[1], fb.z[2], state.curvature[1])
+  lam = _top(_dense_hzz(psi, fb.z[1], sp[1]))
+  np.testing.assert_allclose(float(state.curvature[0]), lam + delta, rtol=1e-8)
+  mv = ll.hzz_product(psi, fb.z[1], sp[1])
+  wrong = float(ll.top_eigenvalue(mv, ll.start_vector(2, fb.z[1]), 1000, per_sample=True))
+  assert abs(wrong - lam) > 1e-3 * lam
 
 
 def test_conjugate_gradient_with_n_steps_solves_spd_systems_exactly(x64):
@@ -260,7 +501,7 @@ def test_sm_step_is_the_exact_minimiser_of_each_local_loss(x64):
   tx = surrogate_minimization(net, inner_steps=25, delta=delta, power_iterations=1000)
   updates, state = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
   sp, fb = _forward_backward(net, params, x, y)
-  c_dense, blocks = _dense_chain(net, sp, fb, 0.5 / x.shape[0], delta)
+  c_dense, blocks = _dense_chain(sp, x, y, 0.5 / x.shape[0], delta)
   np.testing.assert_allclose(state.curvature, c_dense, rtol=1e-6)
   for i in range(1, 4):
     H = np.asarray(_dense_H(blocks, i, delta))
@@ -300,7 +541,7 @@ def test_scalar_curvature_bound_is_layerwise_gradient_descent(x64):
   tx = surrogate_minimization(net, curvature="scalar", delta=delta, power_iterations=1000)
   updates, _ = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
   sp, fb = _forward_backward(net, params, x, y)
-  _, blocks = _dense_chain(net, sp, fb, 0.5 / x.shape[0], delta)
+  _, blocks = _dense_chain(sp, x, y, 0.5 / x.shape[0], delta)
   grads = fb.g_theta
   steps = []
   for i in range(1, 4):

@@ -109,12 +109,14 @@ def _cases(n: int, full: bool):
   elif n == 4:
     yield from [
       ("sm", 2, "pad", "make_mesh", 2, "stacked"),
+      ("sm", 4, "pad", "make_mesh", 1, "network"),
       ("sm_scalar", 3, "pad", "auto_mesh", 1, "network"),
       ("gd_fixed", 4, "pad", "make_mesh", 1, "stacked"),
     ]
   else:  # 1 layer per device
     yield from [
       ("sm", 1, "pad", "make_mesh", 1, "network"),
+      ("sm", 4, "pad", "make_mesh", 1, "stacked"),
       ("gd_armijo", 6, "pad", "make_mesh", 2, "stacked"),
     ]
 
@@ -281,7 +283,8 @@ def test_pipelined_steps_equal_single_device_steps(n):
   """On n CPU devices (an 8-stage tanh MLP, 8/n layers per device, its input and
   logits zero-padded), pipelined SM and the pipelined GD baselines give the
   single-device step's params and state to rtol 1e-4 / atol 1e-6. Between them the
-  three device counts cover M in {1, 2, 3, 4, 6} micro-batches, SM with CG, Armijo-GD
+  three device counts cover M in {1, 2, 3, 4, 6} micro-batches (SM with CG at M = 4 and
+  2 on 2 devices, M = 2 and 4 on 4, M = 1 and 4 on 8), SM with CG, Armijo-GD
   and scalar-curvature solves, GD with the Armijo search (equal to ``gd_armijo``) and a
   fixed step (equal to ``optax.sgd``), both boundary choices, explicit- and auto-axis
   meshes, network- and stacked-form params and two consecutive steps; each device holds

@@ -16,8 +16,8 @@ either **zero-padded** into the stack (``boundary="pad"``, all layers pipelined)
 **kept outside the pipeline** (``boundary="outside"``: the first and last stage run on
 the full batch before / after the pipelined middle layers, replicated on every device).
 Padding provably changes no result (see :func:`stack_params`): the padded entries of
-every weight, activation, gradient, Hessian-vector product and power-iteration vector
-are exact zeros, and the tests compare both choices with the single-device step.
+every weight, activation, gradient, Hessian-vector product and Lanczos vector are
+exact zeros, and the tests compare both choices with the single-device step.
 
 One SM step (:func:`pipelined_surrogate_minimization`) runs four phases (1, 3 and 4 are
 ``jax.shard_map``\ s over the ``'stage'`` axis, 2 is computed replicated):
@@ -37,7 +37,7 @@ One SM step (:func:`pipelined_surrogate_minimization`) runs four phases (1, 3 an
    layers once device :math:`s + 1` has sent it :math:`c` of its lowest layer (one scalar
    ``ppermute`` per device, :math:`S` sequential rounds). The paper's Figure 1 does not
    show this chain; it is inherently sequential (:math:`c_i` needs :math:`c_{i+1}` on the
-   full batch), so it adds :math:`S - 1` rounds of power iteration in which only one
+   full batch), so it adds :math:`S - 1` rounds of Lanczos steps in which only one
    device works (:mod:`altmin_jax.sm.schedule_model` accounts for it).
 4. **local solves** (a separate ``shard_map`` with no collective at all): every device
    takes N CG or Armijo-GD steps on each of its layers' local losses (Proposition 1,
@@ -50,7 +50,7 @@ One SM step (:func:`pipelined_surrogate_minimization`) runs four phases (1, 3 an
    from data it already holds.
 
 Every step equals :func:`~altmin_jax.sm.surrogate_minimization`'s to float tolerance
-(same start vectors for power iteration, same solvers; only summation orders differ).
+(same Lanczos start vectors, same solvers; only summation orders differ).
 :func:`pipelined_gradient_descent` is the GPipe + GD baseline: the same forward and
 backward passes accumulate the gradient over micro-batches, then one update per pass
 (fixed step, or the Armijo search of :func:`~altmin_jax.sm.gd_armijo` whose every trial
@@ -253,8 +253,9 @@ def stack_params(
   step: gradients of padded entries are exact zeros, the Hessian-vector products of the
   local losses map vectors supported on the real entries to such vectors (padded units
   are decoupled: their pre-activations do not depend on real weights and vice versa),
-  and the power-iteration start vectors vanish on padded entries, so CG, Armijo GD and
-  power iteration follow the unpadded iterates exactly.
+  and the Lanczos start vectors vanish on padded entries, so CG, Armijo GD and the
+  Lanczos recurrences (per sample: padding adds columns, not samples) follow the
+  unpadded iterates exactly.
 
   Args:
     net: a network of dense stages (:func:`~altmin_jax.networks.mlp`).
@@ -482,7 +483,8 @@ def _stage_curvature(fn, theta, z_in, g_out, z_out, c_next, v0, cfg: sur.SMConfi
   """:math:`c_i = \\max(\\lambda_{\\max}(\\nabla^2_{zz}\\psi_i), 0) + \\delta` (Appendix A)."""
   psi = ll.make_psi(fn, g_out, z_out, c_next)
   mv = ll.hzz_product(psi, z_in, theta)
-  lam = ll.top_eigenvalue(mv, v0, cfg.power_iterations)
+  # dense layers map samples independently: H_zz is block diagonal over the batch
+  lam = ll.top_eigenvalue(mv, v0, cfg.power_iterations, per_sample=True)
   return jnp.maximum(lam, 0.0) + cfg.delta
 
 

@@ -19,7 +19,7 @@ One iteration, starting with every device free at time 0 (a flushed pipeline):
   passes ``T(k, s, j)`` evaluate trial steps (trial ``k`` starts when every gradient is
   known and the previous trial's loss has reached device 0); then ``U(s)``, the update of
   device ``s``'s layers, after its own last backward (and the last trial's loss);
-* **SM**: ``C(s)``, power iteration for device ``s``'s curvature constants, after its own
+* **SM**: ``C(s)``, the Lanczos estimates of device ``s``'s curvature constants, after its own
   last backward and ``C(s+1)`` (plus ``comm``: the chain :math:`c_{i+1} \to c_i` of
   Appendix A); then ``L(s)``, building and minimising its local losses with N inner steps
   (``solve_setup + N * inner_step``), after ``C(s)``, with no communication.
@@ -57,7 +57,7 @@ class Durations(NamedTuple):
     forward: one micro-batch through the device's layers (``F``).
     backward: one micro-batch backward through them (``B``).
     update: GD's parameter update of the device's layers (``U``).
-    curvature: power iteration for all of the device's layers (``C``, SM).
+    curvature: the curvature estimates of all of the device's layers (``C``, SM).
     inner_step: one inner CG / GD step on all of the device's local losses (SM).
     solve_setup: building the device's local losses before the inner steps (SM).
     comm: one point-to-point transfer between neighbouring devices.

@@ -212,6 +212,7 @@ def sm_iteration(cfg: SMConfig, stage_params: Sequence[PyTree], x: Array, y: Arr
     delta=cfg.delta,
     iterations=cfg.power_iterations,
     seed=cfg.seed,
+    per_sample=[ll.stage_is_per_sample(net, i) for i in range(1, net.num_stages + 1)],
   )
   # Algorithm 1, "do in parallel": N inner steps on every local loss (Prop. 1, eq. (1)).
   solves = solve_all_stages(cfg, stage_params, fb, curv, steps)
@@ -249,9 +250,14 @@ def surrogate_minimization(
      activation; the last stage outputs logits), :math:`g_z^{(i)} = \partial h/\partial
      z^{(i)}` and :math:`\partial h/\partial\theta_i`;
   2. top-down, :math:`c_{m+1} = L/B` (``loss_smoothness`` :math:`L`: 1/2 for softmax
-     cross-entropy) and :math:`c_i = \max(\lambda_{\max}(\nabla^2_{zz}\psi_i), 0) + \delta`
-     by ``power_iterations`` steps of power iteration on exact Hessian-vector products
-     (with a shifted pass when :math:`\nabla^2_{zz}\psi_i` is indefinite), where
+     cross-entropy) and :math:`c_i = \max(\hat\lambda_i, 0) + \delta`, where
+     :math:`\hat\lambda_i = \max_b(\theta_b + r_b)` estimates
+     :math:`\lambda_{\max}(\nabla^2_{zz}\psi_i)` from ``power_iterations`` Lanczos steps
+     on exact Hessian-vector products: :math:`\theta_b` is the top Ritz value of sample
+     ``b``'s diagonal block (dense stages map samples independently, so the Hessian is
+     block diagonal; other stages are one block) and :math:`r_b` its residual norm
+     (:func:`~altmin_jax.sm.local_losses.top_eigenvalue`; valid for indefinite
+     :math:`\nabla^2_{zz}\psi_i`), and
 
      .. math:: \psi_i(z,\theta) = \langle g_z^{(i)}, f_i(z,\theta) - z_t^{(i)}\rangle
         + \tfrac{c_{i+1}}{2}\|f_i(z,\theta) - z_t^{(i)}\|^2 ;
@@ -285,7 +291,9 @@ def surrogate_minimization(
     solver: ``"cg"`` (the paper's experiments) or ``"armijo"`` (Algorithm 1 with an
       Armijo line search, section 3).
     delta: :math:`\delta > 0` of Appendix A.
-    power_iterations: Hessian-vector products per power iteration (>= 1).
+    power_iterations: Hessian-vector products (Lanczos steps, >= 1) per curvature
+      estimate: per stage for :math:`c_i`, and for :math:`\lambda_{\max}(\mathbb H_i)`
+      with ``curvature="scalar"``.
     loss_smoothness: per-sample smoothness :math:`L` of ``loss`` in the logits;
       ``None`` for the library's softmax cross-entropy (1/2) and squared error (2).
     curvature: ``"full"`` (:math:`\mathbb H_i`) or ``"scalar"``
@@ -299,7 +307,7 @@ def surrogate_minimization(
       factor 0.9, at most 100 backtracks; ``fallback_step`` is taken when no trial step
       passes; each search starts at ``step_growth`` times the previous step, at most
       ``max_step``). The per-stage step sizes persist in the state.
-    seed: offset of the fixed power-iteration start vectors.
+    seed: offset of the fixed Lanczos start vectors.
     vmap_stages: solve equally shaped stages under one ``jax.vmap`` (otherwise one
       computation per stage; both give the same result).
 
