@@ -9,7 +9,8 @@ w x w layers per device). For every platform (always the CPU, with S fake device
 present, over up to S of its devices) the benchmark
 
 1. times each phase of a step as its own jitted ``shard_map`` (median over repeats,
-   compilation excluded, ``block_until_ready``): the GPipe forward pass, SM's backward
+   compilation excluded, ``block_until_ready``, the phases interleaved round-robin with
+   ``benchmarks/common.py``'s ``time_steps``): the GPipe forward pass, SM's backward
    pass, GD's backward pass (parameter gradients accumulated), the curvature chain, the
    local solves with N and with 1 inner step (giving the set-up and the time per inner
    step), GD's update, one Armijo trial (forward pass and loss) and the point-to-point
@@ -20,9 +21,10 @@ present, over up to S of its devices) the benchmark
    GPipe + SM with N inner steps, dependency-driven (the SM paper's Figure 1) and
    lockstep (as implemented), with per-device busy and idle times and utilization, and
    SM with the idle time after the local solves filled with more inner steps;
-3. times whole steps: pipelined SM, pipelined GD (fixed step and Armijo), single-device
-   SM, and the matching optax baseline (one backprop ``optax.sgd`` step on one device),
-   reporting each as a ratio to the baseline, and the *measured* utilization (modelled
+3. times whole steps, interleaved the same way: pipelined SM, pipelined GD (fixed step
+   and Armijo), single-device SM, and the matching optax baseline (one backprop
+   ``optax.sgd`` step on one device), reporting each as a ratio to the baseline, and the
+   *measured* utilization (modelled
    busy time over S times the measured step time). ``padded_params_ratio`` (stacked /
    real parameters) is the price of zero-padding (``pad``: every layer gets the
    784-wide input layer's shape).
@@ -63,11 +65,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     + f" --xla_force_host_platform_device_count={_stages_from_argv()}"
   ).strip()
 
-import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
+import common  # noqa: E402  (benchmarks/common.py: the scripts run from this folder)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
@@ -80,16 +80,17 @@ LAYERS = 8
 SM_KW = dict(delta=0.1, power_iterations=10)
 
 
-def median_time(fn, args, repeats: int) -> float:
-  """Median seconds of ``fn(*args)`` after two warm-up calls (compilation)."""
-  for _ in range(2):
-    jax.block_until_ready(fn(*args))
-  samples = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    samples.append(time.perf_counter() - start)
-  return statistics.median(samples)
+def median_times(fns: dict, repeats: int) -> dict[str, float]:
+  """Median seconds of each jitted ``fn(*args)`` in ``{name: (fn, args)}``, measured
+  together by ``common.time_steps``: two warm-up calls each (compilation), then the
+  functions take turns, one call at a time, ``repeats`` times; asserts no recompilation."""
+
+  def once(fn, args):
+    return lambda: jax.block_until_ready(fn(*args))
+
+  return common.time_steps(
+    {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}, repeats, inner=1
+  )
 
 
 def run_platform(devices, n_stages: int, config: dict, repeats: int):
@@ -109,10 +110,9 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
   kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
   pipe = pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
   phases = pl.phase_functions(pipe, net, params, (x, y))
-  measured = {name: median_time(fn, args, repeats) for name, (fn, args) in phases.items()}
   one = pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
-  _, solve_args = phases["solve"]
-  measured["solve_1_step"] = median_time(jax.jit(one.solve), solve_args, repeats)
+  phases["solve_1_step"] = (jax.jit(one.solve), phases["solve"][1])
+  measured = median_times(phases, repeats)
 
   # 2. per-device operation times and the model
   ticks = M + S - 1
@@ -166,7 +166,7 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "pipelined_gd": pipelined(pl.pipelined_gradient_descent(net, learning_rate=0.1, **kw)),
     "pipelined_gd_armijo": pipelined(pl.pipelined_gradient_descent(net, **kw)),
   }
-  step_times = {name: median_time(fn, args, repeats) for name, (fn, args) in steps.items()}
+  step_times = median_times(steps, repeats)
   base = step_times["optax_sgd"]
   busy = {k: sum(model[k]["busy"]) for k in ("gd", "sm", "gd_armijo_1_trial")}
   real = sum(a.size for a in jax.tree.leaves(params))
@@ -251,11 +251,7 @@ def main() -> dict:
     ],
     "runs": runs,
   }
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=2)
-  print(json.dumps(report))
-  return report
+  return common.finish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ run the median wall time of one jitted iteration of
 * ``gd_armijo``: GD with Armijo line search (one gradient plus one forward pass per
   trial step);
 * ``sm_cg`` / ``sm_armijo``: surrogate minimization with N = 10 CG / GD+Armijo steps
-  per local loss (power iteration with 10 products per stage);
+  per local loss (curvature constants from 10 Lanczos steps per stage);
 * full mode also ``sso`` (N = 10), ``cg_block`` (N = 10) and ``ddg`` (K = 4 modules);
 
+(each step returns the loss at its start: ``sgd`` from its ``value_and_grad``, the others
+from their state, so no method pays for an extra forward pass) with the jitted
 steps interleaved round-robin so that machine noise hits every method alike, and reports
 each method's ratio to ``sgd`` and to ``gd_armijo``. Then every method trains from the
 same initialisation for the same wall-clock budget (compilation excluded) and the
@@ -62,14 +64,35 @@ def build(name: str, net) -> tuple[optax.GradientTransformation, bool]:
   raise ValueError(name)
 
 
+def train_step(net, tx, uses_grads: bool):
+  """A jitted ``step(params, state, x, y) -> (params, state, loss)``.
+
+  A gradient method gets ``jax.value_and_grad`` of the batch-mean loss (one forward and
+  one backward pass, as ``training.make_train_step``). The SM family computes its own
+  forward and backward passes, so its step calls ``update`` with no gradients and returns
+  the loss the method's state records (h(theta_t), before the update): no extra forward
+  pass is timed (``make_train_step(uses_gradients=False)`` would evaluate the loss once
+  more).
+  """
+  if uses_grads:
+    loss = amj.losses.softmax_cross_entropy
+    return amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=True)
+
+  @jax.jit
+  def step(params, state, x, y):
+    updates, state = tx.update(None, state, params, batch=(x, y))
+    return optax.apply_updates(params, updates), state, state.loss
+
+  return step
+
+
 def make_steps(layers: int, x, y, methods) -> dict:
   net = amj.networks.mlp([784] + [WIDTH] * (layers - 1) + [10], activation=jax.nn.relu)
-  loss = amj.losses.softmax_cross_entropy
   params = net.init(jax.random.key(0))
   out = {}
   for name in methods:
     tx, uses_grads = build(name, net)
-    step = amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=uses_grads)
+    step = train_step(net, tx, uses_grads)
     carry = [params, tx.init(params)]
 
     def run_once(step=step, carry=carry):
@@ -93,7 +116,7 @@ def equal_time(steps: dict, x, y, budget: float) -> dict[str, dict]:
       jax.block_until_ready(params)
       elapsed += time.perf_counter() - start
       iterations += 1
-    final = s["step"](params, state, x, y)[2]  # loss at the final params
+    final = s["step"](params, state, x, y)[2]  # loss at the final params (before a step)
     out[name] = {"iterations": iterations, "seconds": elapsed, "train_loss": float(final)}
   return out
 
