@@ -344,9 +344,9 @@ def test_hyperparameter_checks_accept_numpy_and_jax_scalars():
 
 
 def test_long_inner_loops_match_their_unrolled_form(monkeypatch):
-  """Up to ``loops.UNROLL_LIMIT`` code/weight steps run in a fully unrolled
-  ``lax.fori_loop``, more in a rolled one: both forms compute the same iterates, and only
-  the rolled one is a while loop in the compiled step."""
+  """Up to ``loops.UNROLL_LIMIT`` code/weight steps are unrolled at trace time, more run
+  in a ``lax.fori_loop``: both forms compute the same iterates, and only the loop is a
+  while loop in the lowered step."""
   from altmin_jax import loops
 
   net, params, x, y = _setup()

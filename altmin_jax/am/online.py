@@ -257,10 +257,9 @@ def am_adam(
       state), or one per stage; default ``optax.adam(1e-3)``.
     output_optimizer: optional optimizer for the output layer only.
     weight_steps: ``K_w >= 1`` optimizer steps per layer and minibatch.
-    code_steps: ``K_c >= 0`` code-optimizer steps per code subproblem, in a
-      ``lax.fori_loop``: fully unrolled up to 8 steps (straight-line code for XLA, faster
-      on CPU, see :func:`altmin_jax.loops.repeat`), rolled beyond; the results are the
-      same.
+    code_steps: ``K_c >= 0`` code-optimizer steps per code subproblem. Up to 8 steps are
+      unrolled at trace time (faster on CPU, see :func:`altmin_jax.loops.repeat`), more
+      run in a ``lax.fori_loop``; the results are the same.
     code_lr: code step size for the named code optimizers. The steps are taken on each
       subproblem *divided by* ``mu`` and summed over the batch (per-sample objectives,
       :mod:`altmin_jax.am.codes`): in the paper's scaling the top code moves by
