@@ -50,3 +50,31 @@ def bundled_split(split_seed: int | None = None):
   """The bundled MNIST 10k split: the first 8,000 for training, the last 2,000 held out
   (``split_seed`` shuffles first)."""
   return amj.data.load_dataset("bundled_mnist", num_train=8000, split_seed=split_seed)
+
+
+# ------------------------------------------------------- multi-device subprocesses
+
+# XLA:CPU aborts a program whose collective waits longer than its watchdog allows
+# ("Termination timeout for `all gather RendezvousKey{...}`"). On this project's 2-core
+# machines, multi-device CPU programs (fake devices, in-process collectives) were seen to
+# deadlock that way now and then, with some devices never joining the rendezvous; the
+# same child passes when run again. Tests retry such a child; any other failure is final.
+XLA_RENDEZVOUS_ABORT = "Termination timeout for"
+
+
+def aborted_by_xla_watchdog(returncode: int, stderr: str) -> bool:
+  """Whether a child died from XLA:CPU's collective watchdog (and only that)."""
+  return returncode != 0 and XLA_RENDEZVOUS_ABORT in stderr and "Rendezvous" in stderr
+
+
+def communicate_retrying(start, timeout: float, retries: int = 2, proc=None):
+  """``(returncode, stdout, stderr)`` of the child ``start()`` launches (or of ``proc``,
+  already started by it), launched again up to ``retries`` times while it is aborted by
+  XLA:CPU's collective watchdog."""
+  for attempt in range(retries + 1):
+    if proc is None or attempt > 0:
+      proc = start()
+    stdout, stderr = proc.communicate(timeout=timeout)
+    if not aborted_by_xla_watchdog(proc.returncode, stderr):
+      break
+  return proc.returncode, stdout, stderr

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import aborted_by_xla_watchdog, communicate_retrying
 
 import altmin_jax.distributed as dist
 
@@ -169,9 +170,9 @@ def _python(args, env_extra, timeout):
 
 
 def _check_modes(full):
-  proc = _python(["modes-full" if full else "modes"], {"XLA_FLAGS": FOUR_DEVICES}, 600)
-  stdout, stderr = proc.communicate(timeout=600)
-  assert proc.returncode == 0, stderr[-4000:]
+  start = lambda: _python(["modes-full" if full else "modes"], {"XLA_FLAGS": FOUR_DEVICES}, 600)
+  code, stdout, stderr = communicate_retrying(start, 600)  # see helpers.XLA_RENDEZVOUS_ABORT
+  assert code == 0, stderr[-4000:]
   results = json.loads(stdout.strip().splitlines()[-1])
   assert results.pop("jaxpr") == {"shard_map": True, "psum": True}
   assert len(results) == len(list(_configurations(full)))
@@ -195,6 +196,34 @@ def test_stacked_and_mesh_modes_agree_on_four_devices():
 def test_stacked_and_mesh_modes_agree_for_every_layout():
   """The same for every method with 4 and 8 workers on auto- and explicit-axis meshes."""
   _check_modes(full=True)
+
+
+def test_only_xla_watchdog_aborts_are_retried():
+  """The retry of multi-device children (helpers.communicate_retrying) applies to XLA:CPU's
+  collective watchdog abort and to nothing else."""
+  watchdog = (
+    "F1201 rendezvous.cc:161] [id=0] Termination timeout for `all gather RendezvousKey{"
+    "run_id=RunId: 1, global_devices=[0, 1, 2, 3]}` of 40 seconds exceeded."
+  )
+  assert aborted_by_xla_watchdog(-6, watchdog)
+  assert not aborted_by_xla_watchdog(0, watchdog)
+  assert not aborted_by_xla_watchdog(1, "AssertionError: params differ")
+  assert not aborted_by_xla_watchdog(-6, "Termination timeout for a socket")
+  calls = []
+
+  class Child:
+    def __init__(self, code, err):
+      self.returncode, self.err = code, err
+
+    def communicate(self, timeout):
+      return "", self.err
+
+  results = iter([Child(-6, watchdog), Child(-6, watchdog), Child(0, "")])
+  start = lambda: calls.append(1) or next(results)
+  assert communicate_retrying(start, 1)[0] == 0 and len(calls) == 3
+  results = iter([Child(1, "AssertionError"), Child(0, "")])
+  calls.clear()
+  assert communicate_retrying(start, 1)[0] == 1 and len(calls) == 1
 
 
 def _free_port():

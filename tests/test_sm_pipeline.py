@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import communicate_retrying
 
 import altmin_jax as amj
 from altmin_jax.sm import gd_armijo, schedule_model, surrogate_minimization
@@ -240,23 +241,24 @@ def _python(args, env_extra):
 
 
 def _devices_env(n):
-  # The children compile afresh: with jax 0.10 on CPU, multi-device programs loaded from
-  # the persistent compilation cache were seen to deadlock here (devices of two different
-  # programs waiting in one collective rendezvous), so they do not share the session's
-  # cache (conftest.py).
+  # The children compile afresh rather than share the session's persistent compilation
+  # cache (conftest.py): with it, one child deadlocked in a collective on every run for a
+  # while here (BUILD.md, multi-device runs).
   return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
 
 @functools.cache
 def _device_results(full: bool = False) -> dict:
   """Runs the 2-, 4- and 8-device children concurrently; their JSON results by n."""
-  procs = {
-    n: _python(["devices", str(n), *(["full"] if full else [])], _devices_env(n)) for n in (2, 4, 8)
+  starts = {
+    n: functools.partial(_python, ["devices", str(n), *(["full"] if full else [])], _devices_env(n))
+    for n in (2, 4, 8)
   }
+  procs = {n: start() for n, start in starts.items()}
   out = {}
-  for n, proc in procs.items():
-    stdout, stderr = proc.communicate(timeout=1800 if full else 600)
-    assert proc.returncode == 0, stderr[-4000:]
+  for n, proc in procs.items():  # a child aborted by XLA's collective watchdog runs again
+    code, stdout, stderr = communicate_retrying(starts[n], 1800 if full else 600, proc=proc)
+    assert code == 0, stderr[-4000:]
     out[n] = json.loads(stdout.strip().splitlines()[-1])
   return out
 
