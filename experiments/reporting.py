@@ -106,3 +106,28 @@ def format_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -
   sep = "  ".join("-" * w for w in widths)
   body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
   return "\n".join([line, sep, *body])
+
+
+def write_report(
+  workdir: str,
+  metrics: dict,
+  columns: Sequence[str],
+  *,
+  xlabel: str,
+  ylabel: str,
+  title: str,
+) -> dict:
+  """Writes ``workdir/metrics.json`` and a plot of ``metrics["curves"]`` to
+  ``workdir/accuracy.png``, prints the table of ``metrics["summary"]`` with ``columns``
+  and where both files went, and returns ``metrics``."""
+  save_json(workdir, "metrics.json", metrics)
+  plot_curves(
+    os.path.join(workdir, "accuracy.png"),
+    metrics["curves"],
+    xlabel=xlabel,
+    ylabel=ylabel,
+    title=title,
+  )
+  print(format_table(metrics["summary"], columns))
+  print(f"metrics: {workdir}/metrics.json  plot: {workdir}/accuracy.png")
+  return metrics

@@ -199,15 +199,12 @@ def write_report(
     "runs": runs,
     "config": config.to_dict(),
   }
-  reporting.save_json(workdir, "metrics.json", metrics)
   split = config.get("eval_split", "test")
-  reporting.plot_curves(
-    f"{workdir}/accuracy.png",
-    curves,
+  return reporting.write_report(
+    workdir,
+    metrics,
+    ["method", "accuracy", "spread", "train time (s)"],
     xlabel=x_label,
     ylabel="held-out accuracy" if split == "test" else "validation accuracy",
     title=title,
   )
-  print(reporting.format_table(rows, ["method", "accuracy", "spread", "train time (s)"]))
-  print(f"metrics: {workdir}/metrics.json  plot: {workdir}/accuracy.png")
-  return metrics

@@ -350,12 +350,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "runs": runs,
     "config": config.to_dict(),
   }
-  reporting.save_json(workdir, "metrics.json", metrics)
   title = f"{config.dataset}, {config.model}, centre variable, {len(config.seeds)} seed(s)"
-  reporting.plot_curves(
-    f"{workdir}/accuracy.png", curves, xlabel="rounds", ylabel="test accuracy", title=title
+  return reporting.write_report(
+    workdir,
+    metrics,
+    ["run", "workers", "accuracy", "spread", "loss", "train time (s)"],
+    xlabel="rounds",
+    ylabel="test accuracy",
+    title=title,
   )
-  columns = ["run", "workers", "accuracy", "spread", "loss", "train time (s)"]
-  print(reporting.format_table(rows, columns))
-  print(f"metrics: {workdir}/metrics.json  plot: {workdir}/accuracy.png")
-  return metrics
