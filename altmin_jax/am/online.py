@@ -339,8 +339,8 @@ def memory_rule(
     steps=check_int("output_steps", output_steps, 1),
     sweeps=check_int("sweeps", sweeps, 1),
     solver=solver,
-    forgetting=float(forgetting),
-    ridge=float(ridge),
+    forgetting=forgetting,
+    ridge=ridge,
   )
 
 
