@@ -7,7 +7,7 @@ import math
 import jax.numpy as jnp
 import optax
 
-from altmin_jax.validation import check_int, check_positive, check_real, concrete_scalar
+from altmin_jax.core.checks import check_int, check_positive, check_real, concrete_scalar
 
 
 def mu_schedule(

@@ -50,7 +50,7 @@ from altmin_jax.networks import (
   identity,
   with_dense_kernel_bias,
 )
-from altmin_jax.validation import check_int, check_positive, check_real
+from altmin_jax.core.checks import check_int, check_positive, check_real
 
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST

@@ -28,7 +28,7 @@ import optax
 
 from altmin_jax.loops import repeat
 from altmin_jax.networks import LayeredNetwork
-from altmin_jax.validation import check_positive
+from altmin_jax.core.checks import check_positive
 
 Array = jax.Array
 

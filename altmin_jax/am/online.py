@@ -31,7 +31,7 @@ from altmin_jax.am import codes as codes_lib
 from altmin_jax.am import weights as weights_lib
 from altmin_jax.networks import LayeredNetwork, as_arrays
 from altmin_jax.schedules import as_schedule
-from altmin_jax.validation import check_int, check_real
+from altmin_jax.core.checks import check_int, check_real
 
 Array = jax.Array
 Loss = Callable[[Array, Array], Array]

@@ -1,0 +1,122 @@
+"""One family of mesh and sharding helpers for both parallel axes: ``'stage'``
+(pipeline-parallel layers, :mod:`altmin_jax.sm.pipeline`) and ``'workers'``
+(data-parallel workers, :mod:`altmin_jax.distributed`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from altmin_jax.core.checks import check_int
+from altmin_jax.core.types import Array, PyTree
+
+STAGE_AXIS = "stage"
+WORKER_AXIS = "workers"
+
+
+def make_mesh(num_devices: int | None, axis_name: str, *, what: str = "num_devices") -> Mesh:
+  """A 1-D mesh named ``axis_name`` over the first ``num_devices`` of ``jax.devices()``
+  (all by default; across processes after ``jax.distributed.initialize``)."""
+  devices = jax.devices()
+  n = len(devices) if num_devices is None else num_devices
+  if num_devices is not None:
+    check_int(what, num_devices, 1)
+  if not 1 <= n <= len(devices):
+    raise ValueError(
+      f"{what} must lie in [1, {len(devices)}] (the visible devices), got {what}={num_devices!r}"
+    )
+  return Mesh(np.asarray(devices[:n]), (axis_name,))
+
+
+def check_mesh(
+  mesh: Any, axis_name: str, *, count: int | None = None, what: str = "items"
+) -> int:
+  """Validates ``mesh`` and returns the size of its axis ``axis_name``.
+
+  With ``count``, ``count`` things (workers, layers) must split evenly over that axis.
+  """
+  if not isinstance(mesh, Mesh):
+    raise ValueError(f"mesh must be a jax.sharding.Mesh (jax.make_mesh), got mesh={mesh!r}")
+  if axis_name not in mesh.axis_names:
+    raise ValueError(
+      f"mesh has no axis axis_name={axis_name!r}; its axes are {tuple(mesh.axis_names)}"
+    )
+  size = mesh.shape[axis_name]
+  if count is not None and count % size:
+    raise ValueError(
+      f"{what}={count} must be a multiple of the mesh axis size {axis_name}={size} "
+      "(every device holds the same number)"
+    )
+  return size
+
+
+def leading_spec(ndim: int, axis_name: str | None) -> P:
+  """``P(axis_name, None, ...)`` naming every axis of an ``ndim``-array (``P()`` for a
+  scalar; replicated for ``axis_name=None``), as jitted outputs are specified, so that
+  feeding outputs back causes no recompilation."""
+  if ndim == 0:
+    return P()
+  return P(*([axis_name] + [None] * (ndim - 1)))
+
+
+def put_global(x: Any, mesh: Mesh, axis_name: str | None) -> Array:
+  """A global array from the same full value on every process: leading axis sharded
+  over ``axis_name`` (replicated for ``None``)."""
+  host = np.asarray(x)
+  sharding = NamedSharding(mesh, leading_spec(host.ndim, axis_name))
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def replicate_on(mesh: Mesh, tree: PyTree) -> PyTree:
+  """Concrete arrays of ``tree`` placed replicated on ``mesh`` (every process passes the
+  same values)."""
+  return jax.tree.map(lambda x: put_global(x, mesh, None), tree)
+
+
+def shard_leading(tree: PyTree, mesh: Mesh, axis_name: str) -> PyTree:
+  """Concrete arrays of ``tree`` with their leading axis sharded over ``axis_name``
+  (every process passes the same full values)."""
+  return jax.tree.map(lambda x: put_global(x, mesh, axis_name), tree)
+
+
+def from_process_local(tree: PyTree, mesh: Mesh, axis_name: str | None) -> PyTree:
+  """Global arrays from this process's block (``axis_name``) or from the same value on
+  every process (``None``): ``jax.make_array_from_process_local_data``."""
+  sharding = NamedSharding(mesh, P(axis_name) if axis_name else P())
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+  )
+
+
+def constrain(x: Any, sharding: NamedSharding) -> Array:
+  """``x`` with ``sharding``: a reshard on meshes of explicit axes, a sharding constraint
+  otherwise (inside ``jit``)."""
+  if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+    x = jnp.asarray(x)
+  axis_types = getattr(sharding.mesh, "axis_types", ())
+  if axis_types and all(t == jax.sharding.AxisType.Explicit for t in axis_types):
+    return jax.sharding.reshard(x, sharding)
+  return lax.with_sharding_constraint(x, sharding)
+
+
+def place(x: Any, sharding: NamedSharding) -> Array:
+  """``x`` placed with ``sharding``: a constraint under tracing, a transfer otherwise
+  (also moves committed arrays)."""
+  if isinstance(x, jax.core.Tracer):
+    return constrain(x, sharding)
+  return jax.device_put(x, sharding)
+
+
+def fetch(tree: PyTree) -> PyTree:
+  """NumPy copies of (possibly multi-process) global arrays, the same on every process."""
+  from jax.experimental import multihost_utils
+
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
