@@ -8,7 +8,18 @@ Families, each a set of factories returning ``optax.GradientTransformationExtraA
   (:mod:`altmin_jax.distributed`, Zheng et al. 2017; Zhang, Choromanska, LeCun 2015).
 """
 
-from altmin_jax import am, data, distributed, losses, networks, schedules, sm, training
+from altmin_jax import (
+  am,
+  core,
+  data,
+  distributed,
+  losses,
+  networks,
+  numerics,
+  schedules,
+  sm,
+  training,
+)
 from altmin_jax.am import (
   am_adam,
   am_adam_offline,
@@ -56,6 +67,7 @@ __all__ = [
   "async_sgd",
   "averaged_sgd",
   "cg_block",
+  "core",
   "data",
   "dc_asgd",
   "dc_asgd_adaptive",
@@ -72,6 +84,7 @@ __all__ = [
   "mu_schedule",
   "mvasgd",
   "networks",
+  "numerics",
   "pipelined_gradient_descent",
   "pipelined_surrogate_minimization",
   "schedules",

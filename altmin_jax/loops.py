@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jax
+import optax
 
 Carry = TypeVar("Carry")
 
@@ -28,3 +29,22 @@ def repeat(body: Callable[[int, Carry], Carry], carry: Carry, start: int, stop: 
       carry = body(i, carry)
     return carry
   return jax.lax.fori_loop(start, stop, body, carry)
+
+
+def optimizer_steps(
+  objective: Callable[[Any], jax.Array],
+  params: Any,
+  opt_state: Any,
+  tx: optax.GradientTransformation,
+  steps: int,
+) -> tuple[Any, Any]:
+  """``steps`` iterations ``params <- params + tx(grad objective(params))`` from
+  ``(params, opt_state)``, as a :func:`repeat` loop; returns the new pair."""
+  grad_fn = jax.grad(objective)
+
+  def body(_, carry):
+    p, s = carry
+    updates, s = tx.update(grad_fn(p), s, p)
+    return optax.apply_updates(p, updates), s
+
+  return repeat(body, (params, opt_state), 0, steps)

@@ -7,7 +7,13 @@ import math
 import jax.numpy as jnp
 import optax
 
-from altmin_jax.core.checks import check_int, check_positive, check_real, concrete_scalar
+from altmin_jax.core.checks import (
+  check_int,
+  check_nonnegative,
+  check_positive,
+  check_real,
+  concrete_scalar,
+)
 
 
 def mu_schedule(
@@ -34,7 +40,7 @@ def mu_schedule(
     init: ``mu_0 > 0``.
     batch_increment: ``delta >= 0`` added after each minibatch.
     epoch_multiplier: ``r >= 1`` applied after each epoch.
-    max_value: the cap ``mu_max >= mu_0``.
+    max_value: the cap ``mu_max >= mu_0`` (may be infinite).
     steps_per_epoch: minibatches per epoch ``S >= 1``.
 
   Returns:
@@ -46,32 +52,34 @@ def mu_schedule(
     >>> round(float(mu(40)), 6)
     0.011
   """
-  init = float(check_positive("init", init))
-  batch_increment = float(check_real("batch_increment", batch_increment, low=0.0))
-  epoch_multiplier = float(check_real("epoch_multiplier", epoch_multiplier, low=1.0))
-  max_value = concrete_scalar("max_value", max_value)
-  if max_value is None or math.isnan(max_value) or max_value < init:
-    raise ValueError(f"max_value must be >= init ({init!r}), got max_value={max_value!r}")
+  init = check_positive("init", init)
+  batch_increment = check_nonnegative("batch_increment", batch_increment)
+  epoch_multiplier = check_real("epoch_multiplier", epoch_multiplier, low=1.0)
+  cap, floor = concrete_scalar("max_value", max_value), concrete_scalar("init", init)
+  if cap is not None and (math.isnan(cap) or (floor is not None and cap < floor)):
+    raise ValueError(f"max_value must be a number >= init={init!r}, got max_value={max_value!r}")
   steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
   # sum_{k=1..e} r^k = r (r^e - 1) / (r - 1), with r^e - 1 = expm1(e log1p(r - 1)) so that
-  # multipliers close to 1 lose no precision (r - 1 is taken in double precision).
-  log_r = math.log1p(epoch_multiplier - 1.0)
+  # multipliers close to 1 lose no precision (r - 1 is exact for a Python float r). Every
+  # real argument may be traced: the branches on r = 1 and delta = 0 are jnp.where.
   rm1 = epoch_multiplier - 1.0
+  per_epoch = steps_per_epoch * batch_increment
 
   def schedule(count):
     count = jnp.asarray(count)
+    log_r = jnp.log1p(jnp.asarray(rm1, jnp.float32))
     epochs = (count // steps_per_epoch).astype(jnp.float32)
     in_epoch = (count % steps_per_epoch).astype(jnp.float32)
-    growth_m1 = jnp.expm1(epochs * jnp.float32(log_r))
+    growth_m1 = jnp.expm1(epochs * log_r)
     value = (growth_m1 + 1.0) * init
-    if batch_increment > 0:
-      per_epoch = steps_per_epoch * batch_increment
-      if rm1 == 0:
-        value = value + epochs * per_epoch
-      else:
-        value = value + per_epoch * epoch_multiplier * growth_m1 / jnp.float32(rm1)
-      value = value + in_epoch * batch_increment
-    return jnp.minimum(value, jnp.float32(max_value))
+    no_growth = rm1 == 0
+    safe_rm1 = jnp.where(no_growth, 1.0, rm1).astype(jnp.float32)
+    increments = jnp.where(
+      no_growth, epochs * per_epoch, per_epoch * epoch_multiplier * growth_m1 / safe_rm1
+    )
+    # Without increments, no 0 * inf = nan once r^e overflows (the cap then applies).
+    value = jnp.where(batch_increment > 0, value + increments + in_epoch * batch_increment, value)
+    return jnp.minimum(value, jnp.asarray(max_value, jnp.float32))
 
   return schedule
 
@@ -81,5 +89,5 @@ def as_schedule(mu: float | optax.Schedule, name: str = "mu") -> optax.Schedule:
   JAX scalars; traced values, as under ``optax.inject_hyperparams``, pass unchecked)."""
   if callable(mu):
     return mu
-  check_positive(name, mu)
+  mu = check_positive(name, mu)
   return lambda count: jnp.asarray(mu, jnp.float32)

@@ -71,6 +71,7 @@ import common  # noqa: E402  (benchmarks/common.py: the scripts run from this fo
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
+import pipeline_phases  # noqa: E402
 
 import altmin_jax as amj  # noqa: E402
 from altmin_jax.sm import pipeline as pl  # noqa: E402
@@ -109,7 +110,7 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
   # 1. phases
   kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
   pipe = pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
-  phases = pl.phase_functions(pipe, net, params, (x, y))
+  phases = pipeline_phases.phase_functions(pipe, net, params, (x, y))
   one = pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
   phases["solve_1_step"] = (jax.jit(one.solve), phases["solve"][1])
   measured = median_times(phases, repeats)
@@ -177,7 +178,7 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "stages": S,
     "boundary": boundary,
     "layers": layers,
-    "layers_per_device": pipe.layers_per_stage,
+    "layers_per_device": pipe.pipe.layers_per_stage,
     "width": width,
     "padded_params_ratio": padded / real,
     "batch": batch,

@@ -15,6 +15,7 @@ from conformance import Case, Problem
 from helpers import small_mlp, teacher_classification
 
 import altmin_jax as amj
+from altmin_jax.numerics import ArmijoSearch
 from altmin_jax.sm import cg_block, ddg, gd_armijo, sso, surrogate_minimization
 
 SIZES = (6, 8, 3)
@@ -65,9 +66,18 @@ CASES: list[Case] = [
       (lambda: surrogate_minimization(_net(), curvature="diag"), "curvature='diag'"),
       (lambda: surrogate_minimization(_net(), loss_smoothness=-1.0), "loss_smoothness=-1.0"),
       (lambda: surrogate_minimization(_net(), _custom_loss), "loss_smoothness=None"),
-      (lambda: surrogate_minimization(_net(), armijo_c=1.5), "armijo_c=1.5"),
-      (lambda: surrogate_minimization(_net(), backtrack_factor=1.0), "backtrack_factor=1.0"),
-      (lambda: surrogate_minimization(_net(), max_backtracks=-1), "max_backtracks=-1"),
+      (
+        lambda: surrogate_minimization(_net(), line_search=ArmijoSearch(armijo_c=1.5)),
+        "armijo_c=1.5",
+      ),
+      (
+        lambda: surrogate_minimization(_net(), line_search=ArmijoSearch(backtrack_factor=1.0)),
+        "backtrack_factor=1.0",
+      ),
+      (
+        lambda: surrogate_minimization(_net(), line_search=ArmijoSearch(max_backtracks=-1)),
+        "max_backtracks=-1",
+      ),
       (lambda: surrogate_minimization("net"), "net='net'"),
     ],
   ),
@@ -77,17 +87,28 @@ CASES: list[Case] = [
       surrogate_minimization, inner_steps=5, solver="armijo", delta=1e-2, power_iterations=5
     ),
     bad_hyperparams=[
-      (lambda: surrogate_minimization(_net(), solver="armijo", init_step=0.0), "init_step=0.0"),
-      (lambda: surrogate_minimization(_net(), step_growth=0.5), "step_growth=0.5"),
-      (lambda: surrogate_minimization(_net(), fallback_step=-1.0), "fallback_step=-1.0"),
+      (
+        lambda: surrogate_minimization(
+          _net(), solver="armijo", line_search=ArmijoSearch(init_step=0.0)
+        ),
+        "init_step=0.0",
+      ),
+      (
+        lambda: surrogate_minimization(_net(), line_search=ArmijoSearch(step_growth=0.5)),
+        "step_growth=0.5",
+      ),
+      (
+        lambda: surrogate_minimization(_net(), line_search=ArmijoSearch(fallback_step=-1.0)),
+        "fallback_step=-1.0",
+      ),
     ],
   ),
   Case(
     "gd_armijo",
-    _sm_problem(gd_armijo, step_growth=1.0),
+    _sm_problem(gd_armijo, line_search=ArmijoSearch(step_growth=1.0)),
     bad_hyperparams=[
-      (lambda: gd_armijo(_net(), armijo_c=0.0), "armijo_c=0.0"),
-      (lambda: gd_armijo(_net(), max_step=0.5), "max_step=0.5"),
+      (lambda: gd_armijo(_net(), line_search=ArmijoSearch(armijo_c=0.0)), "armijo_c=0.0"),
+      (lambda: gd_armijo(_net(), line_search=ArmijoSearch(max_step=0.5)), "max_step=0.5"),
     ],
   ),
   Case(

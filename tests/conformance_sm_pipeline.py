@@ -17,6 +17,7 @@ from conformance import Case, Problem
 from helpers import small_mlp, teacher_classification
 
 import altmin_jax as amj
+from altmin_jax.numerics import ArmijoSearch
 from altmin_jax.sm import pipeline as pl
 
 SIZES = (6, 8, 3)
@@ -80,13 +81,18 @@ CASES: list[Case] = [
   ),
   Case(
     "pipelined_gd_armijo",
-    _pipeline_problem(pl.pipelined_gradient_descent, step_growth=1.0),
+    _pipeline_problem(pl.pipelined_gradient_descent, line_search=ArmijoSearch(step_growth=1.0)),
     bad_hyperparams=[
       (
         lambda: pl.pipelined_gradient_descent(_net(), mesh=_mesh(), learning_rate=-0.1),
         "learning_rate=-0.1",
       ),
-      (lambda: pl.pipelined_gradient_descent(_net(), mesh=_mesh(), armijo_c=0.0), "armijo_c=0.0"),
+      (
+        lambda: pl.pipelined_gradient_descent(
+          _net(), mesh=_mesh(), line_search=ArmijoSearch(armijo_c=0.0)
+        ),
+        "armijo_c=0.0",
+      ),
     ],
   ),
 ]

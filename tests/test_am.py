@@ -1,4 +1,5 @@
-"""Algorithm tests for online and offline alternating minimization (SPEC section 4)."""
+"""Algorithm tests for online and offline alternating minimization (Choromanska et al.
+2019, sec. 2) and the Taylor et al. (2016) ADMM baseline's hyperparameter handling."""
 
 from __future__ import annotations
 
@@ -341,6 +342,95 @@ def test_hyperparameter_checks_accept_numpy_and_jax_scalars():
     amj.am_adam(net, code_steps=True)
   with pytest.raises(ValueError, match="mu=nan"):
     amj.am_adam(net, mu=float("nan"))
+
+
+def _relu_net():
+  return small_mlp(sizes=(6, 8, 3), activation=jax.nn.relu)
+
+
+# (factory, net, hyperparameters, values injected at the second step, static_args)
+INJECTED = {
+  "am_mem": (
+    amj.am_mem,
+    small_mlp,
+    dict(solver="exact", mu=0.05, code_lr=0.01, forgetting=0.5, ridge=1e-3, code_steps=2),
+    dict(forgetting=0.9, ridge=0.0, code_lr=0.03),
+    ("net", "loss", "output_steps", "sweeps", "code_steps"),
+  ),
+  "am_adam_offline": (
+    amj.am_adam_offline,
+    small_mlp,
+    dict(num_samples=16, mu=0.05, code_lr=0.02, code_steps=2),
+    dict(mu=0.3),
+    ("net", "loss", "num_samples", "weight_steps", "code_steps"),
+  ),
+  "am_mem_offline": (
+    amj.am_mem_offline,
+    small_mlp,
+    dict(num_samples=16, mu=0.05, forgetting=0.0, ridge=1e-4, code_steps=2),
+    dict(forgetting=0.5, mu=0.2),
+    ("net", "loss", "num_samples", "output_steps", "sweeps", "code_steps"),
+  ),
+  "taylor_admm": (
+    amj.am.taylor_admm,
+    _relu_net,
+    dict(num_samples=16, beta=1.0, gamma=10.0, ridge=1e-6, warm_start=0),
+    dict(beta=3.0, gamma=2.0, ridge=0.0, warm_start=5),
+    ("net", "loss", "num_samples", "output_steps"),
+  ),
+}
+
+
+@pytest.mark.parametrize("name", list(INJECTED))
+def test_factories_take_numpy_scalars_and_injected_hyperparameters(name):
+  """Every real hyperparameter may be a NumPy or 0-d JAX scalar, or injected by
+  ``optax.inject_hyperparams`` (traced in a jitted update); all three agree with the
+  factory called with Python numbers, and changing an injected value recompiles nothing."""
+  factory, make_net, kwargs, changed, static = INJECTED[name]
+  net = make_net()
+  params = net.init(jax.random.key(0))
+  x, y = teacher_classification(0, n=16, d=6, classes=3)
+
+  def plain(**kw):  # jitted too: eager and jitted solves differ by rounding
+    tx = factory(net, **kw)
+    return jax.jit(tx.update)(None, tx.init(params), params, batch=(x, y))
+
+  close = lambda a, b: tree_allclose(a, b, rtol=1e-4, atol=1e-5)
+  reference = plain(**kwargs)
+  numeric = {k: v for k, v in kwargs.items() if not isinstance(v, str)}
+  as_numpy = {k: np.int64(v) if type(v) is int else np.float32(v) for k, v in numeric.items()}
+  assert close(plain(**{**kwargs, **as_numpy}), reference)
+  as_jax = {k: jnp.asarray(v) for k, v in numeric.items()}
+  assert close(plain(**{**kwargs, **as_jax}), reference)
+
+  injected = optax.inject_hyperparams(factory, static_args=static)(net=net, **kwargs)
+  step = jax.jit(injected.update)
+  state = injected.init(params)
+  updates, new_state = step(None, state, params, batch=(x, y))
+  assert close((updates, new_state.inner_state), reference)
+  for k, v in changed.items():
+    state.hyperparams[k] = jnp.full_like(state.hyperparams[k], v)  # same dtype, weak type
+  updates, new_state = step(None, state, params, batch=(x, y))
+  expected = plain(**{**kwargs, **changed})
+  assert close((updates, new_state.inner_state), expected)
+  assert not close(expected, reference)
+  assert step._cache_size() == 1
+
+
+def test_mu_schedule_takes_traced_and_numpy_arguments():
+  """The schedule's real arguments may be NumPy scalars or traced (built inside ``jit``),
+  an epoch multiplier of exactly 1 included, with the values of Python arguments."""
+  steps = jnp.arange(40)
+  for init, increment, multiplier, cap in [(0.01, 1e-3, 1.1, 0.05), (0.2, 0.01, 1.0, np.inf)]:
+    expected = amj.mu_schedule(init, increment, multiplier, cap, steps_per_epoch=7)(steps)
+    numpy_args = (np.float32(init), np.float64(increment), np.float32(multiplier), cap)
+    got = amj.mu_schedule(*numpy_args, steps_per_epoch=np.int64(7))(steps)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    traced = jax.jit(lambda *a: amj.mu_schedule(*a, steps_per_epoch=7)(steps))
+    got = traced(*(jnp.float32(v) for v in (init, increment, multiplier, cap)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"max_value=0\.001"):
+    amj.mu_schedule(init=0.01, max_value=0.001)
 
 
 def test_long_inner_loops_match_their_unrolled_form(monkeypatch):

@@ -199,8 +199,8 @@ def paper_am_adam(net):
   """Supplement B's winning MNIST setting: weight lr 0.002 (Adam, every layer), one code
   and one weight iteration, mu_0 = 0.01, mu += 1e-7 per batch, mu *= 1.1 per epoch, mu
   <= 1.5. The paper's code lr 1.0 is that of the reference code's Nesterov step on a
-  batch-mean loss; on this library's per-sample sum (SPEC 4, codes.py) the same top-code
-  step is lr 1.0 / 128."""
+  batch-mean loss; on this library's per-sample sum (:mod:`altmin_jax.am.codes`) the same
+  top-code step is lr 1.0 / 128."""
   mu = amj.mu_schedule(
     init=0.01,
     batch_increment=1e-7,

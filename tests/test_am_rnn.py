@@ -1,4 +1,4 @@
-"""Elman RNN and its AM-Adam (issue 4, requirement 2; AM paper supplement C)."""
+"""Elman RNN and its AM-Adam (AM paper, supplement C)."""
 
 from __future__ import annotations
 
@@ -188,6 +188,35 @@ def test_am_adam_rnn_step_is_codes_then_three_independent_subproblems():
     assert tree_allclose(updates[part], expected, rtol=1e-4, atol=1e-6), part
   assert float(state.batch_loss) == pytest.approx(float(jnp.mean(LOSS(logits, y))), rel=1e-6)
   assert int(state.count) == 1
+
+
+def test_numpy_scalars_and_injected_hyperparameters_match_python_numbers():
+  """``mu`` and ``code_lr`` may be NumPy or JAX scalars, or injected by
+  ``optax.inject_hyperparams`` (traced in the jitted update), with the same result."""
+  rnn, p, x, y = _setup()
+  kw = dict(code_steps=2, weight_steps=2, mu=0.2, code_lr=0.05)
+
+  def plain(**changes):
+    tx = rnn_lib.am_adam_rnn(rnn, **{**kw, **changes})
+    return jax.jit(tx.update)(None, tx.init(p), p, batch=(x, y))
+
+  reference = plain()
+  as_numpy = plain(mu=np.float32(0.2), code_lr=np.float64(0.05), code_steps=np.int64(2))
+  as_jax = plain(mu=jnp.float32(0.2), code_lr=jnp.asarray(0.05), weight_steps=jnp.int32(2))
+  assert tree_allclose(as_numpy, reference, rtol=1e-5, atol=1e-6)
+  assert tree_allclose(as_jax, reference, rtol=1e-5, atol=1e-6)
+  static = ("rnn", "loss", "weight_steps", "code_steps")
+  injected = optax.inject_hyperparams(rnn_lib.am_adam_rnn, static_args=static)(rnn=rnn, **kw)
+  step = jax.jit(injected.update)
+  state = injected.init(p)
+  updates, new_state = step(None, state, p, batch=(x, y))
+  assert tree_allclose((updates, new_state.inner_state), reference, rtol=1e-5, atol=1e-6)
+  state.hyperparams["mu"] = jnp.full_like(state.hyperparams["mu"], 0.7)
+  updates, new_state = step(None, state, p, batch=(x, y))
+  expected = plain(mu=0.7)
+  assert tree_allclose((updates, new_state.inner_state), expected, rtol=1e-5, atol=1e-6)
+  assert not tree_allclose(expected, reference)
+  assert step._cache_size() == 1
 
 
 def test_wrong_batches_raise():

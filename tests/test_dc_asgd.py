@@ -1,4 +1,5 @@
-"""DC-ASGD family and the asynchrony simulator (SPEC section 6, DC-ASGD supplement)."""
+"""DC-ASGD family and the asynchrony simulator (Zheng et al., ICML 2017, and its
+supplement)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def _grad(w, target):
 
 
 def _reference_server(rule, lr, targets, schedule, lam=0.0, decay=0.95, eps=1e-7):
-  """A plain parameter server in float64, one push at a time (SPEC section 6)."""
+  """A plain parameter server in float64, one push at a time (the compensated push rule of
+  supplement section D; lambda = 0 is ASGD)."""
   rounds, p, _ = targets.shape
   w = np.zeros(D)
   copies = [np.zeros(D) for _ in range(p)]
@@ -341,6 +343,37 @@ def test_wrong_shapes_raise():
     tx.update(jnp.zeros((3, D)), state, params, order=jnp.arange(4))
   with pytest.raises(ValueError, match="gradients"):
     tx.update(None, state, params)
+
+
+@pytest.mark.parametrize(
+  "factory,reals",
+  [
+    (dist.dc_asgd, {"lambda_0": 0.5}),
+    (dist.dc_asgd, {"lambda_0": 0.0}),
+    (dist.dc_asgd_adaptive, {"lambda_0": 0.5, "momentum": 0.9, "eps": 1e-6}),
+    (dist.dc_asgd_adaptive, {"lambda_0": 0.0}),
+    (dist.async_sgd, {}),
+    (dist.ssgd, {}),
+    (dist.dc_ssgd, {"lambda_0": 0.5}),
+  ],
+  ids=["dc_asgd", "dc_asgd_lambda0", "adaptive", "adaptive_lambda0", "asgd", "ssgd", "dc_ssgd"],
+)
+def test_hyperparameters_may_be_numpy_jax_or_injected(factory, reals):
+  """NumPy and 0-d JAX scalars (num_workers too) build the method Python numbers build,
+  and under optax.inject_hyperparams (num_workers static) every real hyperparameter,
+  lambda_0 included, is injected and traced inside jit with the plain method's results
+  (lambda_0 = 0 then runs the compensated rule: equal up to rounding)."""
+  p, reals = 3, {"learning_rate": 0.3, **reals}
+  targets = _targets(4, p, seed=6)
+  want_params, want_state = _direct_loop(factory(**reals, num_workers=p), targets)
+  for cast, count in ((np.float32, np.int64), (jnp.float32, jnp.int32)):
+    tx = factory(**{k: cast(v) for k, v in reals.items()}, num_workers=count(p))
+    np.testing.assert_allclose(_direct_loop(tx, targets)[0], want_params, rtol=1e-6, atol=1e-6)
+  injected = optax.inject_hyperparams(factory, static_args=("num_workers",))(**reals, num_workers=p)
+  params, state = _direct_loop(injected, targets)
+  assert set(reals) <= set(state.hyperparams)
+  np.testing.assert_allclose(params, want_params, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(dist.centre(state), dist.centre(want_state), rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------- experiments

@@ -1,6 +1,6 @@
 """One implementation, two execution modes: stacked workers (vmap) and workers on a device
 mesh (shard_map), on 4 CPU devices in one process and across 2 processes
-(``jax.distributed`` on localhost). SPEC section 7.
+(``jax.distributed`` on localhost).
 
 The multi-device parts run this file as a script in subprocesses, since the number of
 CPU devices is fixed when JAX starts: ``python test_distributed_modes.py modes`` (one

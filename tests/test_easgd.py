@@ -1,7 +1,9 @@
 """EASGD family: EASGD, async EASGD, EAMSGD, DOWNPOUR, MDOWNPOUR, averaged SGD, MVASGD,
-MSGD (SPEC section 7, EASGD supplement)."""
+MSGD (Zhang, Choromanska, LeCun, NeurIPS 2015, and its supplement)."""
 
 from __future__ import annotations
+
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -337,6 +339,57 @@ def test_averaged_sgd_mvasgd_and_msgd():
   np.testing.assert_allclose(
     centres[-1], params[-1] - 0.9 * np.asarray(state.velocity), rtol=1e-5, atol=1e-6
   )
+
+
+@pytest.mark.parametrize(
+  "factory,reals",
+  [
+    (dist.easgd, {"beta": 0.5}),
+    (dist.easgd, {"rho": 0.5}),
+    (dist.async_easgd, {"rho": 0.5}),
+    (dist.eamsgd, {"momentum": 0.9, "beta": 0.5}),
+    (dist.downpour, {}),
+    (dist.mdownpour, {"momentum": 0.5}),
+    (dist.averaged_sgd, {}),
+    (dist.mvasgd, {"moving_rate": 0.25}),
+    (dist.msgd, {"momentum": 0.9}),
+  ],
+  ids=[
+    "easgd",
+    "easgd_rho",
+    "async_easgd",
+    "eamsgd",
+    "downpour",
+    "mdownpour",
+    "asgd",
+    "mvasgd",
+    "msgd",
+  ],
+)
+def test_hyperparameters_may_be_numpy_jax_or_injected(factory, reals):
+  """NumPy and 0-d JAX scalars (integer counts too) build the method Python numbers
+  build, and under optax.inject_hyperparams with the integer counts static every real
+  hyperparameter is injected and traced inside jit with the plain method's results."""
+  reals = {"learning_rate": 0.1, **reals}
+  counts = {"num_workers": 3, "communication_period": 2, "start": 2}
+  counts = {k: v for k, v in counts.items() if k in inspect.signature(factory).parameters}
+
+  def run(tx):
+    if "num_workers" in counts:
+      params, state = _run(tx, _targets(6, 3))
+    else:
+      params, _, state = _sgd_iterates(tx, 6, jnp.ones(D))
+    return params, dist.centre(state)
+
+  want = run(factory(**reals, **counts))
+  for cast, count in ((np.float32, np.int64), (jnp.float32, jnp.int32)):
+    tx = factory(
+      **{k: cast(v) for k, v in reals.items()}, **{k: count(v) for k, v in counts.items()}
+    )
+    assert tree_allclose(run(tx), want)
+  injected = optax.inject_hyperparams(factory, static_args=tuple(counts))(**reals, **counts)
+  assert set(reals) <= set(injected.init(jnp.ones((3, D))).hyperparams)
+  assert tree_allclose(run(injected), want)
 
 
 def test_centre_is_found_inside_wrappers():

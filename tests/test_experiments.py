@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
+import inspect
 import json
 import os
 import pathlib
@@ -59,6 +62,77 @@ def test_full_config_is_well_formed(path):
     assert set(_training.method_labels(config)) <= set(config.methods.keys())
     assert len(config.seeds) >= 3, "several seeds per run (mean and spread)"
     assert len(set(config.seeds)) == len(config.seeds)
+
+
+COMMON = "experiments.configs.common"
+
+
+def _imported_modules(source: str, package: str = "experiments.configs") -> set[str]:
+  """Every module an ``import`` statement of ``source`` names, at any depth (``from a import
+  b`` counts as ``a.b``, relative imports resolved against ``package``)."""
+  names = set()
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        parent = package.rsplit(".", node.level - 1)[0]
+        base = f"{parent}.{base}" if base else parent
+      names.update(f"{base}.{alias.name}" for alias in node.names)
+  return names
+
+
+def _allowed_in_configs(module: str, *, common: bool) -> bool:
+  """``ml_collections``, the standard library, and for configs other than ``common.py``
+  ``experiments.configs.common``."""
+  top = module.partition(".")[0]
+  if top == "ml_collections" or top in sys.stdlib_module_names:
+    return True
+  return not common and (module == COMMON or module.startswith(COMMON + "."))
+
+
+def test_import_check_flags_runners_models_and_sibling_configs():
+  """The check below fails on the imports this rule forbids (so it can fail)."""
+  bad = (
+    "from experiments.runners import am_arch\n"
+    "from experiments.configs.distributed_mnist import run_spec\n"
+    "def f():\n  import altmin_jax\n"
+    "from . import am_fc_mnist\n"
+    "import numpy as np\n"
+  )
+  good = "from __future__ import annotations\nimport ml_collections\nfrom . import common\n"
+  found = _imported_modules(bad)
+  assert {m for m in found if not _allowed_in_configs(m, common=False)} == found
+  assert "experiments.configs.am_fc_mnist" in found and "altmin_jax" in found
+  assert all(_allowed_in_configs(m, common=False) for m in _imported_modules(good))
+  assert not _allowed_in_configs(COMMON, common=True)
+
+
+CONFIG_MODULES = sorted((ROOT / "experiments" / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIG_MODULES, ids=[p.stem for p in CONFIG_MODULES])
+def test_config_imports_only_ml_collections_stdlib_and_common(path):
+  """Configs are plain data: they import ``ml_collections``, the standard library and
+  ``experiments/configs/common.py`` only (which itself imports no project module), never a
+  runner, the models or a sibling config; the runners resolve the names they hold."""
+  is_common = path.stem == "common"
+  forbidden = sorted(
+    m for m in _imported_modules(path.read_text()) if not _allowed_in_configs(m, common=is_common)
+  )
+  assert not forbidden, f"{path.name} imports {forbidden}"
+  module = importlib.import_module(f"experiments.configs.{path.stem}")
+  for name, value in vars(module).items():
+    if inspect.ismodule(value):
+      origin = value.__name__
+    elif inspect.isfunction(value) or inspect.isclass(value):
+      origin = value.__module__
+    else:
+      continue
+    assert origin == module.__name__ or _allowed_in_configs(origin, common=is_common), (
+      f"{path.name}: {name} comes from {origin}"
+    )
 
 
 # The AM configs whose full size reads a dataset other than the bundle.

@@ -18,9 +18,10 @@ from helpers import teacher_classification
 from jax.flatten_util import ravel_pytree
 
 import altmin_jax as amj
+from altmin_jax import numerics
 from altmin_jax.networks import Stage
+from altmin_jax.sm import _common, surrogate_minimization
 from altmin_jax.sm import local_losses as ll
-from altmin_jax.sm import solvers, surrogate_minimization
 from altmin_jax.sm.surrogate import stage_groups
 
 LOSS = amj.losses.softmax_cross_entropy
@@ -41,7 +42,7 @@ def _problem(sizes=(5, 6, 6, 3), n=8, seed=0, dtype=jnp.float64, activation=jnp.
 
 def _forward_backward(net, params, x, y):
   sp = net.stage_params(params)
-  return sp, jax.jit(lambda sp, x, y: ll.forward_backward(net, sp, x, y, LOSS))(sp, x, y)
+  return sp, jax.jit(lambda sp, x, y: _common.forward_backward(net, sp, x, y, LOSS))(sp, x, y)
 
 
 # ------------------------------------------------- references written from SPEC
@@ -131,7 +132,7 @@ def _local_quadratics(net, sp, fb, c, delta):
   def build(sp, fb, c):
     out = []
     for i in range(1, net.num_stages + 1):
-      psi = ll.make_psi(ll.stage_function(net, i), fb.g_z[i - 1], fb.z[i], c[i - 1])
+      psi = ll.make_psi(_common.stage_function(net, i), fb.g_z[i - 1], fb.z[i], c[i - 1])
       lq = ll.local_quadratic(psi, fb.z[i - 1], sp[i - 1], delta, first=i == 1)
       hzz = ll.hzz_product(psi, fb.z[i - 1], sp[i - 1])
       out.append((lq.g_theta, _matrix(lq.matvec, sp[i - 1]), _matrix(hzz, fb.z[i - 1])))
@@ -148,7 +149,7 @@ def _matrix(matvec, like):
 
 
 def _chain(net, sp, fb, delta, iterations, per_sample=None):
-  fns = [ll.stage_function(net, i) for i in range(1, net.num_stages + 1)]
+  fns = [_common.stage_function(net, i) for i in range(1, net.num_stages + 1)]
   c_last = 0.5 / fb.z[0].shape[0]
 
   def run(sp, fb):
@@ -171,7 +172,7 @@ def test_local_hessian_products_match_dense_hessians(x64):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
   delta = 0.05
   c_dense, blocks = _dense_chain(sp, x, y, 0.5 / x.shape[0], delta)
-  full_grad = jax.jit(jax.grad(ll.network_loss(net, LOSS, x, y)))(sp)
+  full_grad = jax.jit(jax.grad(_common.network_loss(net, LOSS, x, y)))(sp)
   local = _local_quadratics(net, sp, fb, c_dense, delta)
   for i, (g_theta, H_i, H_zz) in enumerate(local, start=1):
     np.testing.assert_allclose(H_i, _dense_H(blocks, i, delta), rtol=1e-10, atol=1e-12)
@@ -262,100 +263,6 @@ def test_default_curvature_constants_bound_the_dense_hessians(activation):
       assert c[i - 2] <= 1.15 * lam + delta, (seed, i, c[i - 2], lam)
 
 
-def _power_iteration(A, v, steps):
-  """Plain power iteration: the last Rayleigh quotient (written out as a reference)."""
-  for _ in range(steps):
-    w = A @ v
-    rq, v = v @ w, w / np.linalg.norm(w)
-  return rq
-
-
-def test_top_eigenvalue_is_safe_for_indefinite_matrices(x64):
-  """Power iteration finds the eigenvalue of largest magnitude (-5 here, not
-  lambda_max = 2); the Lanczos estimate finds lambda_max, also after fewer steps than
-  the dimension (within its residual, from above), and an all-negative spectrum gives a
-  value <= 0 that the chain clips to zero (c = delta)."""
-  q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(40, 40)))
-  v0 = jnp.cos(jnp.arange(40.0))
-  for top, rest, dominant in [
-    (2.0, (-5.0, 1.5), -5.0),
-    (3.0, (-2.5, 2.5), 3.0),
-    (-0.5, (-4, -1), -4),
-  ]:
-    eigs = np.concatenate([[top], np.linspace(*rest, 39)])
-    A = jnp.asarray(q @ np.diag(eigs) @ q.T)
-    np.testing.assert_allclose(_power_iteration(np.asarray(A), np.asarray(v0), 2000), dominant)
-    exact = ll.lanczos(lambda v, A=A: A @ v, v0, 1000)
-    assert int(exact.krylov_dim[0]) == 40
-    np.testing.assert_allclose(float(exact.ritz[0]), top, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(float(exact.residual[0]), 0.0, atol=1e-9)
-    short = ll.lanczos(lambda v, A=A: A @ v, v0, 15)
-    ritz, res = float(short.ritz[0]), float(short.residual[0])
-    assert ritz <= top + 1e-12 and abs(ritz - top) < 0.05 * max(abs(eigs))  # interlacing
-    lam = float(ll.top_eigenvalue(lambda v, A=A: A @ v, v0, 15))
-    assert lam == pytest.approx(ritz + res) and top <= lam <= top + 0.1 * max(abs(eigs))
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_tridiagonal_top_eigenpair_matches_lapack(x64, dtype):
-  """Bisection + inverse iteration (no LAPACK call, so it runs inside shard_map on CPU
-  devices) give numpy's largest eigenvalue and |eigenvector| of tridiagonal matrices,
-  also with zero (decoupled) and tiny off-diagonals and repeated eigenvalues."""
-  rng = np.random.default_rng(0)
-  for k in (1, 2, 7, 30):
-    d, e = rng.normal(size=(20, k)), rng.normal(size=(20, k - 1))
-    e[1], d[2], e[2] = 0.0, 1.0, 0.0
-    e[3] *= 1e-30
-    if k > 3:
-      e[4, 1] = 0.0
-    theta, s = ll.tridiagonal_top_eigenpair(jnp.asarray(d, dtype), jnp.asarray(e, dtype))
-    tri = lambda a, b: np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
-    T = np.stack([tri(a, b) for a, b in zip(d, e)])
-    T_abs = np.stack([tri(a, np.abs(b)) for a, b in zip(d, e)])  # similar to T
-    w, v = np.linalg.eigh(T)
-    eps, size = np.finfo(dtype).eps, np.abs(w).max(1)
-    np.testing.assert_allclose(theta, w[:, -1], atol=8 * eps * size.max())
-    s = np.asarray(s, np.float64)
-    residual = np.linalg.norm(np.einsum("bij,bj->bi", T_abs, s) - w[:, -1:] * s, axis=1)
-    assert np.all(residual <= 50 * eps * size), residual / size
-    if k > 1:  # where the top eigenvalue is simple, |s| is |its eigenvector|
-      simple = w[:, -1] - w[:, -2] > 1e-2
-      assert simple.sum() > 10
-      np.testing.assert_allclose(np.abs(s[simple]), np.abs(v[simple, :, -1]), atol=1e4 * eps)
-
-
-def test_per_sample_lanczos_on_block_diagonal_operators(x64):
-  """With per_sample, one product per step runs an independent recurrence per sample:
-  each block's Ritz value is its own lambda_max (blocks with rank 2 break down after
-  3 steps and are exact), and the estimate is the largest over the blocks. On a whole
-  batch the blocks' close top eigenvalues slow a single recurrence down."""
-  rng = np.random.default_rng(3)
-  B, n = 6, 12
-  blocks = []
-  for b in range(B):
-    u, _ = np.linalg.qr(rng.normal(size=(n, n)))
-    eigs = np.sort(rng.uniform(-1.0, 1.0, n))[::-1] + 0.02 * b
-    if b == 2:
-      eigs = np.r_[0.7, -0.3, np.zeros(n - 2)]  # rank 2
-    blocks.append(u @ np.diag(eigs) @ u.T)
-  A = jnp.asarray(np.stack(blocks))
-  mv = lambda v: jnp.einsum("bij,bj->bi", A, v)
-  v0 = ll.start_vector(0, jnp.zeros((B, n)))
-  tops = [_top(b) for b in blocks]
-  res = ll.lanczos(mv, v0, 6, per_sample=True)
-  assert res.ritz.shape == (B,) and int(res.krylov_dim[2]) == 3
-  np.testing.assert_allclose(float(res.ritz[2]), 0.7, rtol=1e-10)
-  assert np.all(np.asarray(res.ritz) <= np.asarray(tops) + 1e-12)
-  full = ll.lanczos(mv, v0, n, per_sample=True)
-  np.testing.assert_allclose(full.ritz, tops, rtol=1e-9)
-  lam = float(ll.top_eigenvalue(mv, v0, 6, per_sample=True))
-  assert lam == pytest.approx(float(jnp.max(res.ritz + res.residual)))
-  assert max(tops) <= lam
-  # the whole batch as one block: the same products converge more slowly
-  whole = ll.lanczos(mv, v0, 6)
-  assert max(tops) - float(whole.ritz[0]) > 2 * (max(tops) - float(jnp.max(res.ritz)))
-
-
 def test_per_sample_curvature_only_for_stages_that_map_samples_independently(x64):
   """A dense stage's H_zz is block diagonal over samples (its off-diagonal blocks are
   exactly zero) and is estimated per sample; a stage that mixes samples (centring by the
@@ -384,84 +291,14 @@ def test_per_sample_curvature_only_for_stages_that_map_samples_independently(x64
   tx = surrogate_minimization(mixed, delta=delta, power_iterations=1000)
   _, state = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
   sp, fb = _forward_backward(mixed, params, x, y)
-  psi = ll.make_psi(ll.stage_function(mixed, 2), fb.g_z[1], fb.z[2], state.curvature[1])
+  psi = ll.make_psi(_common.stage_function(mixed, 2), fb.g_z[1], fb.z[2], state.curvature[1])
   lam = _top(_dense_hzz(psi, fb.z[1], sp[1]))
   np.testing.assert_allclose(float(state.curvature[0]), lam + delta, rtol=1e-8)
   mv = ll.hzz_product(psi, fb.z[1], sp[1])
-  wrong = float(ll.top_eigenvalue(mv, ll.start_vector(2, fb.z[1]), 1000, per_sample=True))
-  assert abs(wrong - lam) > 1e-3 * lam
-
-
-def test_conjugate_gradient_with_n_steps_solves_spd_systems_exactly(x64):
-  rng = np.random.default_rng(1)
-  n = 12
-  u, _ = np.linalg.qr(rng.normal(size=(n, n)))
-  A = jnp.asarray(u @ np.diag(np.geomspace(1.0, 50.0, n)) @ u.T)
-  b = jnp.asarray(rng.normal(size=n))
-  tree_b = {"a": b[:5], "b": b[5:].reshape(7, 1)}  # pytree right-hand sides work too
-
-  def matvec(v):
-    flat, unravel = ravel_pytree(v)
-    return unravel(A @ flat)
-
-  exact = np.linalg.solve(np.asarray(A), np.asarray(b))
-  res = solvers.conjugate_gradient(matvec, tree_b, steps=n)
-  np.testing.assert_allclose(ravel_pytree(res.x)[0], exact, rtol=1e-7, atol=1e-9)
-  np.testing.assert_allclose(ravel_pytree(res.Ax)[0], A @ exact, rtol=1e-7, atol=1e-9)
-  assert int(res.iterations) == n and not bool(res.negative_curvature)
-  short = solvers.conjugate_gradient(matvec, tree_b, steps=n // 2)
-  assert np.linalg.norm(ravel_pytree(short.x)[0] - exact) > 1e-3  # N matters
-
-
-def test_conjugate_gradient_stops_at_negative_curvature(x64):
-  A = jnp.diag(jnp.array([1.0, 2.0, -1.0, 4.0]))
-  b = jnp.array([1.0, 1.0, 1.0, 1.0])
-  q = lambda x: 0.5 * x @ A @ x - b @ x
-  res = solvers.conjugate_gradient(lambda v: A @ v, b, steps=4)
-  assert bool(res.negative_curvature) and 0 < int(res.iterations) < 4
-  assert np.all(np.isfinite(res.x)) and float(q(res.x)) < 0.0
-  # A first direction of negative curvature leaves x = 0.
-  res = solvers.conjugate_gradient(lambda v: -v, b, steps=4)
-  assert int(res.iterations) == 0 and bool(res.negative_curvature)
-  np.testing.assert_array_equal(res.x, jnp.zeros(4))
-
-
-def test_armijo_backtracking_takes_the_first_passing_trial_or_the_fallback(x64):
-  """Authors' defaults: trials alpha_0 * 0.9^j, sufficient decrease with c = 0.1; on a
-  quadratic the accepted step is the first trial below 2 (1 - c) r^T r / r^T A r."""
-  rr, rar, alpha0 = 3.0, 7.0, 5.0
-  phi = lambda a: -a * rr + 0.5 * a * a * rar
-  res = solvers.armijo_backtracking(phi, jnp.float64(0.0), -rr, alpha0)
-  bound = 2 * (1 - 0.1) * rr / rar
-  j = int(np.ceil(np.log(bound / alpha0) / np.log(0.9)))
-  assert bool(res.accepted) and int(res.backtracks) == j
-  np.testing.assert_allclose(float(res.step), alpha0 * 0.9**j, rtol=1e-12)
-  np.testing.assert_allclose(float(res.value), phi(alpha0 * 0.9**j), rtol=1e-12)
-  # Nothing passes: the fallback step is taken, never the last failed trial.
-  res = solvers.armijo_backtracking(lambda a: 1.0 + a, jnp.float64(0.0), -1.0, 1.0)
-  assert not bool(res.accepted) and int(res.backtracks) == 100
-  assert float(res.step) == solvers.FALLBACK_STEP
-  np.testing.assert_allclose(float(res.last_trial), 0.9**100, rtol=1e-10)
-  np.testing.assert_allclose(float(res.value), 1.0 + solvers.FALLBACK_STEP)
-
-
-def test_quadratic_armijo_gd_matches_generic_armijo_gd(x64):
-  """The closed-form line values of the quadratic solver give the same iterates as the
-  generic GD+Armijo on q(d) = g^T d + d^T A d / 2."""
-  rng = np.random.default_rng(2)
-  u, _ = np.linalg.qr(rng.normal(size=(6, 6)))
-  A = jnp.asarray(u @ np.diag(np.geomspace(0.5, 20.0, 6)) @ u.T)
-  g = jnp.asarray(rng.normal(size=6))
-  q = lambda d: g @ d + 0.5 * d @ A @ d
-  config = solvers.line_search_config(init_step=3.0)
-  quad = solvers.quadratic_armijo_gd(
-    lambda v: A @ v, g, steps=7, init_step=jnp.float32(3.0), config=config
+  wrong = float(
+    numerics.top_eigenvalue(mv, numerics.start_vector(2, fb.z[1]), 1000, per_sample=True)
   )
-  gen = solvers.armijo_gd(q, jnp.zeros(6), steps=7, init_step=jnp.float32(3.0), config=config)
-  np.testing.assert_allclose(quad.x, gen.x, rtol=1e-10, atol=1e-12)
-  np.testing.assert_allclose(float(quad.value), float(q(quad.x)), rtol=1e-10)
-  np.testing.assert_allclose(float(quad.next_step), float(gen.next_step))
-  assert float(quad.value) < 0.9 * float(q(-jnp.linalg.solve(A, g)))  # most of the way
+  assert abs(wrong - lam) > 1e-3 * lam
 
 
 def test_proposition_1_sum_of_local_losses_majorizes_the_loss(x64):
@@ -474,7 +311,7 @@ def test_proposition_1_sum_of_local_losses_majorizes_the_loss(x64):
   delta = 1e-2
   c = _chain(net, sp, fb, delta, 1000)
   local = _local_quadratics(net, sp, fb, c, delta)
-  h = ll.network_loss(net, LOSS, x, y)
+  h = _common.network_loss(net, LOSS, x, y)
   flat, unravel = ravel_pytree(tuple(sp))
   g = jnp.concatenate([ravel_pytree(g_i)[0] for g_i, _, _ in local])
   block = jax.scipy.linalg.block_diag(*[H_i for _, H_i, _ in local])
@@ -519,7 +356,7 @@ def test_theorem_1_deterministic_sm_never_increases_the_loss(solver):
   iteration and falls by at least 40% in 25 iterations."""
   net, params, x, y = _problem(sizes=(5, 6, 6, 3), n=32, dtype=jnp.float32)
   tx = surrogate_minimization(net, inner_steps=10, solver=solver, delta=1e-2)
-  h = jax.jit(ll.network_loss(net, LOSS, x, y))
+  h = jax.jit(_common.network_loss(net, LOSS, x, y))
   step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))
   state = tx.init(params)
   losses = [float(h(params))]
@@ -552,7 +389,7 @@ def test_scalar_curvature_bound_is_layerwise_gradient_descent(x64):
       ravel_pytree(updates[i - 1])[0], ravel_pytree(expected)[0], rtol=1e-6, atol=1e-14
     )
   assert max(steps) > 2 * min(steps)  # genuinely different per-layer step sizes
-  h = jax.jit(lambda p: ll.network_loss(net, LOSS, x, y)(net.stage_params(p)))
+  h = jax.jit(lambda p: _common.network_loss(net, LOSS, x, y)(net.stage_params(p)))
   assert float(h(optax.apply_updates(params, updates))) < float(h(params))
 
 

@@ -16,9 +16,9 @@ from helpers import small_mlp, teacher_classification, tree_allclose
 from jax.flatten_util import ravel_pytree
 
 import altmin_jax as amj
-from altmin_jax.sm import cg_block, ddg, gd_armijo, solvers, sso, surrogate_minimization
+from altmin_jax import numerics
+from altmin_jax.sm import _common, cg_block, ddg, gd_armijo, sso, surrogate_minimization
 from altmin_jax.sm import local_losses as ll
-from altmin_jax.sm import surrogate as sur
 
 LOSS = amj.losses.softmax_cross_entropy
 
@@ -52,7 +52,9 @@ def test_gd_armijo_takes_the_first_trial_step_with_sufficient_decrease():
   net, params, x, y = _setup()
   h = _loss_fn(net, x, y)
   grad = jax.jit(jax.grad(h))
-  path, states = _run(gd_armijo(net, init_step=4.0), params, [(x, y)] * 4)
+  path, states = _run(
+    gd_armijo(net, line_search=numerics.ArmijoSearch(init_step=4.0)), params, [(x, y)] * 4
+  )
   alpha0 = 4.0
   for t in range(4):
     p, g = path[t], grad(path[t])
@@ -198,25 +200,14 @@ def test_each_local_solve_needs_only_stage_local_data():
   z_t^(i), c_{i+1}) alone, the data a pipeline stage holds; c_{i+1} matters."""
   net, params, x, y = _setup(sizes=(6, 8, 8, 3))
   sp = net.stage_params(params)
-  fb = jax.jit(lambda sp: ll.forward_backward(net, sp, x, y, LOSS))(sp)
-  cfg = sur.SMConfig(
-    net=net,
-    loss=LOSS,
-    inner_steps=5,
-    solver="cg",
-    delta=1e-2,
-    power_iterations=5,
-    loss_smoothness=0.5,
-    curvature="full",
-    line_search=solvers.DEFAULT_LINE_SEARCH,
-    curvature_tol=0.0,
-    seed=0,
-    vmap_stages=True,
-  )
-  fn = ll.stage_function(net, 2)
+  fb = jax.jit(lambda sp: _common.forward_backward(net, sp, x, y, LOSS))(sp)
+  options = ll.SMOptions(inner_steps=5, solver="cg", delta=1e-2, power_iterations=5)
+  fn = _common.stage_function(net, 2)
   solve = jax.jit(
     lambda z, th, g, zo, c: (
-      sur.solve_local_loss(cfg, fn, False, z, th, g, zo, c, jnp.float32(1.0), seed=1000).d
+      ll.solve_local_loss(
+        options, fn, False, z, th, g, zo, c, jnp.float32(1.0), numerics.start_vector(1000, th)
+      ).d
     )
   )
   tx = surrogate_minimization(net, inner_steps=5, delta=1e-2, power_iterations=5)

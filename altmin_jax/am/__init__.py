@@ -1,4 +1,11 @@
-"""Online and offline alternating minimization (Choromanska et al., ICML 2019)."""
+"""Online and offline alternating minimization (Choromanska et al., ICML 2019) and the
+Taylor et al. (2016) ADMM baseline.
+
+One module per method (:mod:`~altmin_jax.am.online`, :mod:`~altmin_jax.am.offline`,
+:mod:`~altmin_jax.am.rnn`, :mod:`~altmin_jax.am.admm`) over the shared building blocks
+:mod:`~altmin_jax.am.codes` (code subproblems) and :mod:`~altmin_jax.am.weights`
+(weight subproblems); what the methods share otherwise lives in ``_common``.
+"""
 
 from altmin_jax.am.admm import TaylorADMMState, taylor_admm
 from altmin_jax.am.codes import encode_anchors, make_code_optimizer, update_codes

@@ -42,7 +42,17 @@ import optax
 
 from altmin_jax import losses as losses_lib
 from altmin_jax.am import weights as weights_lib
-from altmin_jax.am.online import check_network, like, params_difference, unpack_batch
+from altmin_jax.am._common import check_dense, check_network, mean_loss, sized_batch, zero_codes
+from altmin_jax.core.batches import require_params
+from altmin_jax.core.checks import (
+  check_int,
+  check_loss,
+  check_nonnegative,
+  check_positive,
+  is_traced,
+)
+from altmin_jax.core.trees import cast_like, first_dtype, update_difference
+from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import (
   LayeredNetwork,
   as_arrays,
@@ -50,9 +60,7 @@ from altmin_jax.networks import (
   identity,
   with_dense_kernel_bias,
 )
-from altmin_jax.core.checks import check_int, check_positive, check_real
 
-Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -87,9 +95,26 @@ def _least_squares(inputs, targets, ridge):
   return W[:, :-1].T, W[:, -1]
 
 
+def _z_updates(net: LayeredNetwork) -> list:
+  """The elementwise ``z_l`` update of each hidden layer, from its activation."""
+  updates = []
+  for l in range(1, net.num_codes + 1):
+    activation = net.activation(l)
+    if activation is jax.nn.relu:
+      updates.append(_relu_z_update)
+    elif activation is identity:
+      updates.append(_identity_z_update)
+    else:
+      raise ValueError(
+        f"Taylor ADMM supports ReLU or identity activations; stage {l} uses "
+        f"{getattr(activation, '__name__', activation)!r}"
+      )
+  return updates
+
+
 def taylor_admm(
   net: LayeredNetwork,
-  loss=losses_lib.softmax_cross_entropy,
+  loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   num_samples: int,
   beta: float = 1.0,
@@ -110,47 +135,53 @@ def taylor_admm(
       ``jax.nn.relu`` or the identity.
     loss: per-sample loss of the output subproblem (softmax cross-entropy).
     num_samples: ``n``, the training-set size.
-    beta: weight of the linear constraints (``gamma_prod``).
-    gamma: weight of the nonlinear constraints (``gamma_nonlin``).
-    warm_start: iterations before the multiplier starts moving.
+    beta: weight of the linear constraints (``gamma_prod``), > 0.
+    gamma: weight of the nonlinear constraints (``gamma_nonlin``), > 0.
+    warm_start: iterations (>= 0) before the multiplier starts moving.
     output_steps: gradient steps on the output subproblem per iteration.
-    ridge: relative Tikhonov term of the least-squares weight solves.
+    ridge: relative Tikhonov term (>= 0) of the least-squares weight solves
+      (:func:`altmin_jax.am.weights.exact_solve`).
+
+  ``beta``, ``gamma``, ``ridge`` and ``warm_start`` can be injected with
+  ``optax.inject_hyperparams``; list ``net``, ``loss``, ``num_samples`` and
+  ``output_steps`` in its ``static_args``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``grads`` are ignored.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import altmin_jax as amj
+    >>> net = amj.networks.mlp([4, 6, 3], activation=jax.nn.relu)
+    >>> tx = amj.am.taylor_admm(net, num_samples=8, warm_start=0)
+    >>> params = net.init(jax.random.key(0))
+    >>> batch = (jnp.ones((8, 4)), jnp.arange(8) % 3)
+    >>> _, state = tx.update(None, tx.init(params), params, batch=batch)
+    >>> state.multiplier.shape
+    (8, 3)
   """
   net = check_network(net)
-  beta = float(check_positive("beta", beta))
-  gamma = float(check_positive("gamma", gamma))
-  ridge = float(check_real("ridge", ridge, low=0.0))
-  check_int("num_samples", num_samples, 1)
-  check_int("warm_start", warm_start, 0)
-  check_int("output_steps", output_steps, 1)
-  z_updates = []
-  for l, stage in enumerate(net.stages, start=1):
-    if not stage.dense:
-      raise ValueError(f"Taylor ADMM needs dense layers; stage {l} ({stage.name}) is not dense")
-    if l <= net.num_codes:
-      if stage.activation is jax.nn.relu:
-        z_updates.append(_relu_z_update)
-      elif stage.activation is identity:
-        z_updates.append(_identity_z_update)
-      else:
-        raise ValueError(
-          f"Taylor ADMM supports ReLU or identity activations; stage {l} uses "
-          f"{getattr(stage.activation, '__name__', stage.activation)!r}"
-        )
+  check_dense(net, net.num_stages, "Taylor ADMM needs dense layers")
+  z_updates = _z_updates(net)
+  loss = check_loss(loss)
+  num_samples = check_int("num_samples", num_samples, 1)
+  beta = check_positive("beta", beta)
+  gamma = check_positive("gamma", gamma)
+  # warm_start is compared with the count only, so it may be traced (injected).
+  warm_start = warm_start if is_traced(warm_start) else check_int("warm_start", warm_start, 0)
+  output_steps = check_int("output_steps", output_steps, 1)
+  ridge = check_nonnegative("ridge", ridge)
   output_lr = 1.0 / (2.0 * beta + 0.5)
+  size_rule = f"Taylor ADMM works on the full dataset of num_samples={num_samples} samples"
 
   def init_fn(params):
-    stage_params = net.stage_params(params)
-    dtype = jax.tree.leaves(stage_params)[0].dtype
+    dtype = first_dtype(net.stage_params(params))
     widths = [stage.output_shape for stage in net.stages]
     return TaylorADMMState(
       count=jnp.zeros([], jnp.int32),
       batch_loss=jnp.zeros([], jnp.float32),
-      activations=tuple(jnp.zeros((num_samples, *w), dtype) for w in widths[:-1]),
-      preactivations=tuple(jnp.zeros((num_samples, *w), dtype) for w in widths),
+      activations=zero_codes(widths[:-1], num_samples, dtype),
+      preactivations=zero_codes(widths, num_samples, dtype),
       multiplier=jnp.zeros((num_samples, *widths[-1]), dtype),
     )
 
@@ -162,16 +193,9 @@ def taylor_admm(
     return jax.lax.fori_loop(0, output_steps, lambda _, z: z - output_lr * grad(z), m)
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
-    del updates, extra_args
-    if params is None:
-      raise ValueError("Taylor ADMM needs params")
-    x, y = unpack_batch(net, batch)
-    if x.shape[0] != num_samples:
-      raise ValueError(
-        f"Taylor ADMM works on the full dataset of num_samples={num_samples} "
-        f"samples, got a batch of {x.shape[0]}"
-      )
-    params = as_arrays(params)
+    del updates, extra_args  # ADMM does not use gradients; unknown extra args are ignored.
+    params = as_arrays(require_params(params, "Taylor ADMM"))
+    x, y = sized_batch(net, batch, num_samples, size_rule)
     stage_params = list(net.stage_params(params))
     codes, logits = net.forward_stages(stage_params, x)
     first = state.count == 0
@@ -199,11 +223,11 @@ def taylor_admm(
     new_params = net.merge_stage_params(stage_params, params)
     new_state = TaylorADMMState(
       count=optax.safe_int32_increment(state.count),
-      batch_loss=jnp.mean(loss(logits, y)).astype(jnp.float32),
-      activations=like(a, state.activations),
-      preactivations=like(z, state.preactivations),
+      batch_loss=mean_loss(loss, logits, y),
+      activations=cast_like(a, state.activations),
+      preactivations=cast_like(z, state.preactivations),
       multiplier=multiplier.astype(state.multiplier.dtype),
     )
-    return params_difference(new_params, params), new_state
+    return update_difference(new_params, params), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -22,28 +22,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import optax
 
-from altmin_jax.loops import repeat
-from altmin_jax.networks import LayeredNetwork
 from altmin_jax.core.checks import check_positive
-
-Array = jax.Array
+from altmin_jax.core.types import Array, Loss
+from altmin_jax.loops import optimizer_steps
+from altmin_jax.networks import LayeredNetwork
 
 CODE_OPTIMIZERS = ("sgd", "nesterov", "adam")
 
 
 def make_code_optimizer(
-  code_optimizer: str | optax.GradientTransformation, code_lr: float | None
+  code_optimizer: str | optax.GradientTransformation, code_lr
 ) -> optax.GradientTransformation:
   """The optimizer run on each code subproblem (state is reset per subproblem).
 
   Args:
     code_optimizer: ``"sgd"``, ``"nesterov"`` (momentum 0.9), ``"adam"`` or any optax
       transformation (then ``code_lr`` must be ``None``).
-    code_lr: step size for the named optimizers.
+    code_lr: step size for the named optimizers, a finite number > 0 (may be traced).
   """
   if isinstance(code_optimizer, optax.GradientTransformation):
     if code_lr is not None:
@@ -51,14 +49,16 @@ def make_code_optimizer(
         f"code_lr={code_lr!r} conflicts with a code_optimizer transformation; set one of them"
       )
     return code_optimizer
-  if code_optimizer not in CODE_OPTIMIZERS:
+  if not isinstance(code_optimizer, str) or code_optimizer not in CODE_OPTIMIZERS:
     raise ValueError(
       f"code_optimizer must be one of {CODE_OPTIMIZERS} or an optax "
       f"transformation, got code_optimizer={code_optimizer!r}"
     )
   if code_lr is None:
-    raise ValueError(f"code_lr must be positive and finite, got code_lr={code_lr!r}")
-  check_positive("code_lr", code_lr)
+    raise ValueError(
+      f"code_lr must be a finite number > 0 for code_optimizer={code_optimizer!r}, got code_lr=None"
+    )
+  code_lr = check_positive("code_lr", code_lr)
   if code_optimizer == "sgd":
     return optax.sgd(code_lr)
   if code_optimizer == "nesterov":
@@ -78,47 +78,37 @@ def minimize(
   """
   if steps == 0:
     return start
-  grad_fn = jax.grad(objective)
-
-  def body(_, carry):
-    c, opt_state = carry
-    updates, opt_state = tx.update(grad_fn(c), opt_state, c)
-    return optax.apply_updates(c, updates), opt_state
-
-  carry = body(0, (start, tx.init(start)))
-  c, _ = repeat(body, carry, 1, steps)
+  first = optimizer_steps(objective, start, tx.init(start), tx, 1)
+  c, _ = optimizer_steps(objective, *first, tx, steps - 1)
   return c
 
 
-def _sq(diff: Array) -> Array:
+def squared_norm(diff: Array) -> Array:
+  """``||diff||^2``, summed over every axis (the batch included)."""
   return jnp.sum(jnp.square(diff))
 
 
-def top_code_objective(net, stage_params, y, loss, anchor, proximal: bool, mu):
+def with_proximal(term: Callable[[Array], Array], anchor: Array, proximal: bool) -> Callable:
+  """``c -> term(c) + ||c - anchor||^2``, the proximal term ``mu ||c - c_init||^2`` of
+  eqs. (4)-(5) divided by ``mu``; ``term`` alone when ``proximal`` is ``False``."""
+  if not proximal:
+    return term
+  return lambda c: term(c) + squared_norm(c - anchor)
+
+
+def top_code_objective(net, stage_params, y, loss: Loss, anchor, proximal: bool, mu):
   """Eq. (4) divided by ``mu``, summed over the batch, as a function of ``c^L``."""
   L = net.num_codes
   sigma = net.activation(L)
-
-  def objective(c):
-    value = jnp.sum(loss(net.stage_apply(L + 1, stage_params[L], sigma(c)), y)) / mu
-    if proximal:
-      value = value + _sq(c - anchor)
-    return value
-
-  return objective
+  fit = lambda c: jnp.sum(loss(net.stage_apply(L + 1, stage_params[L], sigma(c)), y)) / mu
+  return with_proximal(fit, anchor, proximal)
 
 
 def hidden_code_objective(net, stage_params, l, code_above, anchor, proximal: bool):
   """Eq. (5) divided by ``mu``, summed over the batch, as a function of ``c^l``."""
   sigma = net.activation(l)
-
-  def objective(c):
-    value = _sq(code_above - net.stage_apply(l + 1, stage_params[l], sigma(c)))
-    if proximal:
-      value = value + _sq(c - anchor)
-    return value
-
-  return objective
+  fit = lambda c: squared_norm(code_above - net.stage_apply(l + 1, stage_params[l], sigma(c)))
+  return with_proximal(fit, anchor, proximal)
 
 
 def encode_anchors(
@@ -140,7 +130,7 @@ def update_codes(
   codes: Sequence[Array],
   anchors: Sequence[Array],
   *,
-  loss: Callable[[Array, Array], Array],
+  loss: Loss,
   mu: Array,
   tx: optax.GradientTransformation,
   steps: int,

@@ -1,41 +1,34 @@
 r"""Offline alternating minimization: AM-Adam-off and AM-mem-off.
 
 The offline baselines of Choromanska et al. (2019, sec. 4) treat the whole training
-set as one minibatch: one ``update`` is one AM iteration over all ``n`` samples.
-Unlike the online methods, the codes of every sample persist in the state between
-iterations (block-coordinate descent on eq. 3 over ``W`` and ``C``): the first
-iteration encodes them with a forward pass, later ones start from the stored codes,
-with the proximal anchors ``f_l(W^l, \sigma_{l-1}(c^{l-1}))`` computed from them.
-The first iteration therefore equals one online step on the full dataset.
+set as one minibatch: one ``update`` is one AM iteration (:mod:`altmin_jax.am._common`)
+over all ``n`` samples. Unlike the online methods, the codes of every sample persist in
+the state between iterations (block-coordinate descent on eq. 3 over ``W`` and ``C``):
+the first iteration encodes them with a forward pass, later ones start from the stored
+codes, with the proximal anchors ``f_l(W^l, \sigma_{l-1}(c^{l-1}))`` computed from them
+(:func:`altmin_jax.am.codes.encode_anchors`). The first iteration therefore equals one
+online step on the full dataset. ``X`` must hold the same samples in the same order at
+every call: row ``n`` of ``state.codes`` belongs to sample ``n``.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
-from altmin_jax.am import codes as codes_lib
-from altmin_jax.am import weights as weights_lib
-from altmin_jax.am.online import (
+from altmin_jax.am._common import (
   AMConfig,
-  Loss,
-  Optimizers,
-  am_iteration,
-  check_int,
+  am_config,
+  code_step,
   gradient_rule,
-  like,
-  make_config,
+  layered_am,
   memory_rule,
-  params_difference,
-  unpack_batch,
 )
-from altmin_jax.networks import LayeredNetwork, as_arrays
-
-Array = jax.Array
+from altmin_jax.core.checks import check_int
+from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
+from altmin_jax.networks import LayeredNetwork
 
 
 class AMOfflineState(NamedTuple):
@@ -48,61 +41,10 @@ class AMOfflineState(NamedTuple):
   codes: tuple  # c^1..c^L for all n samples, shapes (n, *code_shape)
 
 
-def _offline(cfg: AMConfig, num_samples: int) -> optax.GradientTransformationExtraArgs:
-  net = cfg.net
-
-  def init_fn(params):
-    stage_params = net.stage_params(params)
-    weight_states, memory = weights_lib.init_weights_state(cfg.weights, net, stage_params)
-    dtype = jax.tree.leaves(stage_params)[0].dtype
-    codes = tuple(jnp.zeros((num_samples, *shape), dtype) for shape in net.code_shapes)
-    return AMOfflineState(
-      count=jnp.zeros([], jnp.int32),
-      batch_loss=jnp.zeros([], jnp.float32),
-      weight_states=weight_states,
-      memory=memory,
-      codes=codes,
-    )
-
-  def update_fn(updates, state, params=None, *, batch, **extra_args):
-    del updates, extra_args
-    if params is None:
-      raise ValueError("offline alternating minimization needs params")
-    x, y = unpack_batch(net, batch)
-    if x.shape[0] != num_samples:
-      raise ValueError(
-        f"offline AM works on the full dataset of num_samples={num_samples} "
-        f"samples, got a batch of {x.shape[0]}"
-      )
-    params = as_arrays(params)
-    stage_params = net.stage_params(params)
-    encoded, logits = net.forward_stages(stage_params, x)
-    first = state.count == 0
-    start = tuple(jnp.where(first, e, c).astype(e.dtype) for e, c in zip(encoded, state.codes))
-    anchors = codes_lib.encode_anchors(net, stage_params, x, start)
-    new_stage_params, new_codes, weight_states, memory, batch_loss = am_iteration(
-      cfg,
-      stage_params,
-      x,
-      y,
-      start,
-      anchors,
-      logits,
-      state.weight_states,
-      state.memory,
-      state.count,
-    )
-    new_params = net.merge_stage_params(new_stage_params, params)
-    new_state = AMOfflineState(
-      count=optax.safe_int32_increment(state.count),
-      batch_loss=batch_loss,
-      weight_states=weight_states,
-      memory=memory,
-      codes=like(new_codes, state.codes),
-    )
-    return params_difference(new_params, params), new_state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+def _offline(cfg: AMConfig, num_samples) -> optax.GradientTransformationExtraArgs:
+  num_samples = check_int("num_samples", num_samples, 1)
+  rule = f"offline AM works on the full dataset of num_samples={num_samples} samples"
+  return layered_am(cfg, AMOfflineState, stored=num_samples, resume=True, size_rule=rule)
 
 
 def am_adam_offline(
@@ -116,31 +58,23 @@ def am_adam_offline(
   code_steps: int = 5,
   code_lr: float | None = 0.01,
   code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: float | optax.Schedule = 0.01,
+  mu: ScalarOrSchedule = 0.01,
   code_proximal: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Offline AM-Adam (AM-Adam-off): :func:`~altmin_jax.am_adam` on the full dataset
   with the codes of all ``num_samples`` samples kept in ``state.codes``.
 
   Each ``update(grads, state, params, *, batch=(X, Y))`` with the full training set
-  is one AM iteration: the codes move from their stored values by eqs. (4)-(5) with
-  anchors ``f_l(W^l, \sigma_{l-1}(c^{l-1}))``, then every layer's weights move by
-  its own optimizer (eq. 6). ``X`` must hold the same samples in the same order at
-  every call: row ``n`` of ``state.codes`` belongs to sample ``n``.
+  is one AM iteration: the codes move from their stored values (eqs. 4-5), then every
+  layer's weights move by its own optimizer (eq. 6).
 
   Args:
     net: a :class:`~altmin_jax.networks.LayeredNetwork` with at least one hidden layer.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
     num_samples: ``n``, the size of the training set (the batch of every update).
-    weight_optimizer: optax optimizer for every layer (default ``optax.adam(1e-3)``),
-      or one per stage.
-    output_optimizer: optional optimizer for the output layer only.
-    weight_steps: ``K_w >= 1`` optimizer steps per layer and iteration.
-    code_steps: ``K_c >= 0`` code steps per subproblem and iteration.
-    code_lr: code step size (scaling as in :func:`~altmin_jax.am_adam`).
-    code_optimizer: ``"sgd"``, ``"nesterov"``, ``"adam"`` or an optax transformation.
-    mu: penalty weight, a constant or a schedule of the iteration count.
-    code_proximal: keep the proximal terms of eqs. (4)-(5).
+    weight_optimizer, output_optimizer, weight_steps, code_steps, code_lr,
+      code_optimizer, mu, code_proximal: as in :func:`~altmin_jax.am_adam`, per
+      iteration instead of per minibatch (``mu`` is scheduled on the iteration count).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state is :class:`AMOfflineState`.
@@ -158,17 +92,8 @@ def am_adam_offline(
     [(6, 8)]
   """
   weights = gradient_rule(net, weight_optimizer, output_optimizer, weight_steps)
-  cfg = make_config(
-    net,
-    loss,
-    weights,
-    mu=mu,
-    code_steps=code_steps,
-    code_lr=code_lr,
-    code_optimizer=code_optimizer,
-    code_proximal=code_proximal,
-  )
-  return _offline(cfg, check_int("num_samples", num_samples, 1))
+  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
+  return _offline(am_config(net, loss, codes, weights), num_samples)
 
 
 def am_mem_offline(
@@ -185,30 +110,26 @@ def am_mem_offline(
   code_steps: int = 5,
   code_lr: float | None = 0.01,
   code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: float | optax.Schedule = 0.01,
+  mu: ScalarOrSchedule = 0.01,
   code_proximal: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Offline AM-mem (AM-mem-off): :func:`~altmin_jax.am_mem` on the full dataset with
   the codes of all samples stored in ``state.codes``.
 
   With the default ``forgetting=0`` the memories are rebuilt from all ``n`` samples at
-  each iteration, so each hidden layer moves towards the least-squares fit
-  ``W^l = B^l (A^l)^{-1}`` of the current codes over the whole dataset (one
-  block-coordinate sweep by default, exactly with ``solver="exact"``). ``X`` must hold
-  the same samples in the same order at every call.
+  each iteration, so each hidden layer moves towards the least-squares fit of the
+  current codes over the whole dataset (eq. 7; one block-coordinate sweep by default,
+  exactly with ``solver="exact"``).
 
   Args:
     net: a layered network whose hidden stages are dense.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
     num_samples: ``n``, the size of the training set.
-    output_optimizer: optimizer of the output layer (default ``optax.sgd(0.1)``).
-    output_steps: optimizer steps of the output layer per iteration.
-    sweeps: block-coordinate sweeps per iteration.
-    solver: ``"bcd"`` or ``"exact"``.
-    forgetting: ``beta`` in ``[0, 1]`` (0: memories of the current iteration only).
-    ridge: Tikhonov term of the exact solve relative to ``Tr(A) / d``.
-    code_steps, code_lr, code_optimizer, mu, code_proximal: as in
-      :func:`am_adam_offline`.
+    forgetting: ``beta`` in ``[0, 1]`` (default 0: memories of the current iteration
+      only).
+    output_optimizer, output_steps, sweeps, solver, ridge, code_steps, code_lr,
+      code_optimizer, mu, code_proximal: as in :func:`~altmin_jax.am_mem`, per
+      iteration instead of per minibatch.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state is :class:`AMOfflineState`.
@@ -224,23 +145,6 @@ def am_mem_offline(
     >>> state.memory[0].A.shape
     (5, 5)
   """
-  weights = memory_rule(
-    net,
-    output_optimizer,
-    output_steps=output_steps,
-    sweeps=sweeps,
-    solver=solver,
-    forgetting=forgetting,
-    ridge=ridge,
-  )
-  cfg = make_config(
-    net,
-    loss,
-    weights,
-    mu=mu,
-    code_steps=code_steps,
-    code_lr=code_lr,
-    code_optimizer=code_optimizer,
-    code_proximal=code_proximal,
-  )
-  return _offline(cfg, check_int("num_samples", num_samples, 1))
+  weights = memory_rule(net, output_optimizer, output_steps, sweeps, solver, forgetting, ridge)
+  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
+  return _offline(am_config(net, loss, codes, weights), num_samples)

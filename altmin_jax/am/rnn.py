@@ -37,22 +37,22 @@ over the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
-from altmin_jax.am import codes as codes_lib
-from altmin_jax.am import weights as weights_lib
-from altmin_jax.am.online import check_int, check_optimizer, params_difference
+from altmin_jax.am._common import code_step, mean_loss, optimizers_per_part
+from altmin_jax.am.codes import minimize, squared_norm, with_proximal
+from altmin_jax.core.batches import require_params, unpack_batch
+from altmin_jax.core.checks import check_instance, check_int, check_loss
+from altmin_jax.core.trees import update_difference
+from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
+from altmin_jax.loops import optimizer_steps
 from altmin_jax.networks.rnn import ElmanRNN
-from altmin_jax.schedules import as_schedule
-
-Array = jax.Array
-Loss = Callable[[Array, Array], Array]
 
 PARTS = ("recurrent", "readout", "classifier")
 
@@ -65,10 +65,6 @@ class RNNAMState(NamedTuple):
   weight_states: tuple  # optax states of the (recurrent, readout, classifier) subproblems
 
 
-def _sq(diff: Array) -> Array:
-  return jnp.sum(jnp.square(diff))
-
-
 # ------------------------------------------------------------------ codes
 
 
@@ -76,14 +72,8 @@ def output_code_objective(
   rnn: ElmanRNN, classifier, y: Array, loss: Loss, anchor: Array, proximal: bool, mu
 ) -> Callable[[Array], Array]:
   """``L(y, C ReLU(z)) / mu + ||z - z_init||^2`` summed over the batch, a function of ``z``."""
-
-  def objective(z):
-    value = jnp.sum(loss(rnn.classify(classifier, z), y)) / mu
-    if proximal:
-      value = value + _sq(z - anchor)
-    return value
-
-  return objective
+  fit = lambda z: jnp.sum(loss(rnn.classify(classifier, z), y)) / mu
+  return with_proximal(fit, anchor, proximal)
 
 
 def time_step_objective(
@@ -100,16 +90,14 @@ def time_step_objective(
   (the middle term only when ``c_next`` is given, i.e. ``t < T``)."""
   V = params["readout"]["V"]
 
-  def objective(c):
+  def fit(c):
     h = rnn.activation(c)
-    value = _sq(z_t - h @ V)
+    value = squared_norm(z_t - h @ V)
     if c_next is not None:
-      value = value + _sq(c_next - rnn.step_inputs(params["recurrent"], x_next, h))
-    if proximal:
-      value = value + _sq(c - anchor_t)
+      value = value + squared_norm(c_next - rnn.step_inputs(params["recurrent"], x_next, h))
     return value
 
-  return objective
+  return with_proximal(fit, anchor_t, proximal)
 
 
 def update_rnn_codes(
@@ -147,19 +135,19 @@ def update_rnn_codes(
   c0, z0 = codes
   c_anchor, z_anchor = anchors
   # Output codes: eq. (4) with the classifier of eq. (16) as the top layer.
-  z = codes_lib.minimize(
+  z = minimize(
     output_code_objective(rnn, params["classifier"], y, loss, z_anchor, proximal, mu), z0, tx, steps
   )
   # Recurrent codes, eq. (5) per time step with c^{t+1} as the code above (eq. 17).
   # t = T: only the output term (and the proximal term).
-  last = codes_lib.minimize(
+  last = minimize(
     time_step_objective(rnn, params, z[:, -1], c_anchor[:, -1], proximal), c0[:, -1], tx, steps
   )
 
   def backward_step(c_next, inputs):
     c0_t, anchor_t, z_t, x_next = inputs
     objective = time_step_objective(rnn, params, z_t, anchor_t, proximal, c_next, x_next)
-    c_t = codes_lib.minimize(objective, c0_t, tx, steps)
+    c_t = minimize(objective, c0_t, tx, steps)
     return c_t, c_t
 
   time_major = lambda a: jnp.swapaxes(a, 0, 1)
@@ -235,63 +223,28 @@ def classifier_objective(rnn: ElmanRNN, z: Array, y: Array, loss: Loss) -> Calla
 # ------------------------------------------------------------- transform
 
 
-def _optimizers(weight_optimizer, output_optimizer) -> tuple:
-  if weight_optimizer is None:
-    weight_optimizer = optax.adam(5e-3)
-  if isinstance(weight_optimizer, optax.GradientTransformation):
-    txs = [weight_optimizer] * 3
-  elif isinstance(weight_optimizer, Sequence) and not isinstance(weight_optimizer, str):
-    txs = list(weight_optimizer)
-    if len(txs) != 3:
-      raise ValueError(
-        f"weight_optimizer needs one optimizer per part {PARTS}, got {len(txs)} entries"
-      )
-  else:
-    raise ValueError(
-      "weight_optimizer must be an optax.GradientTransformation or one per part "
-      f"{PARTS}, got weight_optimizer={weight_optimizer!r}"
-    )
-  if output_optimizer is not None:
-    txs[-1] = output_optimizer
-  return tuple(check_optimizer("weight_optimizer", tx) for tx in txs)
-
-
-def _unpack_batch(rnn: ElmanRNN, batch: Any) -> tuple[Array, Array]:
-  if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-    raise ValueError(f"batch must be a pair (x, y), got {type(batch).__name__}")
-  x, y = (jnp.asarray(b) for b in batch)
-  rnn.check_input(x, "batch x")
-  losses_lib.check_labels(y, x.shape[0], rnn.num_classes)
-  return x, y
-
-
 def am_adam_rnn(
   rnn: ElmanRNN,
   loss: Loss = losses_lib.softmax_cross_entropy,
   *,
-  weight_optimizer: optax.GradientTransformation
-  | Sequence[optax.GradientTransformation]
-  | None = None,
+  weight_optimizer: Optimizers | None = None,
   output_optimizer: optax.GradientTransformation | None = None,
   weight_steps: int = 5,
   code_steps: int = 5,
   code_lr: float | None = 0.01,
   code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: float | optax.Schedule = 0.01,
+  mu: ScalarOrSchedule = 0.01,
   code_proximal: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Online alternating minimization (AM-Adam) for the Elman RNN of supplement C.1.
 
-  Per minibatch: encode ``c^t = U x^t + W h^{t-1} + b`` (eq. 17) and ``z^t = V h^t``
-  (eq. 15); update the output codes ``z`` on
-  ``\mathcal{L}(y, C\,\mathrm{ReLU}(z)) + \mu\|z - z_{\rm init}\|^2`` (eqs. 4, 16); update the
-  recurrent codes backwards in time, ``t = T..1``, each on
-  ``\mu\|z^t - V\tanh(c)\|^2 + \mu\|c^{t+1} - (U x^{t+1} + W\tanh(c) + b)\|^2
-  + \mu\|c - c^t_{\rm init}\|^2`` with the updated ``c^{t+1}`` (eq. 5); then take
-  ``weight_steps`` steps of a persistent optimizer on each of three independent
-  subproblems: ``C`` on the loss, ``V`` on ``\mu\sum_t\|z^t - V\tanh(c^t)\|^2`` and the
-  shared ``U, W, b`` on the single regression
-  ``\mu\sum_t\|c^t - (U x^t + W\tanh(c^{t-1}) + b)\|^2`` over all time steps (eq. 6).
+  Per minibatch, the steps of :mod:`altmin_jax.am.rnn`: encode ``c^t`` (eq. 17) and
+  ``z^t`` (eq. 15); update ``z``, then the ``c^t`` backwards in time (eqs. 4-5 for this
+  architecture, :func:`update_rnn_codes`); then take ``weight_steps`` steps of a
+  persistent optimizer on each of three independent subproblems (eq. 6): the classifier
+  ``C`` on the loss (:func:`classifier_objective`), the readout ``V``
+  (:func:`readout_objective`) and the shared ``U, W, b`` as one regression over all
+  time steps (:func:`recurrent_objective`).
 
   Args:
     rnn: an :class:`~altmin_jax.networks.ElmanRNN`.
@@ -305,10 +258,15 @@ def am_adam_rnn(
     code_lr: code step size for the named code optimizers (the paper does not report
       one; on sequential MNIST 0.003 learned fastest of 0.001-0.3, see
       ``experiments/configs/rnn_mnist.py``).
-    code_optimizer: ``"sgd"``, ``"nesterov"``, ``"adam"`` or an optax transformation.
+    code_optimizer: ``"sgd"``, ``"nesterov"``, ``"adam"`` or an optax transformation
+      (then ``code_lr=None``).
     mu: a positive constant or a schedule of the step count
       (:func:`altmin_jax.mu_schedule`); supplement C.2 starts from 0.01.
-    code_proximal: keep the ``\mu\|c - c_{\rm init}\|^2`` terms.
+    code_proximal: keep the proximal terms ``\mu\|c - c_{\rm init}\|^2``.
+
+  Real hyperparameters (``mu``, ``code_lr``) can be injected with
+  ``optax.inject_hyperparams``; list ``rnn``, ``loss``, ``weight_steps`` and
+  ``code_steps`` in its ``static_args``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
@@ -328,16 +286,13 @@ def am_adam_rnn(
     >>> int(state.count)
     1
   """
-  if not isinstance(rnn, ElmanRNN):
-    raise ValueError(f"rnn must be an altmin_jax.networks.ElmanRNN, got rnn={rnn!r}")
-  if not callable(loss):
-    raise ValueError(f"loss must be callable loss(logits, labels) -> (batch,), got {loss!r}")
-  txs = _optimizers(weight_optimizer, output_optimizer)
+  check_instance("rnn", rnn, ElmanRNN, "an altmin_jax.networks.ElmanRNN")
+  loss = check_loss(loss)
+  txs = optimizers_per_part(
+    weight_optimizer, output_optimizer, 3, f"part {PARTS}", optax.adam(5e-3)
+  )
   weight_steps = check_int("weight_steps", weight_steps, 1)
-  code_steps = check_int("code_steps", code_steps, 0)
-  code_tx = codes_lib.make_code_optimizer(code_optimizer, code_lr)
-  schedule = as_schedule(mu, "mu")
-  proximal = bool(code_proximal)
+  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
 
   def init_fn(params):
     return RNNAMState(
@@ -348,26 +303,22 @@ def am_adam_rnn(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # AM does not use gradients; unknown extra args are ignored.
-    if params is None:
-      raise ValueError(
-        "alternating minimization needs params: call update(grads, state, params, batch=(x, y))"
-      )
-    x, y = _unpack_batch(rnn, batch)
-    mu_t = schedule(state.count)
-    codes, logits = rnn.forward(params, x)
-    batch_loss = jnp.mean(loss(logits, y)).astype(jnp.float32)
+    params = require_params(params, "alternating minimization")
+    x, y = unpack_batch(rnn, batch)
+    mu_t = codes.schedule(state.count)
+    start, logits = rnn.forward(params, x)
     c, z = update_rnn_codes(
       rnn,
       params,
       x,
       y,
-      codes,
-      codes,
+      start,
+      start,
       loss=loss,
       mu=mu_t,
-      tx=code_tx,
-      steps=code_steps,
-      proximal=proximal,
+      tx=codes.tx,
+      steps=codes.steps,
+      proximal=codes.proximal,
     )
     objectives = (  # eq. (6) for the shared U, W, b (eq. 17) and for V (eq. 15); eq. (16)
       recurrent_objective(rnn, x, c, mu_t),
@@ -376,13 +327,13 @@ def am_adam_rnn(
     )
     new_params, new_states = dict(params), []
     for part, objective, tx, s in zip(PARTS, objectives, txs, state.weight_states):
-      new_params[part], s = weights_lib.gradient_steps(objective, params[part], s, tx, weight_steps)
+      new_params[part], s = optimizer_steps(objective, params[part], s, tx, weight_steps)
       new_states.append(s)
     new_state = RNNAMState(
       count=optax.safe_int32_increment(state.count),
-      batch_loss=batch_loss,
+      batch_loss=mean_loss(loss, logits, y),
       weight_states=tuple(new_states),
     )
-    return params_difference(new_params, dict(params)), new_state
+    return update_difference(new_params, dict(params)), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from altmin_jax.loops import repeat
+from altmin_jax.core.types import Array, Loss
+from altmin_jax.loops import optimizer_steps
 from altmin_jax.networks import (
   LayeredNetwork,
   dense_kernel_bias,
   flatten_batch,
   with_dense_kernel_bias,
 )
-
-Array = jax.Array
 
 
 def layer_objective(
@@ -46,7 +45,7 @@ def layer_objective(
   a_prev: Array,
   target: Array,
   *,
-  loss: Callable[[Array, Array], Array],
+  loss: Loss,
   mu,
 ) -> Callable:
   """The layer-``l`` weight objective as a function of that layer's params.
@@ -62,20 +61,6 @@ def layer_objective(
     return mu * jnp.mean(jnp.sum(jnp.reshape(jnp.square(diff), (diff.shape[0], -1)), axis=-1))
 
   return objective
-
-
-def gradient_steps(
-  objective: Callable, params, opt_state, tx: optax.GradientTransformation, steps: int
-):
-  """``steps`` iterations of a persistent optimizer ``tx`` on ``objective``."""
-  grad_fn = jax.grad(objective)
-
-  def body(_, carry):
-    w, s = carry
-    updates, s = tx.update(grad_fn(w), s, w)
-    return optax.apply_updates(w, updates), s
-
-  return repeat(body, (params, opt_state), 0, steps)
 
 
 # ------------------------------------------------------------------ AM-mem
@@ -96,7 +81,7 @@ def memory_shapes(fan_in: int, fan_out: int, use_bias: bool) -> tuple[tuple, tup
 
 
 def update_memory(
-  A: Array, B: Array, a_prev: Array, code: Array, use_bias: bool, forgetting: float
+  A: Array, B: Array, a_prev: Array, code: Array, use_bias: bool, forgetting
 ) -> tuple[Array, Array]:
   """``A <- beta A + sum_n a_n a_n^T``, ``B <- beta B + sum_n c_n a_n^T`` (updateMemory)."""
   a = augmented_input(a_prev, use_bias).astype(A.dtype)
@@ -150,19 +135,25 @@ def block_coordinate_sweeps(W: Array, A: Array, B: Array, sweeps: int) -> Array:
   return jax.lax.fori_loop(0, sweeps, sweep, W)
 
 
-def exact_solve(A: Array, B: Array, ridge: float) -> Array:
+def exact_solve(A: Array, B: Array, ridge) -> Array:
   """``W = B (A + lambda I)^{-1}``, the minimiser of the (regularised) memory surrogate.
 
   ``lambda = ridge * Tr(A) / d``. With ``ridge = 0`` the minimum-norm least-squares
   solution is used, which stays defined when ``A`` is singular (inputs never
-  active); ``ridge > 0`` uses a Cholesky solve, much faster for wide layers.
+  active); ``ridge > 0`` uses a Cholesky solve, much faster for wide layers. The choice
+  is a ``lax.cond`` (only the chosen solve runs), so ``ridge`` may be traced.
   """
-  if ridge == 0:
-    return jnp.linalg.lstsq(A, B.T)[0].T
   d = A.shape[0]
-  lam = ridge * jnp.trace(A) / d + jnp.finfo(A.dtype).tiny
-  factor = jax.scipy.linalg.cho_factor(A + lam * jnp.eye(d, dtype=A.dtype))
-  return jax.scipy.linalg.cho_solve(factor, B.T).T
+
+  def minimum_norm():
+    return jnp.linalg.lstsq(A, B.T)[0].T
+
+  def cholesky():
+    lam = ridge * jnp.trace(A) / d + jnp.finfo(A.dtype).tiny
+    factor = jax.scipy.linalg.cho_factor(A + lam * jnp.eye(d, dtype=A.dtype))
+    return jax.scipy.linalg.cho_solve(factor, B.T).T
+
+  return jax.lax.cond(ridge == 0, minimum_norm, cholesky)
 
 
 # --------------------------------------------------------- all layers at once
@@ -190,14 +181,16 @@ class WeightRule:
     solver: ``"bcd"`` or ``"exact"`` (memory layers).
     forgetting: ``beta`` in ``A <- beta A + sum a a^T`` (memory layers).
     ridge: Tikhonov term of the exact solve relative to ``Tr(A) / d`` (memory layers).
+
+  ``forgetting`` and ``ridge`` may be traced scalars (injected hyperparameters).
   """
 
   optimizers: tuple
   steps: int = 1
   sweeps: int = 1
   solver: str = "bcd"
-  forgetting: float = 1.0
-  ridge: float = 0.0
+  forgetting: Any = 1.0
+  ridge: Any = 0.0
 
   def uses_memory(self, l: int) -> bool:
     return self.optimizers[l - 1] is None
@@ -231,7 +224,7 @@ def update_weights(
   opt_states,
   memories,
   *,
-  loss: Callable[[Array, Array], Array],
+  loss: Loss,
   mu,
 ):
   """One ``updateWeights`` call: every layer independently from the fixed codes.
@@ -258,7 +251,7 @@ def update_weights(
       new_memories.append(CoactivationMemory(A, B))
     else:
       objective = layer_objective(net, l, a_prev, target, loss=loss, mu=mu)
-      w, s = gradient_steps(objective, p, opt_states[l - 1], rule.optimizers[l - 1], rule.steps)
+      w, s = optimizer_steps(objective, p, opt_states[l - 1], rule.optimizers[l - 1], rule.steps)
       new_params.append(w)
       new_states.append(s)
   return tuple(new_params), tuple(new_states), tuple(new_memories)

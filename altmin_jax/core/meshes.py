@@ -20,23 +20,29 @@ STAGE_AXIS = "stage"
 WORKER_AXIS = "workers"
 
 
-def make_mesh(num_devices: int | None, axis_name: str, *, what: str = "num_devices") -> Mesh:
+def make_mesh(
+  num_devices: int | None, axis_name: str, *, explicit: bool, what: str = "num_devices"
+) -> Mesh:
   """A 1-D mesh named ``axis_name`` over the first ``num_devices`` of ``jax.devices()``
-  (all by default; across processes after ``jax.distributed.initialize``)."""
+  (all by default; across processes after ``jax.distributed.initialize``).
+
+  ``explicit`` selects ``jax.sharding.AxisType.Explicit`` (shardings are part of every
+  array's type; ``jax.make_mesh``'s default, used for the pipeline's ``'stage'`` axis) or
+  ``Auto`` (the compiler propagates shardings; the ``'workers'`` axis).
+  """
   devices = jax.devices()
-  n = len(devices) if num_devices is None else num_devices
   if num_devices is not None:
     check_int(what, num_devices, 1)
+  n = len(devices) if num_devices is None else num_devices
   if not 1 <= n <= len(devices):
     raise ValueError(
       f"{what} must lie in [1, {len(devices)}] (the visible devices), got {what}={num_devices!r}"
     )
-  return Mesh(np.asarray(devices[:n]), (axis_name,))
+  kind = jax.sharding.AxisType.Explicit if explicit else jax.sharding.AxisType.Auto
+  return jax.make_mesh((n,), (axis_name,), axis_types=(kind,), devices=devices[:n])
 
 
-def check_mesh(
-  mesh: Any, axis_name: str, *, count: int | None = None, what: str = "items"
-) -> int:
+def check_mesh(mesh: Any, axis_name: str, *, count: int | None = None, what: str = "items") -> int:
   """Validates ``mesh`` and returns the size of its axis ``axis_name``.
 
   With ``count``, ``count`` things (workers, layers) must split evenly over that axis.
@@ -120,3 +126,15 @@ def fetch(tree: PyTree) -> PyTree:
   if jax.process_count() == 1:
     return jax.tree.map(np.asarray, tree)
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def replicated(x: Any) -> Array:
+  """``x`` resharded to replicated when its type carries a sharding over an explicit
+  mesh axis (needed before indexing into a sharded axis of an explicit-axis mesh, for
+  example to take one worker's or one layer's row); otherwise ``x`` unchanged."""
+  x = jnp.asarray(x)
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec = getattr(sharding, "spec", ())
+  if spec and any(p is not None for p in spec) and not sharding.mesh.empty:
+    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, P()))
+  return x

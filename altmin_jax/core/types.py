@@ -24,6 +24,6 @@ __all__ = [
   "Optimizers",
   "PyTree",
   "Scalar",
-  "Schedule",
   "ScalarOrSchedule",
+  "Schedule",
 ]

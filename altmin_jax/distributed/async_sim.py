@@ -42,9 +42,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from altmin_jax.distributed.workers import centre, take, where
-
-Array = jax.Array
+from altmin_jax.core.checks import check_int, check_optional_int, check_real
+from altmin_jax.core.trees import where_tree
+from altmin_jax.core.types import Array
+from altmin_jax.distributed.workers import centre, take
 
 
 class Schedule(NamedTuple):
@@ -64,7 +65,7 @@ def round_robin(num_workers: int, num_rounds: int) -> Schedule:
     >>> async_sim.staleness(s)[-1].tolist()
     [2, 2, 2]
   """
-  _check_sizes(num_workers, num_rounds)
+  num_workers, num_rounds = _check_sizes(num_workers, num_rounds)
   order = jnp.broadcast_to(jnp.arange(num_workers, dtype=jnp.int32), (num_rounds, num_workers))
   return Schedule(order=order, active=jnp.ones((num_rounds, num_workers), bool))
 
@@ -91,11 +92,9 @@ def random_delays(
   Returns:
     A :class:`Schedule`.
   """
-  _check_sizes(num_workers, num_rounds)
-  if not (isinstance(participation, (int, float)) and 0 < participation <= 1):
-    raise ValueError(f"participation must lie in (0, 1], got participation={participation!r}")
-  if max_delay is not None and (not isinstance(max_delay, int) or max_delay < 0):
-    raise ValueError(f"max_delay must be a non-negative integer, got max_delay={max_delay!r}")
+  num_workers, num_rounds = _check_sizes(num_workers, num_rounds)
+  participation = check_real("participation", participation, low=0.0, high=1.0, low_open=True)
+  max_delay = check_optional_int("max_delay", max_delay, 0)
 
   def body(idle, k):
     k_order, k_active = jax.random.split(k)
@@ -214,7 +213,7 @@ def apply_in_order(
     c, buf = state
     new_c, out = push(c, take(pushes, m))
     if active is not None:
-      new_c = where(active[m], new_c, c)
+      new_c = where_tree(active[m], new_c, c)
     buf = jax.tree.map(lambda b, o: lax.dynamic_update_index_in_dim(b, o, m, 0), buf, out)
     return (new_c, buf), None
 
@@ -302,7 +301,5 @@ def simulate(
   return SimulationResult(params, state, metrics, staleness(schedule))
 
 
-def _check_sizes(num_workers: Any, num_rounds: Any) -> None:
-  for name, value in (("num_workers", num_workers), ("num_rounds", num_rounds)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+def _check_sizes(num_workers: Any, num_rounds: Any) -> tuple[int, int]:
+  return check_int("num_workers", num_workers, 1), check_int("num_rounds", num_rounds, 1)

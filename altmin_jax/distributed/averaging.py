@@ -22,12 +22,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from altmin_jax.distributed import workers as workers_lib
-from altmin_jax.distributed.dc_asgd import check_unit_interval, difference
+from altmin_jax.core.checks import check_int, check_real, check_unit_interval
+from altmin_jax.core.trees import update_difference
+from altmin_jax.core.types import Array, Scalar, ScalarOrSchedule
+from altmin_jax.distributed._common import check_update_args
 from altmin_jax.schedules import as_schedule
-
-Array = jax.Array
-ScalarOrSchedule = float | optax.Schedule
 
 
 class AveragedSGDState(NamedTuple):
@@ -45,12 +44,6 @@ class MSGDState(NamedTuple):
   velocity: Any  # v, the Nesterov momentum
 
 
-def _check_like(grads, params):
-  if params is None:
-    raise ValueError("this method needs params: call update(grads, state, params)")
-  workers_lib.check_like(grads, params, "grads")
-
-
 def _averaging(lr_fn, rate_fn) -> optax.GradientTransformationExtraArgs:
   def init_fn(params):
     return AveragedSGDState(
@@ -59,7 +52,7 @@ def _averaging(lr_fn, rate_fn) -> optax.GradientTransformationExtraArgs:
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _check_like(updates, params)
+    check_update_args(updates, params)
     lr = lr_fn(state.count)
     step = jax.tree.map(lambda g, p: (-lr * g).astype(p.dtype), updates, params)
     new_params = optax.apply_updates(params, step)  # x_{t+1} = x_t - eta g(x_t)
@@ -107,8 +100,7 @@ def averaged_sgd(
     [2.0]
   """
   lr_fn = as_schedule(learning_rate, "learning_rate")
-  if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-    raise ValueError(f"start must be a non-negative integer, got start={start!r}")
+  start = check_int("start", start, 0)
 
   def rate(count):
     n = (count - start + 1).astype(jnp.float32)
@@ -118,7 +110,7 @@ def averaged_sgd(
 
 
 def mvasgd(
-  learning_rate: ScalarOrSchedule, *, moving_rate: float = 0.001
+  learning_rate: ScalarOrSchedule, *, moving_rate: Scalar = 0.001
 ) -> optax.GradientTransformationExtraArgs:
   r"""MVASGD: SGD with an exponential moving average of its iterates.
 
@@ -145,14 +137,12 @@ def mvasgd(
     [1.0]
   """
   lr_fn = as_schedule(learning_rate, "learning_rate")
-  ok = isinstance(moving_rate, (int, float)) and not isinstance(moving_rate, bool)
-  if not (ok and 0 < moving_rate <= 1):
-    raise ValueError(f"moving_rate must lie in (0, 1], got moving_rate={moving_rate!r}")
-  return _averaging(lr_fn, lambda count: jnp.float32(moving_rate))
+  moving_rate = check_real("moving_rate", moving_rate, low=0.0, high=1.0, low_open=True)
+  return _averaging(lr_fn, lambda count: jnp.asarray(moving_rate, jnp.float32))
 
 
 def msgd(
-  learning_rate: ScalarOrSchedule, *, momentum: float = 0.99
+  learning_rate: ScalarOrSchedule, *, momentum: Scalar = 0.99
 ) -> optax.GradientTransformationExtraArgs:
   r"""MSGD: SGD with Nesterov momentum :math:`\delta`.
 
@@ -191,12 +181,12 @@ def msgd(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _check_like(updates, params)
+    check_update_args(updates, params)
     lr = lr_fn(state.count)
     v = jax.tree.map(lambda v_, g: (delta * v_ - lr * g).astype(v_.dtype), state.velocity, updates)
     x = jax.tree.map(lambda x_, v_: (x_ + v_).astype(x_.dtype), state.centre, v)
     y = jax.tree.map(lambda x_, v_, p: (x_ + delta * v_).astype(p.dtype), x, v, params)
     new_state = MSGDState(count=optax.safe_int32_increment(state.count), centre=x, velocity=v)
-    return difference(y, params), new_state
+    return update_difference(y, params), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

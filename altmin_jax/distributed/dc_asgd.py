@@ -1,28 +1,23 @@
 r"""Delay-compensated asynchronous SGD (DC-ASGD) and its baselines ASGD and SSGD.
 
 Zheng, Meng, Wang, Chen, Yu, Ma, Liu, "Asynchronous Stochastic Gradient Descent with
-Delay Compensation", ICML 2017 (supplement in ``papers/003``).
+Delay Compensation", ICML 2017, and its supplement.
 
 A parameter server holds :math:`w`; worker m pulled :math:`w_{\rm bak}(m)` after its
 previous push and sends the gradient :math:`g_m = g(w_{\rm bak}(m))` computed there. By
 the time it arrives the server has moved on, and DC-ASGD corrects the stale gradient
 with a first-order Taylor term whose Hessian is approximated by
 :math:`\lambda\, g \odot g` (the compensated gradient :math:`g^{dc}` of the supplement,
-proof of Theorem 4.1):
+proof of Theorem 4.1). Each method's rule is written in its docstring:
 
-.. math::
-   w \leftarrow w - \eta \left( g_m + \lambda_t\, g_m \odot g_m \odot (w - w_{\rm bak}(m))
-   \right), \qquad w_{\rm bak}(m) \leftarrow w \ \text{(the worker pulls)}.
-
-* DC-ASGD-c (:func:`dc_asgd`): :math:`\lambda_t = \lambda_0` (default 0.04).
-* DC-ASGD-a (:func:`dc_asgd_adaptive`):
-  :math:`\lambda_t = \lambda_0 / \sqrt{\mathrm{MeanSquare}_t + \epsilon}`,
-  :math:`\mathrm{MeanSquare}_t = m\,\mathrm{MeanSquare}_{t-1} + (1 - m)\, g_m \odot g_m`
-  (elementwise, on the server; defaults :math:`\lambda_0 = 2`, m = 0.95,
-  :math:`\epsilon = 10^{-7}`).
-* ASGD (:func:`async_sgd`): no compensation (:math:`\lambda = 0`).
-* SSGD (:func:`ssgd`): synchronous SGD, :math:`w \leftarrow w - \eta\,\frac1p \sum_m g_m(w)`.
-* DC for large-minibatch synchronous SGD (:func:`dc_ssgd`, supplement section H).
+* DC-ASGD-c (:func:`dc_asgd`): a constant coefficient :math:`\lambda_0` (default 0.04);
+* DC-ASGD-a (:func:`dc_asgd_adaptive`): an elementwise coefficient scaled by the running
+  mean square of the gradients (defaults :math:`\lambda_0 = 2`, m = 0.95,
+  :math:`\epsilon = 10^{-7}`);
+* ASGD (:func:`async_sgd`): no compensation (:math:`\lambda = 0`);
+* SSGD (:func:`ssgd`): synchronous SGD on the workers' mean gradient;
+* delay-compensated large-minibatch synchronous SGD (:func:`dc_ssgd`, supplement
+  section H).
 
 **How the p workers are passed** (see :mod:`altmin_jax.distributed.workers`): ``params``
 and ``grads`` carry a leading worker axis; ``params[m]`` is worker m's copy (what it
@@ -38,7 +33,6 @@ parameters, the backups :math:`w_{\rm bak}` and MeanSquare live in the state;
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -46,12 +40,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from altmin_jax.core.checks import check_nonnegative, check_positive, check_unit_interval, is_traced
+from altmin_jax.core.trees import update_difference
+from altmin_jax.core.types import Array, Scalar, ScalarOrSchedule
 from altmin_jax.distributed import async_sim
 from altmin_jax.distributed import workers as workers_lib
+from altmin_jax.distributed._common import WorkerLayout
 from altmin_jax.schedules import as_schedule
-
-Array = jax.Array
-ScalarOrSchedule = float | optax.Schedule
 
 
 class DCASGDState(NamedTuple):
@@ -70,50 +65,22 @@ class SSGDState(NamedTuple):
   centre: Any  # server parameters w (no worker axis)
 
 
-# ----------------------------------------------------------------- validation
+def _is_zero(lambda_0: Any) -> bool:
+  """Whether a checked ``lambda_0`` is known to be 0 (a traced one is not: the factories
+  then build the general, compensated rule)."""
+  return not is_traced(lambda_0) and lambda_0 == 0
 
 
-def check_nonnegative(name: str, value: Any) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-    raise ValueError(f"{name} must be a non-negative number, got {name}={value!r}")
-  if not math.isfinite(value):
-    raise ValueError(f"{name} must be finite, got {name}={value!r}")
-  return float(value)
+def _mean_square(ms: Array, g: Array, decay: Any) -> Array:
+  """DC-ASGD-a's MeanSquare for one push, ``m ms + (1 - m) g . g``, in ``ms``'s dtype."""
+  return (decay * ms + (1.0 - decay) * g * g).astype(ms.dtype)
 
 
-def check_unit_interval(name: str, value: Any, *, closed_right: bool = False) -> float:
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  ok = ok and 0 <= value and (value <= 1 if closed_right else value < 1)
-  if not ok:
-    interval = "[0, 1]" if closed_right else "[0, 1)"
-    raise ValueError(f"{name} must lie in {interval}, got {name}={value!r}")
-  return float(value)
-
-
-def check_positive(name: str, value: Any) -> float:
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  if not (ok and value > 0 and math.isfinite(value)):
-    raise ValueError(f"{name} must be a positive finite number, got {name}={value!r}")
-  return float(value)
-
-
-def check_update_args(grads: Any, params: Any, num_workers: int) -> None:
-  if params is None:
-    raise ValueError("p-worker methods need params: call update(grads, state, params)")
-  workers_lib.check_workers(params, num_workers, "params")
-  workers_lib.check_like(grads, params, "grads")
-
-
-def difference(new: Any, old: Any) -> Any:
-  """``new - old`` in ``old``'s dtype (the updates of methods that set parameters)."""
-  return jax.tree.map(lambda n, o: (n - o).astype(o.dtype), new, old)
-
-
-def _compensated_rule(lambda_0: float, decay: float | None, eps: float):
+def _compensated_rule(lambda_0: Any, decay: Any, eps: Any):
   """The server's update for one push: returns ``rule(w, ms, g, bak, lr) -> (w, ms)``.
 
-  ``decay=None`` is DC-ASGD-c; a float is DC-ASGD-a (MeanSquare updated on every push).
-  The factories use :func:`_plain_rule` instead when ``lambda_0 = 0``.
+  ``decay=None`` is DC-ASGD-c; a number is DC-ASGD-a (MeanSquare updated on every push).
+  The factories use :func:`_plain_rule` instead when ``lambda_0`` is known to be 0.
   """
 
   def leaf(w, ms, g, bak, lr):
@@ -121,7 +88,7 @@ def _compensated_rule(lambda_0: float, decay: float | None, eps: float):
     if decay is None:
       lam = lambda_0
     else:
-      ms = (decay * ms + (1.0 - decay) * g * g).astype(dtype)  # MeanSquare(t)
+      ms = _mean_square(ms, g, decay)  # MeanSquare(t)
       lam = lambda_0 / jnp.sqrt(ms + eps)  # lambda_t = lambda_0 / sqrt(MeanSquare + eps)
     compensated = g + lam * g * g * (w - bak)  # g + lambda g . g . (w - w_bak)
     return (w - lr * compensated).astype(dtype), ms
@@ -146,18 +113,17 @@ def _plain_rule():
   return rule
 
 
-def _track_mean_square(decay: float):
-  """MeanSquare's update for one push, ``ms <- m ms + (1 - m) g . g`` (no parameters)."""
+def _track_mean_square(decay: Any):
+  """MeanSquare's update for one push alone (no parameters)."""
 
   def track(ms, g):
-    ms = jax.tree.map(lambda s, g_: (decay * s + (1.0 - decay) * g_ * g_).astype(s.dtype), ms, g)
-    return ms, None
+    return jax.tree.map(lambda s, g_: _mean_square(s, g_, decay), ms, g), None
 
   return track
 
 
 def _async_transformation(
-  rule, learning_rate, num_workers, mesh, axis_name, mean_square_decay=None
+  rule, learning_rate, layout: WorkerLayout, mean_square_decay=None
 ) -> optax.GradientTransformationExtraArgs:
   """The parameter-server round of DC-ASGD-c/-a and ASGD around a one-push ``rule``.
 
@@ -167,12 +133,9 @@ def _async_transformation(
   contract ``w - lr g`` into a multiply-add and round differently).
   """
   lr_fn = as_schedule(learning_rate, "learning_rate")
-  num_workers = workers_lib.worker_count(num_workers)
-  workers_lib.check_mesh(mesh, axis_name, num_workers)
 
   def init_fn(params):
-    workers_lib.check_workers(params, num_workers, "params")
-    server = workers_lib.first_worker(params)
+    server = layout.start(params)
     return DCASGDState(
       count=jnp.zeros([], jnp.int32),
       centre=server,
@@ -199,20 +162,15 @@ def _async_transformation(
       mean_square, _ = async_sim.apply_in_order(track, mean_square, g, order, active)
     new_x = workers_lib.where_rows(active, pulled, x)
     new_bak = workers_lib.where_rows(active, pulled, bak)
-    return (), (difference(new_x, x), new_bak), (server, mean_square)
+    return (), (update_difference(new_x, x), new_bak), (server, mean_square)
 
   def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
-    check_update_args(updates, params, num_workers)
-    order, active = async_sim.round_args(order, active, num_workers)
+    layout.check_update(updates, params)
+    order, active = layout.round_args(order, active)
     shared = (state.count, state.centre, state.mean_square, order, active)
-    _, (new_updates, backups), (server, mean_square) = workers_lib.run_workers(
-      worker,
-      (updates, params, state.backups),
-      shared,
-      num_workers=num_workers,
-      mesh=mesh,
-      axis_name=axis_name,
+    _, (new_updates, backups), (server, mean_square) = layout.run(
+      worker, (updates, params, state.backups), shared
     )
     return new_updates, DCASGDState(
       count=optax.safe_int32_increment(state.count),
@@ -226,7 +184,7 @@ def _async_transformation(
 
 def dc_asgd(
   learning_rate: ScalarOrSchedule,
-  lambda_0: float = 0.04,
+  lambda_0: Scalar = 0.04,
   *,
   num_workers: int,
   mesh: Mesh | None = None,
@@ -243,7 +201,8 @@ def dc_asgd(
   (the compensated gradient :math:`g^{dc}` of supplement section D; section G discusses
   the choice of :math:`\lambda`: too large adds variance, too small degrades to ASGD).
   ``lambda_0 = 0`` is exactly :func:`async_sgd` (the same push rule, bitwise equal
-  results).
+  results); a traced ``lambda_0`` (``optax.inject_hyperparams``) always runs the
+  compensated rule, which at 0 equals ASGD up to float rounding.
 
   Args:
     learning_rate: :math:`\eta`, a positive constant or a schedule of the round count.
@@ -273,32 +232,32 @@ def dc_asgd(
     0.6032
   """
   lambda_0 = check_nonnegative("lambda_0", lambda_0)
-  rule = _plain_rule() if lambda_0 == 0 else _compensated_rule(lambda_0, None, 0.0)
-  return _async_transformation(rule, learning_rate, num_workers, mesh, axis_name)
+  rule = _plain_rule() if _is_zero(lambda_0) else _compensated_rule(lambda_0, None, 0.0)
+  return _async_transformation(rule, learning_rate, WorkerLayout(num_workers, mesh, axis_name))
 
 
 def dc_asgd_adaptive(
   learning_rate: ScalarOrSchedule,
-  lambda_0: float = 2.0,
+  lambda_0: Scalar = 2.0,
   *,
   num_workers: int,
-  momentum: float = 0.95,
-  eps: float = 1e-7,
+  momentum: Scalar = 0.95,
+  eps: Scalar = 1e-7,
   mesh: Mesh | None = None,
   axis_name: str = workers_lib.DEFAULT_AXIS,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DC-ASGD-a: delay compensation with an adaptive, elementwise coefficient.
 
-  For each push of worker m, in ``order``:
+  The push rule of :func:`dc_asgd` with :math:`\lambda_0` replaced by the elementwise
+  :math:`\lambda_t`, computed on the server for each push of worker m, in ``order``:
 
   .. math::
-     \mathrm{MS} \leftarrow m\,\mathrm{MS} + (1 - m)\, g_m \odot g_m, \quad
-     \lambda_t = \frac{\lambda_0}{\sqrt{\mathrm{MS} + \epsilon}}, \quad
-     w \leftarrow w - \eta \left( g_m + \lambda_t \odot g_m \odot g_m \odot
-     (w - w_{\rm bak}(m)) \right), \quad w_{\rm bak}(m) \leftarrow w.
+     \mathrm{MS} \leftarrow m\,\mathrm{MS} + (1 - m)\, g_m \odot g_m, \qquad
+     \lambda_t = \frac{\lambda_0}{\sqrt{\mathrm{MS} + \epsilon}}.
 
   ``lambda_0 = 0`` pushes exactly as :func:`async_sgd` (bitwise equal parameters) and
-  still keeps MeanSquare up to date in the state.
+  still keeps MeanSquare up to date in the state (a traced ``lambda_0`` runs the
+  compensated rule, as in :func:`dc_asgd`).
 
   Args:
     learning_rate: :math:`\eta`, a positive constant or a schedule of the round count.
@@ -323,10 +282,10 @@ def dc_asgd_adaptive(
   lambda_0 = check_nonnegative("lambda_0", lambda_0)
   decay = check_unit_interval("momentum", momentum)
   eps = check_positive("eps", eps)
-  if lambda_0 == 0:  # ASGD's push rule; MeanSquare still tracked
-    return _async_transformation(_plain_rule(), learning_rate, num_workers, mesh, axis_name, decay)
-  rule = _compensated_rule(lambda_0, decay, eps)
-  return _async_transformation(rule, learning_rate, num_workers, mesh, axis_name)
+  layout = WorkerLayout(num_workers, mesh, axis_name)
+  if _is_zero(lambda_0):  # ASGD's push rule; MeanSquare still tracked
+    return _async_transformation(_plain_rule(), learning_rate, layout, decay)
+  return _async_transformation(_compensated_rule(lambda_0, decay, eps), learning_rate, layout)
 
 
 def async_sgd(
@@ -360,19 +319,20 @@ def async_sgd(
     >>> dist.centre(state).tolist(), (params + updates)[:, 0].tolist()
     ([0.0], [0.5, 0.0])
   """
-  return _async_transformation(_plain_rule(), learning_rate, num_workers, mesh, axis_name)
+  return _async_transformation(
+    _plain_rule(), learning_rate, WorkerLayout(num_workers, mesh, axis_name)
+  )
 
 
 def _sync_transformation(
-  learning_rate, num_workers, mesh, axis_name, lambda_0: float | None
+  learning_rate, layout: WorkerLayout, lambda_0: Any
 ) -> optax.GradientTransformationExtraArgs:
+  """SSGD (``lambda_0=None``) or supplement H's delay-compensated round (a number)."""
   lr_fn = as_schedule(learning_rate, "learning_rate")
-  num_workers = workers_lib.worker_count(num_workers)
-  workers_lib.check_mesh(mesh, axis_name, num_workers)
+  num_workers = layout.num_workers
 
   def init_fn(params):
-    workers_lib.check_workers(params, num_workers, "params")
-    return SSGDState(count=jnp.zeros([], jnp.int32), centre=workers_lib.first_worker(params))
+    return SSGDState(count=jnp.zeros([], jnp.int32), centre=layout.start(params))
 
   def worker(group, mine, shared):
     count, w = shared
@@ -381,29 +341,23 @@ def _sync_transformation(
       g, x = mine
       mean_g = group.mean(g)  # (1/p) sum_m g_m(w): one all-reduce on a mesh
       w = jax.tree.map(lambda w_, g_: (w_ - lr * g_).astype(w_.dtype), w, mean_g)
-      return difference(w, x), (), w
+      return update_difference(w, x), (), w
     g, x = group.gather(mine)
     w = _dc_sync_round(g, w, lr / num_workers, lambda_0)
-    return (), difference(jax.tree.map(lambda w_, x_: jnp.broadcast_to(w_, x_.shape), w, x), x), w
+    rows = jax.tree.map(lambda w_, x_: jnp.broadcast_to(w_, x_.shape), w, x)
+    return (), update_difference(rows, x), w
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    check_update_args(updates, params, num_workers)
-    mine, rows, server = workers_lib.run_workers(
-      worker,
-      (updates, params),
-      (state.count, state.centre),
-      num_workers=num_workers,
-      mesh=mesh,
-      axis_name=axis_name,
-    )
+    layout.check_update(updates, params)
+    mine, rows, server = layout.run(worker, (updates, params), (state.count, state.centre))
     new_updates = rows if lambda_0 is not None else mine
     return new_updates, SSGDState(count=optax.safe_int32_increment(state.count), centre=server)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _dc_sync_round(grads: Any, w0: Any, step: Array, lambda_0: float) -> Any:
+def _dc_sync_round(grads: Any, w0: Any, step: Array, lambda_0: Any) -> Any:
   """Supplement H: the M local gradients at w_t applied as if sequential, each
   compensated towards the point reached so far (eq. 95), smallest distance first."""
   sq_norms = sum(
@@ -460,12 +414,12 @@ def ssgd(
     >>> dist.centre(state).tolist()
     [0.0]
   """
-  return _sync_transformation(learning_rate, num_workers, mesh, axis_name, None)
+  return _sync_transformation(learning_rate, WorkerLayout(num_workers, mesh, axis_name), None)
 
 
 def dc_ssgd(
   learning_rate: ScalarOrSchedule,
-  lambda_0: float = 0.04,
+  lambda_0: Scalar = 0.04,
   *,
   num_workers: int,
   mesh: Mesh | None = None,
@@ -507,6 +461,5 @@ def dc_ssgd(
     >>> dist.centre(state).tolist()  # g=1 first: w=-0.5; then 2 + 4 * (-0.5) = 0
     [-0.5]
   """
-  return _sync_transformation(
-    learning_rate, num_workers, mesh, axis_name, check_nonnegative("lambda_0", lambda_0)
-  )
+  lambda_0 = check_nonnegative("lambda_0", lambda_0)
+  return _sync_transformation(learning_rate, WorkerLayout(num_workers, mesh, axis_name), lambda_0)

@@ -19,14 +19,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from altmin_jax.core.checks import check_unit_interval
+from altmin_jax.core.trees import update_difference, where_tree
+from altmin_jax.core.types import Array, Scalar, ScalarOrSchedule
 from altmin_jax.distributed import async_sim
 from altmin_jax.distributed import workers as workers_lib
-from altmin_jax.distributed.dc_asgd import check_unit_interval, check_update_args, difference
-from altmin_jax.distributed.easgd import check_period
+from altmin_jax.distributed._common import WorkerLayout, check_period
 from altmin_jax.schedules import as_schedule
-
-Array = jax.Array
-ScalarOrSchedule = float | optax.Schedule
 
 
 class DownpourState(NamedTuple):
@@ -94,15 +93,13 @@ def downpour(
     ([-1.0, -2.0], [-2.0])
   """
   lr_fn = as_schedule(learning_rate, "learning_rate")
-  num_workers = workers_lib.worker_count(num_workers)
+  layout = WorkerLayout(num_workers, mesh, axis_name)
   tau = check_period(communication_period)
-  workers_lib.check_mesh(mesh, axis_name, num_workers)
 
   def init_fn(params):
-    workers_lib.check_workers(params, num_workers, "params")
     return DownpourState(
       count=jnp.zeros([], jnp.int32),
-      centre=workers_lib.first_worker(params),
+      centre=layout.start(params),
       accumulated=jax.tree.map(jnp.zeros_like, params),
     )
 
@@ -123,25 +120,20 @@ def downpour(
     return (
       (),
       (
-        workers_lib.where(communicate, pulled, x),
-        workers_lib.where(communicate, jax.tree.map(jnp.zeros_like, v), v),
+        where_tree(communicate, pulled, x),
+        where_tree(communicate, jax.tree.map(jnp.zeros_like, v), v),
       ),
-      workers_lib.where(communicate, new_c, c),
+      where_tree(communicate, new_c, c),
     )
 
   def update_fn(updates, state, params=None, *, order=None, **extra_args):
     del extra_args
-    check_update_args(updates, params, num_workers)
-    order, _ = async_sim.round_args(order, None, num_workers)
-    _, (new_params, accumulated), c = workers_lib.run_workers(
-      worker,
-      (updates, params, state.accumulated),
-      (state.count, state.centre, order),
-      num_workers=num_workers,
-      mesh=mesh,
-      axis_name=axis_name,
+    layout.check_update(updates, params)
+    order, _ = layout.round_args(order)
+    _, (new_params, accumulated), c = layout.run(
+      worker, (updates, params, state.accumulated), (state.count, state.centre, order)
     )
-    return difference(new_params, params), DownpourState(
+    return update_difference(new_params, params), DownpourState(
       count=optax.safe_int32_increment(state.count), centre=c, accumulated=accumulated
     )
 
@@ -152,7 +144,7 @@ def mdownpour(
   learning_rate: ScalarOrSchedule,
   *,
   num_workers: int,
-  momentum: float = 0.99,
+  momentum: Scalar = 0.99,
   mesh: Mesh | None = None,
   axis_name: str = workers_lib.DEFAULT_AXIS,
 ) -> optax.GradientTransformationExtraArgs:
@@ -191,13 +183,11 @@ def mdownpour(
     ([-0.75], [-1.625])
   """
   lr_fn = as_schedule(learning_rate, "learning_rate")
-  num_workers = workers_lib.worker_count(num_workers)
   delta = check_unit_interval("momentum", momentum)
-  workers_lib.check_mesh(mesh, axis_name, num_workers)
+  layout = WorkerLayout(num_workers, mesh, axis_name)
 
   def init_fn(params):
-    workers_lib.check_workers(params, num_workers, "params")
-    c = workers_lib.first_worker(params)
+    c = layout.start(params)
     return MDownpourState(
       count=jnp.zeros([], jnp.int32), centre=c, velocity=jax.tree.map(jnp.zeros_like, c)
     )
@@ -215,19 +205,14 @@ def mdownpour(
 
     (c, velocity), pulled = async_sim.apply_in_order(push, (c, velocity), g, order, active)
     new_x = workers_lib.where_rows(active, pulled, x)
-    return (), difference(new_x, x), (c, velocity)
+    return (), update_difference(new_x, x), (c, velocity)
 
   def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
-    check_update_args(updates, params, num_workers)
-    order, active = async_sim.round_args(order, active, num_workers)
-    _, new_updates, (c, velocity) = workers_lib.run_workers(
-      worker,
-      (updates, params),
-      (state.count, state.centre, state.velocity, order, active),
-      num_workers=num_workers,
-      mesh=mesh,
-      axis_name=axis_name,
+    layout.check_update(updates, params)
+    order, active = layout.round_args(order, active)
+    _, new_updates, (c, velocity) = layout.run(
+      worker, (updates, params), (state.count, state.centre, state.velocity, order, active)
     )
     return new_updates, MDownpourState(
       count=optax.safe_int32_increment(state.count), centre=c, velocity=velocity

@@ -1,23 +1,17 @@
 r"""Elastic averaging SGD: synchronous EASGD, asynchronous EASGD and EAMSGD.
 
-Zhang, Choromanska, LeCun, "Deep learning with Elastic Averaging SGD", NeurIPS 2015
-(supplement in ``papers/004``).
+Zhang, Choromanska, LeCun, "Deep learning with Elastic Averaging SGD", NeurIPS 2015,
+and its supplement.
 
 p local workers :math:`x^i` explore while an elastic force of strength :math:`\rho`
-links them to a centre variable :math:`\tilde x`, the model to evaluate. With the moving
-rate :math:`\alpha = \eta\rho` and :math:`\beta = p\alpha` the synchronous update is
-(eqs. 5-6)
-
-.. math::
-   x^i_{t+1} = x^i_t - \eta\, g^i_t(x^i_t) - \alpha (x^i_t - \tilde x_t), \qquad
-   \tilde x_{t+1} = (1 - \beta)\, \tilde x_t + \beta\, \frac1p \sum_{i=1}^p x^i_t.
-
-The asynchronous variants (Algorithms 1-2) exchange with the centre every
-:math:`\tau` local steps, *before* the local gradient step, and take the gradient at the
-pre-exchange point. Here all workers step in lockstep (one ``update`` = one local step of
-every worker) and the exchanges of a communication step are applied one worker at a
-time in the fixed order ``order`` (round-robin by default), each seeing the centre left
-by the previous one.
+links them to a centre variable :math:`\tilde x`, the model to evaluate; :func:`easgd`
+writes the synchronous update (eqs. 5-6) and its moving rate :math:`\alpha`. The
+asynchronous variants (:func:`async_easgd`, Algorithm 1; :func:`eamsgd`, Algorithm 2)
+exchange with the centre every :math:`\tau` local steps, *before* the local gradient
+step, and take the gradient at the pre-exchange point. Here all workers step in
+lockstep (one ``update`` = one local step of every worker) and the exchanges of a
+communication step are applied one worker at a time in the fixed order ``order``
+(round-robin by default), each seeing the centre left by the previous one.
 
 **How the p workers are passed** (see :mod:`altmin_jax.distributed.workers`): ``params``
 and ``grads`` carry a leading worker axis (``params[i]`` is :math:`x^i`, ``grads[i]`` the
@@ -34,7 +28,6 @@ centre converges iff :math:`-1 < \phi < \gamma < 1`, i.e. iff :math:`\eta, \beta
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -42,13 +35,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from altmin_jax.core.checks import check_unit_interval
+from altmin_jax.core.trees import update_difference, where_tree
+from altmin_jax.core.types import Array, Scalar, ScalarOrSchedule
 from altmin_jax.distributed import async_sim
 from altmin_jax.distributed import workers as workers_lib
-from altmin_jax.distributed.dc_asgd import check_unit_interval, check_update_args, difference
+from altmin_jax.distributed._common import WorkerLayout, check_period, moving_rate
 from altmin_jax.schedules import as_schedule
-
-Array = jax.Array
-ScalarOrSchedule = float | optax.Schedule
 
 
 class EASGDState(NamedTuple):
@@ -66,32 +59,6 @@ class EAMSGDState(NamedTuple):
   velocity: Any  # leading worker axis: v^i, the local Nesterov momentum
 
 
-def moving_rate(beta: Any, rho: Any, num_workers: int):
-  """``alpha(lr)``: ``beta / p`` (default ``beta = 0.9``), or ``lr * rho`` when ``rho`` is
-  given (then ``beta = p * alpha``)."""
-  if rho is not None:
-    if beta is not None:
-      raise ValueError(f"give beta or rho, not both: beta={beta!r}, rho={rho!r}")
-    ok = isinstance(rho, (int, float)) and not isinstance(rho, bool)
-    if not (ok and rho > 0 and math.isfinite(rho)):
-      raise ValueError(f"rho must be a positive finite number, got rho={rho!r}")
-    return lambda lr: lr * rho
-  beta = 0.9 if beta is None else beta
-  ok = isinstance(beta, (int, float)) and not isinstance(beta, bool)
-  if not (ok and 0 < beta < 2):
-    # beta >= 2 violates eq. 17 for every learning rate.
-    raise ValueError(f"beta must lie in (0, 2), got beta={beta!r}")
-  return lambda lr: jnp.float32(beta / num_workers)
-
-
-def check_period(value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(
-      f"communication_period must be a positive integer, got communication_period={value!r}"
-    )
-  return value
-
-
 def _scaled(a, tree):
   return jax.tree.map(lambda x: a * x, tree)
 
@@ -100,8 +67,8 @@ def easgd(
   learning_rate: ScalarOrSchedule,
   *,
   num_workers: int,
-  beta: float | None = None,
-  rho: float | None = None,
+  beta: Scalar | None = None,
+  rho: Scalar | None = None,
   communication_period: int = 1,
   mesh: Mesh | None = None,
   axis_name: str = workers_lib.DEFAULT_AXIS,
@@ -148,14 +115,13 @@ def easgd(
     True
   """
   lr_fn = as_schedule(learning_rate, "learning_rate")
-  num_workers = workers_lib.worker_count(num_workers)
+  layout = WorkerLayout(num_workers, mesh, axis_name)
+  num_workers = layout.num_workers
   alpha_fn = moving_rate(beta, rho, num_workers)
   tau = check_period(communication_period)
-  workers_lib.check_mesh(mesh, axis_name, num_workers)
 
   def init_fn(params):
-    workers_lib.check_workers(params, num_workers, "params")
-    return EASGDState(count=jnp.zeros([], jnp.int32), centre=workers_lib.first_worker(params))
+    return EASGDState(count=jnp.zeros([], jnp.int32), centre=layout.start(params))
 
   def worker(group, mine, shared):
     g, x = mine
@@ -173,19 +139,12 @@ def easgd(
     new_c = jax.tree.map(
       lambda c_, m_: ((1.0 - b) * c_ + b * m_).astype(c_.dtype), c, mean_x
     )  # eq. 6
-    return difference(new_x, x), (), new_c
+    return update_difference(new_x, x), (), new_c
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    check_update_args(updates, params, num_workers)
-    new_updates, _, c = workers_lib.run_workers(
-      worker,
-      (updates, params),
-      (state.count, state.centre),
-      num_workers=num_workers,
-      mesh=mesh,
-      axis_name=axis_name,
-    )
+    layout.check_update(updates, params)
+    new_updates, _, c = layout.run(worker, (updates, params), (state.count, state.centre))
     return new_updates, EASGDState(count=optax.safe_int32_increment(state.count), centre=c)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -205,7 +164,7 @@ def _elastic_exchange(x, c, alpha, order, exchange):
     return c, diff
 
   new_c, diffs = async_sim.apply_in_order(push, c, x, order)
-  new_c = workers_lib.where(exchange, new_c, c)
+  new_c = where_tree(exchange, new_c, c)
   a = jnp.where(exchange, alpha, 0.0)
   return _scaled(a, diffs), new_c
 
@@ -214,8 +173,8 @@ def async_easgd(
   learning_rate: ScalarOrSchedule,
   *,
   num_workers: int,
-  beta: float | None = None,
-  rho: float | None = None,
+  beta: Scalar | None = None,
+  rho: Scalar | None = None,
   communication_period: int = 1,
   mesh: Mesh | None = None,
   axis_name: str = workers_lib.DEFAULT_AXIS,
@@ -260,21 +219,20 @@ def eamsgd(
   learning_rate: ScalarOrSchedule,
   *,
   num_workers: int,
-  momentum: float = 0.99,
-  beta: float | None = None,
-  rho: float | None = None,
+  momentum: Scalar = 0.99,
+  beta: Scalar | None = None,
+  rho: Scalar | None = None,
   communication_period: int = 1,
   mesh: Mesh | None = None,
   axis_name: str = workers_lib.DEFAULT_AXIS,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EAMSGD (Algorithm 2): asynchronous EASGD with local Nesterov momentum :math:`\delta`.
 
-  Worker i at its clock t, with :math:`x = x^i` the pre-exchange point:
+  Worker i at its clock t, with :math:`x = x^i` the pre-exchange point: if
+  :math:`\tau \mid t`, the elastic exchange of :func:`async_easgd`; then
 
   .. math::
-     \text{if } \tau \mid t:\ x^i \leftarrow x^i - \alpha (x - \tilde x),\
-     \tilde x \leftarrow \tilde x + \alpha (x - \tilde x); \quad
-     v^i \leftarrow \delta v^i - \eta\, g^i(x + \delta v^i); \quad
+     v^i \leftarrow \delta v^i - \eta\, g^i(x + \delta v^i), \qquad
      x^i \leftarrow x^i + v^i.
 
   The gradient is taken at the look-ahead point :math:`x + \delta v^i`, so ``params``
@@ -311,16 +269,15 @@ def eamsgd(
 
 
 def _async_elastic(learning_rate, num_workers, beta, rho, period, delta, mesh, axis_name):
+  """Algorithm 1 (``delta=None``) or Algorithm 2 (local momentum ``delta``)."""
   lr_fn = as_schedule(learning_rate, "learning_rate")
-  num_workers = workers_lib.worker_count(num_workers)
-  alpha_fn = moving_rate(beta, rho, num_workers)
+  layout = WorkerLayout(num_workers, mesh, axis_name)
+  alpha_fn = moving_rate(beta, rho, layout.num_workers)
   tau = check_period(period)
-  workers_lib.check_mesh(mesh, axis_name, num_workers)
 
   def init_fn(params):
-    workers_lib.check_workers(params, num_workers, "params")
     count = jnp.zeros([], jnp.int32)
-    c = workers_lib.first_worker(params)
+    c = layout.start(params)
     if delta is None:
       return EASGDState(count=count, centre=c)
     return EAMSGDState(count=count, centre=c, velocity=jax.tree.map(jnp.zeros_like, params))
@@ -338,24 +295,19 @@ def _async_elastic(learning_rate, num_workers, beta, rho, period, delta, mesh, a
     x = jax.tree.map(lambda x_, e: x_ - e, x, elastic)  # x^i - alpha (x - x~)
     if delta is None:
       new_y = jax.tree.map(lambda x_, g_, y_: (x_ - lr * g_).astype(y_.dtype), x, g, y)
-      return (), (difference(new_y, y), v), c
+      return (), (update_difference(new_y, y), v), c
     v = jax.tree.map(lambda v_, g_: (delta * v_ - lr * g_).astype(v_.dtype), v, g)
     new_x = jax.tree.map(lambda x_, v_: x_ + v_, x, v)  # x^i + v^i
     new_y = jax.tree.map(lambda x_, v_, y_: (x_ + delta * v_).astype(y_.dtype), new_x, v, y)
-    return (), (difference(new_y, y), v), c
+    return (), (update_difference(new_y, y), v), c
 
   def update_fn(updates, state, params=None, *, order=None, **extra_args):
     del extra_args
-    check_update_args(updates, params, num_workers)
-    order, _ = async_sim.round_args(order, None, num_workers)
+    layout.check_update(updates, params)
+    order, _ = layout.round_args(order)
     velocity = params if delta is None else state.velocity  # placeholder when unused
-    _, (new_updates, velocity), c = workers_lib.run_workers(
-      worker,
-      (updates, params, velocity),
-      (state.count, state.centre, order),
-      num_workers=num_workers,
-      mesh=mesh,
-      axis_name=axis_name,
+    _, (new_updates, velocity), c = layout.run(
+      worker, (updates, params, velocity), (state.count, state.centre, order)
     )
     count = optax.safe_int32_increment(state.count)
     if delta is None:

@@ -38,14 +38,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-Array = jax.Array
+from altmin_jax.core import meshes
+from altmin_jax.core.checks import check_int
+from altmin_jax.core.types import Array
 
-DEFAULT_AXIS = "workers"
+DEFAULT_AXIS = meshes.WORKER_AXIS
 _LOCAL_AXIS = "_local_workers"
 
 
@@ -123,54 +124,14 @@ def take(tree: Any, i) -> Any:
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def first_worker(tree: Any) -> Any:
-  """Worker 0's row of every leaf (the centre's starting point), also when the worker
-  axis is sharded over a mesh axis of explicit type (slicing it needs a reshard)."""
-
-  def one(x):
-    x = jnp.asarray(x)
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    spec = getattr(sharding, "spec", ())
-    if spec and spec[0] is not None and not sharding.mesh.empty:
-      x = jax.sharding.reshard(x, NamedSharding(sharding.mesh, P()))
-    return x[0]
-
-  return jax.tree.map(one, tree)
-
-
-def where(flag, on_true: Any, on_false: Any) -> Any:
-  """Leafwise ``jnp.where(flag, a, b)`` keeping the dtype of ``on_false``."""
-  return jax.tree.map(lambda a, b: jnp.where(flag, a, b).astype(b.dtype), on_true, on_false)
-
-
 # -------------------------------------------------------------- execution modes
 
 
 def check_mesh(mesh: Mesh | None, axis_name: str, num_workers: int) -> None:
-  """Validates a mesh for ``num_workers`` workers on its axis ``axis_name``."""
-  if mesh is None:
-    return
-  if not isinstance(mesh, Mesh):
-    raise ValueError(f"mesh must be a jax.sharding.Mesh or None, got mesh={mesh!r}")
-  if axis_name not in mesh.axis_names:
-    raise ValueError(
-      f"mesh has no axis axis_name={axis_name!r}; its axes are {tuple(mesh.axis_names)}"
-    )
-  size = mesh.shape[axis_name]
-  if num_workers % size:
-    raise ValueError(
-      f"num_workers={num_workers!r} must be a multiple of the mesh axis size "
-      f"{axis_name}={size} (each device holds the same number of workers)"
-    )
-
-
-def _constrain(x, sharding: NamedSharding):
-  if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
-    x = jnp.asarray(x)
-  axis_types = getattr(sharding.mesh, "axis_types", ())
-  if axis_types and all(t == jax.sharding.AxisType.Explicit for t in axis_types):
-    return jax.sharding.reshard(x, sharding)
-  return lax.with_sharding_constraint(x, sharding)
+  """Validates ``mesh`` for ``num_workers`` workers on its axis ``axis_name`` (``None``,
+  the stacked mode, needs nothing): :func:`altmin_jax.core.meshes.check_mesh`."""
+  if mesh is not None:
+    meshes.check_mesh(mesh, axis_name, count=num_workers, what="num_workers")
 
 
 def run_workers(
@@ -218,8 +179,8 @@ def run_workers(
   block = num_workers // mesh.shape[axis_name]
   worker_sharding = NamedSharding(mesh, P(axis_name))
   shared_sharding = NamedSharding(mesh, P())
-  per_worker = jax.tree.map(lambda x: _constrain(x, worker_sharding), per_worker)
-  shared = jax.tree.map(lambda x: _constrain(x, shared_sharding), shared)
+  per_worker = jax.tree.map(lambda x: meshes.constrain(x, worker_sharding), per_worker)
+  shared = jax.tree.map(lambda x: meshes.constrain(x, shared_sharding), shared)
 
   def on_device(w, s):
     mine, rows, out = jax.vmap(
@@ -267,43 +228,8 @@ def replicate(params: Any, num_workers: int) -> Any:
     >>> replicate({"w": jnp.ones(3)}, 4)["w"].shape
     (4, 3)
   """
-  if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-    raise ValueError(f"num_workers must be a positive integer, got num_workers={num_workers!r}")
+  num_workers = check_int("num_workers", num_workers, 1)
   return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_workers, *jnp.shape(x))), params)
-
-
-def check_workers(tree: Any, num_workers: int, name: str = "params") -> None:
-  """Raises ``ValueError`` (mentioning "shape") unless every leaf of ``tree`` has a
-  leading worker axis of size ``num_workers``; checked from static shapes."""
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    shape = jnp.shape(leaf)
-    if not shape or shape[0] != num_workers:
-      raise ValueError(
-        f"{name}{jax.tree_util.keystr(path)} has shape {shape}; p-worker methods take a "
-        f"leading worker axis of size num_workers={num_workers} (see "
-        "altmin_jax.distributed.replicate)"
-      )
-
-
-def check_like(grads: Any, params: Any, name: str = "grads") -> None:
-  """Raises ``ValueError`` (mentioning "shape") unless ``grads`` matches ``params``."""
-  if grads is None:
-    raise ValueError(f"this method needs gradients: {name} is None")
-  if jax.tree.structure(grads) != jax.tree.structure(params):
-    raise ValueError(
-      f"{name} must have the structure of params: {jax.tree.structure(grads)} vs "
-      f"{jax.tree.structure(params)} (shape check)"
-    )
-  for path, g, p in zip(
-    [k for k, _ in jax.tree_util.tree_leaves_with_path(params)],
-    jax.tree.leaves(grads),
-    jax.tree.leaves(params),
-  ):
-    if jnp.shape(g) != jnp.shape(p):
-      raise ValueError(
-        f"{name}{jax.tree_util.keystr(path)} has shape {jnp.shape(g)} but params has "
-        f"shape {jnp.shape(p)}"
-      )
 
 
 def centre(state: Any) -> Any:
@@ -351,18 +277,20 @@ def _find_centre(state: Any):
 
 def worker_mesh(num_devices: int | None = None, axis_name: str = DEFAULT_AXIS) -> Mesh:
   """A 1-D mesh over the first ``num_devices`` of ``jax.devices()`` (all by default;
-  across processes after :func:`initialize_multiprocess`), axis named ``axis_name``."""
-  devices = jax.devices()
-  n = len(devices) if num_devices is None else num_devices
-  if not 1 <= n <= len(devices):
-    raise ValueError(f"num_devices={num_devices!r} but {len(devices)} devices are visible")
-  return Mesh(np.asarray(devices[:n]), (axis_name,))
+  across processes after :func:`initialize_multiprocess`), axis named ``axis_name``
+  (:func:`altmin_jax.core.meshes.make_mesh`)."""
+  return meshes.make_mesh(num_devices, axis_name, explicit=False, what="num_devices")
 
 
 def shard_workers(tree: Any, mesh: Mesh, axis_name: str = DEFAULT_AXIS) -> Any:
   """Places stacked per-worker arrays with their leading axis sharded over ``axis_name``
   (single process; in several processes use :func:`global_workers`)."""
-  return jax.device_put(tree, NamedSharding(mesh, P(axis_name)))
+
+  def one(x):
+    sharding = NamedSharding(mesh, meshes.leading_spec(jnp.ndim(x), axis_name))
+    return meshes.place(x, sharding)
+
+  return jax.tree.map(one, tree)
 
 
 # ------------------------------------------------------------------ multi-process
@@ -387,8 +315,8 @@ def initialize_multiprocess(
     process_id: this process's rank in ``[0, num_processes)``.
     cpu_collectives: CPU collectives implementation or ``None``.
   """
-  if not 0 <= process_id < num_processes:
-    raise ValueError(f"process_id={process_id!r} must lie in [0, num_processes={num_processes})")
+  num_processes = check_int("num_processes", num_processes, 1)
+  process_id = check_int("process_id", process_id, 0, num_processes - 1)
   if cpu_collectives is not None:
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
   jax.distributed.initialize(
@@ -400,31 +328,19 @@ def global_workers(local_tree: Any, mesh: Mesh, axis_name: str = DEFAULT_AXIS) -
   """Builds global stacked arrays from this process's block of workers.
 
   Each process passes the rows of the workers that live on its devices (process k of n
-  holds rows ``k * p/n ... (k+1) * p/n - 1`` for a mesh built by :func:`worker_mesh`);
-  the result has a leading axis of size p sharded over ``axis_name``
-  (``jax.make_array_from_process_local_data``).
+  holds rows ``k * p/n ... (k+1) * p/n - 1`` for a mesh built by :func:`worker_mesh`;
+  :func:`process_rows` lists them); the result has a leading axis of size p sharded over
+  ``axis_name`` (``jax.make_array_from_process_local_data``).
   """
-  sharding = NamedSharding(mesh, P(axis_name))
-  return jax.tree.map(
-    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_tree
-  )
+  return meshes.from_process_local(local_tree, mesh, axis_name)
+
+
+fetch = meshes.fetch  # NumPy copies of global arrays, the same on every process
 
 
 def global_replicated(tree: Any, mesh: Mesh) -> Any:
   """Builds global replicated arrays from the same value on every process."""
-  sharding = NamedSharding(mesh, P())
-  return jax.tree.map(
-    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
-  )
-
-
-def fetch(tree: Any) -> Any:
-  """NumPy copies of (possibly multi-process) global arrays, the same on every process."""
-  from jax.experimental import multihost_utils
-
-  if jax.process_count() == 1:
-    return jax.tree.map(np.asarray, tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
+  return meshes.from_process_local(tree, mesh, None)
 
 
 def num_local_workers(num_workers: int, mesh: Mesh, axis_name: str = DEFAULT_AXIS) -> int:
@@ -442,10 +358,3 @@ def process_rows(num_workers: int, mesh: Mesh, axis_name: str = DEFAULT_AXIS) ->
     if device.process_index == jax.process_index():
       rows.extend(range(d * per_device, (d + 1) * per_device))
   return rows
-
-
-def worker_count(num_workers: Any) -> int:
-  """Validates ``num_workers`` (a positive int) and returns it."""
-  if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-    raise ValueError(f"num_workers must be a positive integer, got num_workers={num_workers!r}")
-  return num_workers

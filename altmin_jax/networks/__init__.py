@@ -1,4 +1,5 @@
-"""Layered networks: the chain-of-stages view that AM and SM optimise (SPEC section 3)."""
+"""Layered networks: the chain-of-stages view that AM and SM optimise (Choromanska et al.
+2019, sec. 2)."""
 
 from altmin_jax.networks.binary import binary_mlp, sign_activation, sign_ste, sign_tanh
 from altmin_jax.networks.builders import dense_stage, mlp

@@ -1,6 +1,6 @@
 """The layered network abstraction shared by alternating and surrogate minimization.
 
-A network is a chain of stages (SPEC section 3)::
+A network is a chain of stages (Choromanska et al. 2019, sec. 2)::
 
     a^0 = x;   c^l = f_l(W^l, a^{l-1});   a^l = sigma_l(c^l)   (l = 1..L);
     logits = f_{L+1}(W^{L+1}, a^L)

@@ -9,14 +9,14 @@ activations and max pooling as in the AM paper's experiments::
     relu -> dense 84 -> c^4 (84,)
     relu -> dense 10 -> logits
 
-The four codes (SPEC section 4) are the convolution outputs *before* the activation
-and the pooling, then the two hidden dense layers' pre-activations. The activation
-``sigma_l`` of every stage is elementwise; the 2x2 max pooling (and the flattening)
-belong to the *next* stage's input map, so stage 2 computes ``conv(pool(a^1))`` and
-stage 3 ``dense(flatten(pool(a^2)))``. The composition ``f_{l+1}(W, sigma_l(c))`` that
-the code and weight subproblems see is the same either way; keeping ``sigma``
-elementwise keeps the code subproblems' curvature local and lets a non-differentiable
-activation's surrogate derivative act entry by entry.
+The four codes (one per hidden stage, AM paper sec. 2) are the convolution outputs
+*before* the activation and the pooling, then the two hidden dense layers'
+pre-activations. The activation ``sigma_l`` of every stage is elementwise; the 2x2 max
+pooling (and the flattening) belong to the *next* stage's input map, so stage 2 computes
+``conv(pool(a^1))`` and stage 3 ``dense(flatten(pool(a^2)))``. The composition
+``f_{l+1}(W, sigma_l(c))`` that the code and weight subproblems see is the same either
+way; keeping ``sigma`` elementwise keeps the code subproblems' curvature local and lets
+a non-differentiable activation's surrogate derivative act entry by entry.
 
 The first convolution pads by 2 ("SAME"), which is the classic LeNet-5 on 32x32
 inputs applied to 28x28 MNIST (400 features after the second pooling).

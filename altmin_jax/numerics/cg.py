@@ -109,4 +109,3 @@ def conjugate_gradient(
   )
   k, _, neg, x, Ax, *_ = jax.lax.while_loop(cond, body, init)
   return CGResult(x=x, Ax=Ax, iterations=k, negative_curvature=neg)
-

@@ -227,19 +227,37 @@ def top_eigenvalue(matvec: MatVec, v0: PyTree, steps: int, *, per_sample: bool =
   return jnp.max(res.ritz + res.residual)
 
 
+def _masked_index(padded_shape: tuple[int, ...], real_shape: tuple):
+  """Row-major index of every entry within ``real_shape`` (entries may be traced), a mask
+  of the entries inside it, and its size."""
+  idx = jnp.zeros(padded_shape, jnp.int32)
+  mask = jnp.ones(padded_shape, bool)
+  stride = jnp.ones([], jnp.int32)
+  for d in reversed(range(len(padded_shape))):
+    i = jax.lax.broadcasted_iota(jnp.int32, padded_shape, d)
+    idx = idx + i * stride
+    mask = mask & (i < real_shape[d])
+    stride = stride * real_shape[d]
+  return idx, mask, stride
 
-def start_vector(seed: int, like: PyTree) -> PyTree:
+
+def start_vector(seed, like: PyTree, real_shapes=None) -> PyTree:
   """A fixed, dense start vector for :func:`lanczos`, shaped like ``like``.
 
-  ``cos(golden-angle * k + seed)`` over the flattened entries: deterministic, cheap to
-  compile (no PRNG), and not orthogonal to any eigenvector in practice.
+  ``cos(golden-angle * k + seed)`` over the row-major flattened entries ``k`` of the
+  leaves in flatten order: deterministic, cheap to compile (no PRNG), and not orthogonal
+  to any eigenvector in practice. With ``real_shapes`` (one shape per leaf, entries may be
+  traced) each leaf is a zero-padded copy of a smaller array: the vector is that of the
+  unpadded pytree on its entries and zero on the padding, so that padded operators follow
+  the unpadded iterates exactly.
   """
   leaves, treedef = jax.tree.flatten(like)
-  out, offset = [], 0
-  for a in leaves:
+  shapes = [jnp.shape(a) for a in leaves] if real_shapes is None else list(real_shapes)
+  out, offset = [], jnp.zeros([], jnp.int32)
+  for a, real in zip(leaves, shapes):
     a = jnp.asarray(a)
-    k = jnp.arange(a.size, dtype=a.dtype) + offset
-    out.append(jnp.cos(GOLDEN_ANGLE * k + seed).reshape(a.shape))
-    offset += a.size
+    idx, mask, size = _masked_index(a.shape, tuple(real))
+    k = (idx + offset).astype(a.dtype)
+    out.append(jnp.where(mask, jnp.cos(GOLDEN_ANGLE * k + seed), 0.0).astype(a.dtype))
+    offset = offset + size
   return jax.tree.unflatten(treedef, out)
-

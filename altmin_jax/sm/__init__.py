@@ -1,6 +1,7 @@
 """Surrogate minimization (Asad et al.) and its baselines: GD+Armijo, CGBlock, SSO, DDG."""
 
-from altmin_jax.sm import local_losses, solvers
+from altmin_jax import numerics as solvers  # the inner solvers, kept under their old name
+from altmin_jax.sm import local_losses, pipeline, schedule_model
 from altmin_jax.sm.baselines import (
   CGBlockState,
   DDGState,
@@ -11,6 +12,7 @@ from altmin_jax.sm.baselines import (
   gd_armijo,
   sso,
 )
+from altmin_jax.sm.local_losses import SMOptions
 from altmin_jax.sm.pipeline import (
   PipelineParams,
   pipeline_mesh,
@@ -28,6 +30,7 @@ __all__ = [
   "Durations",
   "GDArmijoState",
   "PipelineParams",
+  "SMOptions",
   "SMState",
   "SSOState",
   "cg_block",

@@ -47,6 +47,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from altmin_jax.core import checks
+
 METHODS = ("gd", "sm")
 
 
@@ -140,17 +142,7 @@ def _per_stage(name: str, value: Any, S: int) -> tuple[float, ...]:
   values = tuple(value) if isinstance(value, Sequence) else (value,) * S
   if len(values) != S:
     raise ValueError(f"durations.{name} has {len(values)} entries for {S} stages")
-  for v in values:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-    if not ok:
-      raise ValueError(f"durations.{name} must be finite numbers >= 0, got {name}={value!r}")
-  return tuple(float(v) for v in values)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-  return value
+  return tuple(checks.check_nonnegative(f"durations.{name}", v) for v in values)
 
 
 class _Timeline:
@@ -252,10 +244,10 @@ def gpipe_schedule(
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
-  S = _check_int("num_stages", num_stages, 1)
-  M = _check_int("num_microbatches", num_microbatches, 1)
-  N = _check_int("inner_steps", inner_steps, 1)
-  r = _check_int("line_search_trials", line_search_trials, 0)
+  S = checks.check_int("num_stages", num_stages, 1)
+  M = checks.check_int("num_microbatches", num_microbatches, 1)
+  N = checks.check_int("inner_steps", inner_steps, 1)
+  r = checks.check_int("line_search_trials", line_search_trials, 0)
   if not isinstance(durations, Durations):
     raise ValueError(f"durations must be a Durations, got durations={durations!r}")
   if fill and method == "sm":

@@ -6,7 +6,7 @@ Options: ``500``, ``zoom`` (the first 250 minibatches, Figure 3), ``smoke``. The
 Taylor ADMM on CIFAR-10. Learning rates as in ``am_fc_mnist.py`` (Table 2).
 """
 
-from experiments.configs import am_fc_mnist, common
+from experiments.configs import common
 
 TABLE_2 = {
   100: {
@@ -35,9 +35,9 @@ def get_config(arg: str | None = None):
   config = common.am_fc(
     dataset="cifar10",
     hidden=(width, width),
-    methods=am_fc_mnist.methods_from_table(TABLE_2[width]),
+    methods=common.am_fc_methods(TABLE_2[width]),
     method_list=(
-      am_fc_mnist.ONLINE if zoom else (*am_fc_mnist.ONLINE, "am_adam_offline", "am_mem_offline")
+      common.AM_FC_ONLINE if zoom else (*common.AM_FC_ONLINE, "am_adam_offline", "am_mem_offline")
     ),
     epochs=1 if zoom else 50,
     zoom_batches=250 if zoom else 0,

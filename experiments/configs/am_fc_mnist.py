@@ -33,19 +33,6 @@ TABLE_1 = {  # hidden units -> method -> lr (Taylor: gamma_prod, gamma_nonlin)
     "admm": (444.2, 111.7),
   },
 }
-ONLINE = ("am_adam", "am_mem", "sgd", "adam")
-OFFLINE = ("am_adam_offline", "am_mem_offline", "admm")
-
-
-def methods_from_table(table: dict) -> dict:
-  methods = {"adam": {"lr": table["adam"]}, "sgd": {"lr": table["sgd"]}}
-  for name in ("am_adam", "am_mem", "am_adam_offline", "am_mem_offline"):
-    if name in table:
-      methods[name] = common.am_method(output_lr=table[name])
-  if "admm" in table:
-    gamma_prod, gamma_nonlin = table["admm"]
-    methods["admm"] = {"gamma_prod": gamma_prod, "gamma_nonlin": gamma_nonlin, "warm_start": 10}
-  return methods
 
 
 def get_config(arg: str | None = None):
@@ -55,8 +42,8 @@ def get_config(arg: str | None = None):
   config = common.am_fc(
     dataset="bundled_mnist" if "bundled" in options else "mnist",
     hidden=(width, width),
-    methods=methods_from_table(TABLE_1[width]),
-    method_list=ONLINE if zoom else ONLINE + OFFLINE,
+    methods=common.am_fc_methods(TABLE_1[width]),
+    method_list=common.AM_FC_ONLINE if zoom else common.AM_FC_ONLINE + common.AM_FC_OFFLINE,
     epochs=1 if zoom else 50,
     zoom_batches=50 if zoom else 0,
   )

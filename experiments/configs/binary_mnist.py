@@ -14,11 +14,10 @@ reaching DTP's and the STE's 0.2 error mark in under 20 epochs; 20 epochs here. 
 """
 
 from experiments.configs import common
-from experiments.runners import am_arch
 
 
 def am(surrogate: str):
-  return am_arch.am_adam_method(
+  return common.am_arch_method(
     weight_lr=5e-4,
     code_lr=0.01,
     code_steps=5,
@@ -32,7 +31,7 @@ def am(surrogate: str):
 
 def get_config(arg: str | None = None):
   options = common.parse_arg(arg, {"smoke", "bundled"})
-  config = am_arch.arch_config(
+  config = common.am_arch(
     architecture="binary_mlp",
     dataset="bundled_mnist" if "bundled" in options else "mnist",
     hidden=(500, 500),
@@ -45,4 +44,4 @@ def get_config(arg: str | None = None):
     batch_size=200,
     epochs=20,
   )
-  return am_arch.smoke(config) if "smoke" in options else config
+  return common.am_arch_smoke(config) if "smoke" in options else config

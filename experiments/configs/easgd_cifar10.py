@@ -1,7 +1,7 @@
 """EASGD paper, CIFAR-10 (Figures 2-3, supplement section 9; issue 7, requirement 6).
 
-The 7-layer convnet (``ConvNet7`` in ``experiments/runners/distributed.py``, after the
-paper's description), p local workers, communication period tau, minibatches of 128 per
+The 7-layer convnet (``ConvNet7`` in ``experiments/models.py``, after the paper's
+description), p local workers, communication period tau, minibatches of 128 per
 worker. From the supplement (``papers/004``):
 
 * section 9.1, data: pixels re-scaled to [0, 1] (``normalization = "none"``, no mean or
@@ -28,7 +28,6 @@ data, a narrow net, a few rounds).
 from __future__ import annotations
 
 from experiments.configs import common
-from experiments.configs.distributed_mnist import base_config, run_spec, smoke
 
 WORKERS = (4, 8, 16)
 PERIODS = (1, 4, 16, 64)
@@ -49,18 +48,20 @@ TABLE_1 = {  # supplement Table 1: the middle of each method's explored learning
 def runs_for(p: int, tau: int) -> dict:
   lr = TABLE_1
   return {
-    f"easgd_p{p}_tau{tau}": run_spec(
+    f"easgd_p{p}_tau{tau}": common.run_spec(
       "async_easgd", lr["async_easgd"], p, beta=0.9, communication_period=tau
     ),
-    f"eamsgd_p{p}_tau{tau}": run_spec(
+    f"eamsgd_p{p}_tau{tau}": common.run_spec(
       "eamsgd", lr["eamsgd"], p, beta=0.9, momentum=0.99, communication_period=tau
     ),
-    f"downpour_p{p}_tau{tau}": run_spec("downpour", lr["downpour"], p, communication_period=tau),
-    f"mdownpour_p{p}": run_spec("mdownpour", lr["mdownpour"], p, momentum=0.99),
-    "sgd": run_spec("sgd", lr["sgd"]),
-    "averaged_sgd": run_spec("averaged_sgd", lr["averaged_sgd"]),
-    "mvasgd": run_spec("mvasgd", lr["mvasgd"], moving_rate=0.001),
-    "msgd": run_spec("msgd", lr["msgd"], momentum=0.99),
+    f"downpour_p{p}_tau{tau}": common.run_spec(
+      "downpour", lr["downpour"], p, communication_period=tau
+    ),
+    f"mdownpour_p{p}": common.run_spec("mdownpour", lr["mdownpour"], p, momentum=0.99),
+    "sgd": common.run_spec("sgd", lr["sgd"]),
+    "averaged_sgd": common.run_spec("averaged_sgd", lr["averaged_sgd"]),
+    "mvasgd": common.run_spec("mvasgd", lr["mvasgd"], moving_rate=0.001),
+    "msgd": common.run_spec("msgd", lr["msgd"], momentum=0.99),
   }
 
 
@@ -69,12 +70,14 @@ def get_config(arg: str | None = None):
   options = common.parse_arg(arg, allowed)
   p = next((int(o[2:]) for o in options if o.startswith("p=")), 4)
   tau = next((int(o[4:]) for o in options if o.startswith("tau=")), 4)
-  config = base_config(dataset="cifar10", model="convnet7", runs=runs_for(p, tau), rounds=20000)
+  config = common.distributed(
+    dataset="cifar10", model="convnet7", runs=runs_for(p, tau), rounds=20000
+  )
   config.seeds = (0,)
   config.normalization = "none"
   config.crop = CROP
   if "smoke" in options:
-    config = smoke(config)
+    config = common.distributed_smoke(config)
     config.mock_data = 64
     config.width = 8
     config.run_list = (f"eamsgd_p{p}_tau{tau}", "sgd")

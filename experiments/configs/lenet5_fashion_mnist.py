@@ -5,8 +5,8 @@ differ only in the batch-wise mu increment (1e-5 instead of 1e-7). Options: ``sm
 size, on the bundled MNIST split since Fashion-MNIST is not bundled), ``bundled``.
 """
 
-from experiments.configs.lenet5_mnist import lenet5_config
+from experiments.configs import common
 
 
 def get_config(arg: str | None = None):
-  return lenet5_config("fashion_mnist", 1e-5, arg)
+  return common.lenet5("fashion_mnist", 1e-5, arg)

@@ -20,7 +20,6 @@ minibatch of the first epoch: the figures' inset), ``smoke`` (CI size: 7x7 image
 """
 
 from experiments.configs import common
-from experiments.runners import am_arch
 
 SETTINGS = {  # hidden units -> (adam lr, sgd lr, am-adam mu increment, mu multiplier)
   15: (0.005, 0.05, 0.01, 1.1),
@@ -32,12 +31,12 @@ def get_config(arg: str | None = None):
   options = common.parse_arg(arg, {"15", "50", "zoom", "smoke", "bundled"})
   hidden = 50 if "50" in options else 15
   adam_lr, sgd_lr, increment, multiplier = SETTINGS[hidden]
-  config = am_arch.arch_config(
+  config = common.am_arch(
     architecture="elman_rnn",
     dataset="bundled_mnist" if "bundled" in options else "mnist",
     hidden=(hidden,),
     methods={
-      "am_adam": am_arch.am_adam_method(
+      "am_adam": common.am_arch_method(
         weight_lr=0.005,
         code_lr=0.003,
         code_steps=5,
@@ -58,4 +57,4 @@ def get_config(arg: str | None = None):
   if "zoom" in options:
     config.epochs = 1
     config.eval_every = 1
-  return am_arch.smoke(config) if "smoke" in options else config
+  return common.am_arch_smoke(config) if "smoke" in options else config

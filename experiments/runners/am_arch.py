@@ -1,7 +1,8 @@
 """AM beyond fully connected nets (AM paper section 4, supplements B and C; Figures 6-10).
 
 Trains one network per method and seed and records held-out accuracy per epoch (or every
-``config.eval_every`` minibatches) with wall time. Architectures (``config.architecture``):
+``config.eval_every`` minibatches) with wall time. Architectures (``config.architecture``,
+built by ``experiments/models.py``):
 
 * ``lenet5``: LeNet-5 on 28x28x1 images (MNIST, Fashion-MNIST);
 * ``elman_rnn``: the Elman RNN of supplement C.1 on sequential MNIST, one pixel per step
@@ -22,97 +23,11 @@ import ml_collections
 import optax
 
 import altmin_jax as amj
+from experiments import models
 from experiments.runners import _training
 from experiments.runners.am_fc import mu_schedule
 
-ARCHITECTURES = ("lenet5", "elman_rnn", "binary_mlp")
 KINDS = ("sgd", "adam", "am_adam")
-
-
-# ------------------------------------------------------------ config builders
-
-
-def am_adam_method(
-  *,
-  weight_lr: float,
-  code_lr: float,
-  code_steps: int,
-  weight_steps: int,
-  code_optimizer: str = "sgd",
-  mu_init: float = 0.01,
-  mu_batch_increment: float = 0.0,
-  mu_epoch_multiplier: float = 1.0,
-  mu_max: float = 1.5,
-  **extra,
-) -> ml_collections.ConfigDict:
-  """Hyperparameters of AM-Adam: Adam with ``weight_lr`` on every weight subproblem and the
-  mu schedule ``mu_0``, ``+increment`` per batch, ``*multiplier`` per epoch, ``<= mu_max``."""
-  return ml_collections.ConfigDict(
-    dict(
-      kind="am_adam",
-      weight_lr=weight_lr,
-      weight_steps=weight_steps,
-      code_lr=code_lr,
-      code_steps=code_steps,
-      code_optimizer=code_optimizer,
-      mu_init=mu_init,
-      mu_batch_increment=mu_batch_increment,
-      mu_epoch_multiplier=mu_epoch_multiplier,
-      mu_max=mu_max,
-      **extra,
-    )
-  )
-
-
-def arch_config(
-  *,
-  architecture: str,
-  dataset: str,
-  methods: dict,
-  method_list: tuple[str, ...],
-  batch_size: int,
-  epochs: int,
-  hidden: tuple[int, ...] = (),
-  seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
-) -> ml_collections.ConfigDict:
-  """An experiment of this runner (``config.experiment = "am_arch"``)."""
-  config = ml_collections.ConfigDict()
-  config.experiment = "am_arch"
-  config.architecture = architecture
-  config.dataset = dataset
-  config.data_dir = ""
-  config.download = False  # let TFDS download a missing dataset (needs network)
-  # 0: the dataset's default split (bundled_mnist: first 8,000 train, last 2,000 test;
-  # mnist: 50,000 train, 10,000 validation; cifar10: 40,000 / 10,000).
-  config.num_train = 0
-  config.num_validation = 0  # bundled_mnist: samples after the training ones, before the test
-  config.eval_split = "test"  # or "validation": curves on the validation split (tuning)
-  config.hidden = hidden
-  config.downsample = 1  # elman_rnn: average-pool images by this factor (T = (28 / k)^2)
-  config.batch_size = batch_size
-  config.epochs = epochs
-  config.eval_every = 0  # evaluate every this many minibatches (0: once per epoch)
-  config.seeds = seeds
-  config.progress = True
-  config.method_list = method_list
-  config.methods = ml_collections.ConfigDict(methods)
-  return config
-
-
-def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The CI size: bundled data, 1 seed, 1 epoch over 512 samples (RNN: 7x7 images, T = 49)."""
-  config.dataset = "bundled_mnist"
-  config.num_train = 512
-  config.seeds = (0,)
-  config.epochs = 1
-  config.batch_size = min(config.batch_size, 128)
-  config.progress = False
-  if config.architecture == "elman_rnn":
-    config.downsample = 4
-  return config
-
-
-# --------------------------------------------------------------------- runner
 
 
 def load_data(config) -> amj.data.Dataset:
@@ -139,20 +54,6 @@ def load_data(config) -> amj.data.Dataset:
     validation=None if data.validation is None else sequences(data.validation),
     mean=data.mean,
     std=data.std,
-  )
-
-
-def build_network(config, data: amj.data.Dataset, m: ml_collections.ConfigDict):
-  if config.architecture == "lenet5":
-    return amj.networks.lenet5(data.input_shape, data.num_classes)
-  if config.architecture == "binary_mlp":
-    sizes = (data.input_shape[0], *config.hidden, data.num_classes)
-    return amj.networks.binary_mlp(sizes, surrogate=m.get("surrogate", "ste"))
-  if config.architecture == "elman_rnn":
-    (hidden,) = config.hidden
-    return amj.networks.elman_rnn(hidden, seq_len=data.input_shape[0], num_classes=data.num_classes)
-  raise ValueError(
-    f"unknown architecture {config.architecture!r}; known architectures: {', '.join(ARCHITECTURES)}"
   )
 
 
@@ -186,7 +87,13 @@ def train_one(config, data, label: str, seed: int) -> dict:
   x_train, y_train = data.train
   x_eval, y_eval = _training.eval_data(config, data)
   steps_per_epoch = len(x_train) // config.batch_size
-  net = build_network(config, data, m)
+  net = models.am_architecture(
+    config.architecture,
+    data.input_shape,
+    data.num_classes,
+    hidden=config.hidden,
+    surrogate=m.get("surrogate", "ste"),
+  )
   tx, uses_grads = build_method(config, m, net, steps_per_epoch)
   loss = amj.losses.softmax_cross_entropy
   step = amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=uses_grads)
@@ -223,9 +130,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   unknown = [m for m in labels if m not in config.methods]
   if unknown:
     raise ValueError(f"unknown methods {unknown}; known methods: {', '.join(config.methods)}")
-  if config.architecture not in ARCHITECTURES:
+  if config.architecture not in models.ARCHITECTURES:
     raise ValueError(
-      f"unknown architecture {config.architecture!r}; known: {', '.join(ARCHITECTURES)}"
+      f"unknown architecture {config.architecture!r}; known: {', '.join(models.ARCHITECTURES)}"
     )
   data = load_data(config)
   runs = {m: [train_one(config, data, m, seed) for seed in config.seeds] for m in labels}

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 
 import altmin_jax as amj
+from experiments import models
 from experiments.runners import _training
 
 ONLINE = ("sgd", "adam", "am_adam", "am_mem")
 OFFLINE = ("am_adam_offline", "am_mem_offline", "admm")
-ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jax.numpy.tanh, "sigmoid": jax.nn.sigmoid}
 
 
 def load_data(config) -> amj.data.Dataset:
@@ -79,8 +78,7 @@ def train_one(config, data, name: str, seed: int) -> dict:
   """One method, one seed: accuracy curve, loss curve and wall times."""
   x_train, y_train = data.train
   x_eval, y_eval = _training.eval_data(config, data)
-  sizes = [int(np.prod(data.input_shape)), *config.hidden, data.num_classes]
-  net = amj.networks.mlp(sizes, activation=ACTIVATIONS[config.activation])
+  net = models.mlp(data.input_shape, config.hidden, data.num_classes, config.activation)
   steps_per_epoch = len(x_train) // config.batch_size
   tx, uses_grads = build_method(
     name, config.methods[name], net, steps_per_epoch=steps_per_epoch, num_train=len(x_train)

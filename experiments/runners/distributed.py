@@ -11,14 +11,14 @@ Config fields: ``dataset``, ``data_dir``, ``num_train`` (bundled MNIST), ``mock_
 (number of TFDS mock examples, 0 for real data), ``normalization`` (``load_dataset``'s:
 ``"standard"``, or ``"none"`` for pixels in [0, 1]), ``crop`` (0, or the side of the
 random training crops below), ``model`` (``mlp`` with ``hidden``, ``convnet7`` or
-``resnet20``), ``batch_size`` (per worker), ``rounds``, or ``epochs`` > 0 to derive the
-rounds from passes over the training images, ``lr_decay_epochs`` and ``lr_decay_factor``
-(the learning rate is multiplied by the factor after each of these epochs), ``eval_every``,
-``delay`` (``round_robin`` or ``random``), ``seeds``, ``run_list`` and ``runs`` (name ->
-``method``, ``num_workers``, ``lr`` and the method's hyperparameters). One round draws
-``num_workers * batch_size`` training images, so an epoch is ``num_train / (num_workers
-* batch_size)`` rounds. Writes ``metrics.json`` and ``accuracy.png`` to the workdir and
-prints a table.
+``resnet20`` with ``width``; built by ``experiments/models.py``), ``batch_size`` (per
+worker), ``rounds``, or ``epochs`` > 0 to derive the rounds from passes over the training
+images, ``lr_decay_epochs`` and ``lr_decay_factor`` (the learning rate is multiplied by the
+factor after each of these epochs), ``eval_every``, ``delay`` (``round_robin`` or
+``random``), ``seeds``, ``run_list`` and ``runs`` (name -> ``method``, ``num_workers``,
+``lr`` and the method's hyperparameters). One round draws ``num_workers * batch_size``
+training images, so an epoch is ``num_train / (num_workers * batch_size)`` rounds. Writes
+``metrics.json`` and ``accuracy.png`` to the workdir and prints a table.
 
 Image preprocessing with ``crop = c`` (EASGD supplement, section 9.1, for CIFAR: random
 crops of 3 x 28 x 28 and their horizontal flips for training; losses and errors computed
@@ -34,7 +34,6 @@ import contextlib
 import math
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -43,7 +42,7 @@ import optax
 
 import altmin_jax as amj
 import altmin_jax.distributed as dist
-from experiments import reporting
+from experiments import models, reporting
 
 P_WORKER = {
   "easgd": dist.easgd,
@@ -69,63 +68,12 @@ HYPERPARAMETERS = ("beta", "rho", "communication_period", "momentum", "lambda_0"
 # ---------------------------------------------------------------------- models
 
 
-class ConvNet7(nn.Module):
-  """A 7-layer CIFAR convnet after the EASGD paper's description (3 convolutions with
-  max pooling, a fully connected layer, softmax output); ``width`` scales the channels."""
-
-  width: int = 64
-
-  @nn.compact
-  def __call__(self, x):
-    for channels, kernel in ((self.width, 5), (2 * self.width, 5), (self.width, 3)):
-      x = nn.relu(nn.Conv(channels, (kernel, kernel), padding="SAME")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-    x = nn.relu(nn.Dense(4 * self.width)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(10)(x)
-
-
-class ResNet20(nn.Module):
-  """ResNet-20 for CIFAR (3 stages of 3 basic blocks, 16/32/64 channels). Batch
-  normalization always uses the current batch's statistics (no running averages), so
-  the stacked workers carry no extra model state."""
-
-  width: int = 16
-
-  @nn.compact
-  def __call__(self, x):
-    def norm(h):
-      return nn.BatchNorm(use_running_average=False, momentum=0.9)(h)
-
-    x = nn.relu(norm(nn.Conv(self.width, (3, 3), use_bias=False)(x)))
-    for stage, channels in enumerate((self.width, 2 * self.width, 4 * self.width)):
-      for block in range(3):
-        stride = 2 if stage > 0 and block == 0 else 1
-        y = nn.relu(norm(nn.Conv(channels, (3, 3), (stride, stride), use_bias=False)(x)))
-        y = norm(nn.Conv(channels, (3, 3), use_bias=False)(y))
-        if x.shape != y.shape:
-          x = norm(nn.Conv(channels, (1, 1), (stride, stride), use_bias=False)(x))
-        x = nn.relu(x + y)
-    return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
-
-
 def build_model(config, input_shape, num_classes):
-  """``(init(key) -> params, apply(params, x) -> logits)``."""
-  if config.model == "mlp":
-    sizes = [int(np.prod(input_shape)), *config.hidden, num_classes]
-    net = amj.networks.mlp(sizes, activation=jax.nn.relu)
-    return net.init, lambda p, x: net.apply(p, x.reshape(x.shape[0], -1))
-  module = {"convnet7": ConvNet7, "resnet20": ResNet20}[config.model](width=config.width)
-  dummy = jnp.zeros((1, *input_shape), jnp.float32)
-
-  def init(key):
-    return module.init(key, dummy)["params"]
-
-  def apply(params, x):
-    if config.model == "resnet20":
-      return module.apply({"params": params}, x, mutable=["batch_stats"])[0]
-    return module.apply({"params": params}, x)
-
-  return init, apply
+  """``(init(key) -> params, apply(params, x) -> logits)`` of ``config.model`` with its
+  ``hidden`` / ``width`` (:func:`experiments.models.classifier`)."""
+  return models.classifier(
+    config.model, input_shape, num_classes, hidden=config.hidden, width=config.width
+  )
 
 
 # ------------------------------------------------------------------------ data

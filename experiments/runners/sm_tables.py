@@ -24,9 +24,8 @@ import optax
 
 import altmin_jax as amj
 from altmin_jax import sm
-from experiments import reporting
+from experiments import models, reporting
 
-ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 N_METHODS = ("sm", "cg_block", "sso")
 ALL_METHODS = (*N_METHODS, "gd_armijo", "ddg")
 LABELS = {"sm": "SM", "gd_armijo": "GD+Armijo", "cg_block": "CGBlock", "sso": "SSO", "ddg": "DDG"}
@@ -51,7 +50,7 @@ def build_method(name: str, m: ml_collections.ConfigDict, net, *, inner_steps, l
       power_iterations=m.power_iterations,
     )
   if name == "gd_armijo":
-    return sm.gd_armijo(net, init_step=m.init_step)
+    return sm.gd_armijo(net, line_search=amj.numerics.ArmijoSearch(init_step=m.init_step))
   if name == "cg_block":
     return sm.cg_block(net, inner_steps=inner_steps, damping=m.damping)
   if name == "sso":
@@ -82,8 +81,8 @@ def train_one(config, data, layers: int, name: str, inner_steps: int | None, see
   """One run: training loss, held-out accuracy and wall time after every epoch."""
   x, y = (jnp.asarray(a) for a in data.train)
   x_test, y_test = data.test
-  sizes = [int(np.prod(data.input_shape)), *([config.width] * (layers - 1)), data.num_classes]
-  net = amj.networks.mlp(sizes, activation=ACTIVATIONS[config.activation])
+  hidden = [config.width] * (layers - 1)
+  net = models.mlp(data.input_shape, hidden, data.num_classes, config.activation)
   loss = amj.losses.softmax_cross_entropy
   tx = build_method(name, config.methods[name], net, inner_steps=inner_steps or 1, layers=layers)
 

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
+from altmin_jax import numerics
+from altmin_jax.core import checks
+from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork
-from altmin_jax.sm import local_losses as ll
-from altmin_jax.sm import solvers
-
-Array = jax.Array
+from altmin_jax.sm import _common
 
 
 class CGBlockState(NamedTuple):
@@ -55,7 +55,7 @@ def block_hessian_products(h, stage_params):
 
 def cg_block(
   net: LayeredNetwork,
-  loss: ll.Loss = losses_lib.softmax_cross_entropy,
+  loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   inner_steps: int = 10,
   damping: float = 0.0,
@@ -72,7 +72,7 @@ def cg_block(
      d_i \approx \arg\min_d\; g_i^\top d + \tfrac12 d^\top (H_{ii} + \lambda I) d
 
   by N = ``inner_steps`` conjugate-gradient steps from :math:`d_i = 0`
-  (:func:`~altmin_jax.sm.solvers.conjugate_gradient`, with its negative-curvature guard).
+  (:func:`~altmin_jax.sm.numerics.conjugate_gradient`, with its negative-curvature guard).
 
   Args:
     net: a :class:`~altmin_jax.networks.LayeredNetwork`.
@@ -97,11 +97,11 @@ def cg_block(
     >>> state.inner_iterations.shape
     (2,)
   """
-  net = ll.check_network(net)
-  loss = ll.check_loss(loss)
-  inner_steps = solvers.check_int("inner_steps", inner_steps, 1)
-  damping = solvers.check_positive("damping", damping, allow_zero=True)
-  curvature_tol = solvers.check_positive("curvature_tol", curvature_tol, allow_zero=True)
+  net = _common.check_network(net)
+  loss = checks.check_loss(loss)
+  inner_steps = checks.check_int("inner_steps", inner_steps, 1)
+  damping = checks.check_positive("damping", damping, allow_zero=True)
+  curvature_tol = checks.check_positive("curvature_tol", curvature_tol, allow_zero=True)
   m = net.num_stages
 
   def init_fn(params):
@@ -116,14 +116,14 @@ def cg_block(
 
   @jax.jit
   def iterate(stage_params, x, y):
-    h = ll.network_loss(net, loss, x, y)
+    h = _common.network_loss(net, loss, x, y)
     new, models, iters, negs = [], [], [], []
     for theta, (g, hvp) in zip(stage_params, block_hessian_products(h, stage_params)):
 
       def matvec(v, hvp=hvp):
-        return optax.tree.add_scale(hvp(v), damping, v) if damping else hvp(v)
+        return optax.tree.add_scale(hvp(v), damping, v)
 
-      res = solvers.conjugate_gradient(
+      res = numerics.conjugate_gradient(
         matvec, optax.tree.scale(-1.0, g), steps=inner_steps, curvature_tol=curvature_tol
       )
       new.append(optax.tree.add(theta, res.x))
@@ -134,7 +134,7 @@ def cg_block(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = ll.prepare(net, params, batch, "cg_block")
+    prep = _common.prepare(net, params, batch, "cg_block")
     new, value, models, iters, negs = iterate(prep.stage_params, prep.x, prep.y)
     new_state = CGBlockState(
       count=optax.safe_int32_increment(state.count),
@@ -143,6 +143,6 @@ def cg_block(
       inner_iterations=jnp.stack(iters).astype(jnp.int32),
       negative_curvature=jnp.stack(negs),
     )
-    return ll.params_update(net, new, prep.params), new_state
+    return _common.params_update(net, new, prep.params), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -28,11 +28,10 @@ import numpy as np
 import optax
 
 from altmin_jax import losses as losses_lib
+from altmin_jax.core import checks
+from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork, as_arrays
-from altmin_jax.sm import local_losses as ll
-from altmin_jax.sm import solvers
-
-Array = jax.Array
+from altmin_jax.sm import _common
 
 
 class DDGState(NamedTuple):
@@ -65,7 +64,7 @@ def module_assignment(num_stages: int, num_modules: int, module_sizes) -> tuple[
 
 def ddg(
   net: LayeredNetwork,
-  loss: ll.Loss = losses_lib.softmax_cross_entropy,
+  loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   learning_rate: float | optax.Schedule = 0.1,
   momentum: float = 0.0,
@@ -103,22 +102,23 @@ def ddg(
     >>> [float(jnp.abs(u["kernel"]).max()) > 0 for u in updates]  # modules 0, 1 wait
     [False, False, True]
   """
-  net = ll.check_network(net)
-  loss = ll.check_loss(loss)
+  net = _common.check_network(net)
+  loss = checks.check_loss(loss)
   m = net.num_stages
-  num_modules = solvers.check_int("num_modules", num_modules, 1)
+  num_modules = checks.check_int("num_modules", num_modules, 1)
   if num_modules > m:
     raise ValueError(
       f"num_modules must be at most the number of stages ({m}), got num_modules={num_modules!r}"
     )
   owner = module_assignment(m, num_modules, module_sizes)
   delays = tuple(num_modules - 1 - owner[i] for i in range(m))  # per stage
-  momentum = solvers.check_positive("momentum", momentum, allow_zero=True)
-  if momentum >= 1:
-    raise ValueError(f"momentum must lie in [0, 1), got momentum={momentum!r}")
+  # a JAX array (as optax.inject_hyperparams passes, traced or not) always keeps a momentum
+  # buffer, so that init and update agree on the state's structure
+  keep_buffer = isinstance(momentum, jax.Array)
+  momentum = checks.check_unit_interval("momentum", momentum)
   if not callable(learning_rate):
-    learning_rate = solvers.check_positive("learning_rate", learning_rate)
-  inner = optax.sgd(learning_rate, momentum=momentum or None)
+    learning_rate = checks.check_positive("learning_rate", learning_rate)
+  inner = optax.sgd(learning_rate, momentum=momentum if keep_buffer or momentum else None)
 
   def init_fn(params):
     stage_params = net.stage_params(as_arrays(params))
@@ -137,7 +137,7 @@ def ddg(
 
   @jax.jit
   def iterate(stage_params, raw_params, x, y, buffers, inner_state):
-    value, grads = jax.value_and_grad(ll.network_loss(net, loss, x, y))(stage_params)
+    value, grads = jax.value_and_grad(_common.network_loss(net, loss, x, y))(stage_params)
     delayed, new_buffers = [], []
     for i in range(m):
       g = jax.tree.map(lambda a, p: a.astype(p.dtype), grads[i], raw_params[i])
@@ -154,7 +154,7 @@ def ddg(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = ll.prepare(net, params, batch, "ddg")
+    prep = _common.prepare(net, params, batch, "ddg")
     raw_params = tuple(net.stage_params(prep.params))
     new, value, buffers, inner_state = iterate(
       prep.stage_params, raw_params, prep.x, prep.y, state.buffers, state.inner_state
@@ -165,6 +165,6 @@ def ddg(
       buffers=buffers,
       inner_state=inner_state,
     )
-    return ll.params_update(net, new, prep.params), new_state
+    return _common.params_update(net, new, prep.params), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -7,40 +7,25 @@ authors' defaults (c = 0.1, factor 0.9, at most 100 backtracks, a fallback step)
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
+from altmin_jax import numerics
+from altmin_jax.core import checks
+from altmin_jax.core.types import Loss
 from altmin_jax.networks import LayeredNetwork
-from altmin_jax.sm import local_losses as ll
-from altmin_jax.sm import solvers
-
-Array = jax.Array
-
-
-class GDArmijoState(NamedTuple):
-  """State of GD+Armijo: step count, last loss, next first trial step, failed searches."""
-
-  count: Array  # int32 scalar, iterations taken
-  loss: Array  # float32 scalar, h(theta_t) on the last batch, before its update
-  step_size: Array  # float32 scalar, the first trial step of the next search
-  failed_count: Array  # int32 scalar, searches that fell back to ``fallback_step``
+from altmin_jax.numerics.line_search import ArmijoSearch, check_search
+from altmin_jax.sm import _common
+from altmin_jax.sm._common import GDArmijoState
 
 
 def gd_armijo(
   net: LayeredNetwork,
-  loss: ll.Loss = losses_lib.softmax_cross_entropy,
+  loss: Loss = losses_lib.softmax_cross_entropy,
   *,
-  init_step: float = 1.0,
-  armijo_c: float = solvers.ARMIJO_C,
-  backtrack_factor: float = solvers.BACKTRACK_FACTOR,
-  max_backtracks: int = solvers.MAX_BACKTRACKS,
-  fallback_step: float = solvers.FALLBACK_STEP,
-  step_growth: float = 2.0,
-  max_step: float = 1e3,
+  line_search: ArmijoSearch | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient descent with an Armijo line search on the batch-mean loss ``h``.
 
@@ -48,17 +33,15 @@ def gd_armijo(
      \theta_{t+1} = \theta_t - \alpha_t \nabla h(\theta_t),\qquad
      h(\theta_{t+1}) \le h(\theta_t) - c\,\alpha_t \|\nabla h(\theta_t)\|^2,
 
-  :math:`\alpha_t` the largest of :math:`\alpha_0 \beta^j` (:math:`j \le` ``max_backtracks``)
-  passing the test, :math:`\alpha_0 = \min(` ``step_growth`` :math:`\alpha_{t-1},`
-  ``max_step`` :math:`)`, or ``fallback_step`` when none passes. One iteration costs one
-  forward and backward pass plus one forward pass per trial step.
+  :math:`\alpha_t` found by :func:`~altmin_jax.numerics.armijo_backtracking` started from
+  ``step_growth`` times the previous step (see :class:`~altmin_jax.numerics.ArmijoSearch`).
+  One iteration costs one forward and backward pass plus one forward pass per trial step.
 
   Args:
     net: a :class:`~altmin_jax.networks.LayeredNetwork`.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``; ``h`` is its batch mean.
-    init_step: first trial step of the first iteration.
-    armijo_c, backtrack_factor, max_backtracks, fallback_step, step_growth, max_step: the
-      search (see :func:`~altmin_jax.sm.solvers.armijo_backtracking`).
+    line_search: the :class:`~altmin_jax.numerics.ArmijoSearch` (its ``init_step`` is the
+      first trial step of the first iteration; default: the authors' constants).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params, *,
@@ -76,17 +59,9 @@ def gd_armijo(
     >>> int(state.count)
     1
   """
-  net = ll.check_network(net)
-  loss = ll.check_loss(loss)
-  search = solvers.line_search_config(
-    init_step=init_step,
-    armijo_c=armijo_c,
-    backtrack_factor=backtrack_factor,
-    max_backtracks=max_backtracks,
-    fallback_step=fallback_step,
-    step_growth=step_growth,
-    max_step=max_step,
-  )
+  net = _common.check_network(net)
+  loss = checks.check_loss(loss)
+  search = check_search(line_search)
 
   def init_fn(params):
     del params
@@ -99,12 +74,12 @@ def gd_armijo(
 
   @jax.jit
   def iterate(stage_params, x, y, step_size):
-    h = ll.network_loss(net, loss, x, y)
-    return solvers.armijo_gd(h, stage_params, steps=1, init_step=step_size, config=search)
+    h = _common.network_loss(net, loss, x, y)
+    return numerics.armijo_gd(h, stage_params, steps=1, init_step=step_size, config=search)
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = ll.prepare(net, params, batch, "gd_armijo")
+    prep = _common.prepare(net, params, batch, "gd_armijo")
     res = iterate(prep.stage_params, prep.x, prep.y, state.step_size)
     new_state = GDArmijoState(
       count=optax.safe_int32_increment(state.count),
@@ -112,6 +87,6 @@ def gd_armijo(
       step_size=res.next_step.astype(jnp.float32),
       failed_count=state.failed_count + res.failed_searches,
     )
-    return ll.params_update(net, res.x, prep.params), new_state
+    return _common.params_update(net, res.x, prep.params), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

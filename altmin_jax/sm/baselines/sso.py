@@ -22,11 +22,12 @@ import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
+from altmin_jax import numerics
+from altmin_jax.core import checks
+from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork
-from altmin_jax.sm import local_losses as ll
-from altmin_jax.sm import solvers
-
-Array = jax.Array
+from altmin_jax.numerics.line_search import ArmijoSearch, check_search
+from altmin_jax.sm import _common
 
 
 class SSOState(NamedTuple):
@@ -41,18 +42,12 @@ class SSOState(NamedTuple):
 
 def sso(
   net: LayeredNetwork,
-  loss: ll.Loss = losses_lib.softmax_cross_entropy,
+  loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   inner_steps: int = 10,
   eta: float | None = None,
   loss_smoothness: float | None = None,
-  init_step: float = 1.0,
-  armijo_c: float = solvers.ARMIJO_C,
-  backtrack_factor: float = solvers.BACKTRACK_FACTOR,
-  max_backtracks: int = solvers.MAX_BACKTRACKS,
-  fallback_step: float = solvers.FALLBACK_STEP,
-  step_growth: float = 2.0,
-  max_step: float = 1e3,
+  line_search: ArmijoSearch | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic surrogate optimization (SSO) on the batch-mean loss.
 
@@ -67,7 +62,7 @@ def sso(
   :math:`\eta \le 1/L` (``L`` the per-sample smoothness of ``loss``) it majorizes
   :math:`h(\theta) - h(\theta_t)` for every :math:`\theta`; the default is
   :math:`\eta = 1/L`. N = ``inner_steps`` GD steps with Armijo search
-  (:func:`~altmin_jax.sm.solvers.armijo_gd`) from :math:`\theta_t` give
+  (:func:`~altmin_jax.sm.numerics.armijo_gd`) from :math:`\theta_t` give
   :math:`\theta_{t+1}`. Since :math:`\nabla s_t(\theta_t) = \nabla h(\theta_t)`, the first
   inner step is a gradient step on ``h``.
 
@@ -77,8 +72,8 @@ def sso(
     inner_steps: N >= 1 surrogate steps per iteration.
     eta: target-space step size :math:`\eta > 0` (per-sample units); default ``1/L``.
     loss_smoothness: ``L`` for the default ``eta`` (known for the library's losses).
-    init_step, armijo_c, backtrack_factor, max_backtracks, fallback_step, step_growth,
-      max_step: the inner Armijo search; the step size persists across iterations.
+    line_search: the inner :class:`~altmin_jax.numerics.ArmijoSearch`; the step size
+      persists across iterations.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (``update(None, state, params, *,
@@ -96,21 +91,13 @@ def sso(
     >>> bool(state.surrogate <= 0)
     True
   """
-  net = ll.check_network(net)
-  loss = ll.check_loss(loss)
-  inner_steps = solvers.check_int("inner_steps", inner_steps, 1)
+  net = _common.check_network(net)
+  loss = checks.check_loss(loss)
+  inner_steps = checks.check_int("inner_steps", inner_steps, 1)
   if eta is None:
-    eta = 1.0 / ll.resolve_loss_smoothness(loss, loss_smoothness)
-  eta = solvers.check_positive("eta", eta)
-  search = solvers.line_search_config(
-    init_step=init_step,
-    armijo_c=armijo_c,
-    backtrack_factor=backtrack_factor,
-    max_backtracks=max_backtracks,
-    fallback_step=fallback_step,
-    step_growth=step_growth,
-    max_step=max_step,
-  )
+    eta = 1.0 / _common.resolve_loss_smoothness(loss, loss_smoothness)
+  eta = checks.check_positive("eta", eta)
+  search = check_search(line_search)
 
   def init_fn(params):
     del params
@@ -125,21 +112,21 @@ def sso(
   @jax.jit
   def iterate(stage_params, x, y, step_size):
     f_t = net.forward_stages(stage_params, x)[1]
-    value, g_f = jax.value_and_grad(lambda f: ll.batch_mean_loss(loss, f, y))(f_t)
+    value, g_f = jax.value_and_grad(lambda f: _common.batch_mean_loss(loss, f, y))(f_t)
     scale = 1.0 / (2.0 * eta * f_t.shape[0])
 
     def surrogate(stage_params):
       diff = net.forward_stages(stage_params, x)[1] - f_t
       return jnp.vdot(g_f, diff) + scale * jnp.vdot(diff, diff)
 
-    res = solvers.armijo_gd(
+    res = numerics.armijo_gd(
       surrogate, stage_params, steps=inner_steps, init_step=step_size, config=search
     )
     return res, value
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = ll.prepare(net, params, batch, "sso")
+    prep = _common.prepare(net, params, batch, "sso")
     res, value = iterate(prep.stage_params, prep.x, prep.y, state.step_size)
     new_state = SSOState(
       count=optax.safe_int32_increment(state.count),
@@ -148,6 +135,6 @@ def sso(
       step_size=res.next_step.astype(jnp.float32),
       failed_count=state.failed_count + res.failed_searches,
     )
-    return ll.params_update(net, res.x, prep.params), new_state
+    return _common.params_update(net, res.x, prep.params), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,296 @@
+r"""What the AM family shares: validated configuration, the AM iteration on layered
+networks, and the transformation that online and offline AM both build.
+
+Choromanska et al., "Beyond Backprop: Online Alternating Minimization with Auxiliary
+Variables", ICML 2019. On a minibatch ``(x, y)`` AM minimises the relaxed objective
+(eq. 3)
+
+.. math::
+   F(W, C) = \mathcal{L}(y, f_{L+1}(W^{L+1}, \sigma_L(c^L)))
+     + \mu \sum_{l=1}^{L} \|c^l - f_l(W^l, \sigma_{l-1}(c^{l-1}))\|^2
+
+by alternating (:func:`am_iteration`): the codes move top-down with the weights fixed
+(eqs. 4-5, :func:`altmin_jax.am.codes.update_codes`), then every layer's weights move
+independently with the codes fixed (eqs. 6-7, :func:`altmin_jax.am.weights.update_weights`).
+
+The hyperparameters the methods share are validated here, with the core checks
+(:mod:`altmin_jax.core.checks`). Real-valued ones (``mu``, ``code_lr``, ``forgetting``,
+``ridge``) may be traced, as under ``optax.inject_hyperparams``; integers that set loop
+lengths or shapes must be static.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import optax
+
+from altmin_jax.am import codes as codes_lib
+from altmin_jax.am import weights as weights_lib
+from altmin_jax.core.batches import require_params, unpack_batch
+from altmin_jax.core.checks import (
+  check_choice,
+  check_instance,
+  check_int,
+  check_loss,
+  check_nonnegative,
+  check_optimizer,
+  check_unit_interval,
+)
+from altmin_jax.core.trees import cast_like, first_dtype, update_difference, where_tree
+from altmin_jax.core.types import Array, Loss, ScalarOrSchedule
+from altmin_jax.networks import LayeredNetwork, as_arrays
+from altmin_jax.schedules import as_schedule
+
+# ------------------------------------------------------------------ checks
+
+
+def check_network(net: Any) -> LayeredNetwork:
+  """``net`` when it is a :class:`~altmin_jax.networks.LayeredNetwork` with a hidden layer."""
+  check_instance("net", net, LayeredNetwork, "an altmin_jax.networks.LayeredNetwork")
+  if net.num_codes < 1:
+    raise ValueError(
+      "alternating minimization needs a network with at least one hidden "
+      f"layer, got {net.num_stages} stage(s)"
+    )
+  return net
+
+
+def check_dense(net: LayeredNetwork, num_stages: int, requirement: str) -> None:
+  """Raises ``requirement`` naming the first stage among the first ``num_stages`` of
+  ``net`` that is not dense."""
+  for l, stage in enumerate(net.stages[:num_stages], start=1):
+    if not stage.dense:
+      raise ValueError(f"{requirement}; stage {l} ({stage.name}) is not dense")
+
+
+def sized_batch(model: Any, batch: Any, size: int | None, rule: str) -> tuple[Array, Array]:
+  """:func:`~altmin_jax.core.unpack_batch`, and with ``size`` a batch of exactly ``size``
+  samples (``rule`` says why, for the error message)."""
+  x, y = unpack_batch(model, batch)
+  if size is not None and x.shape[0] != size:
+    raise ValueError(f"{rule}, got a batch of {x.shape[0]}")
+  return x, y
+
+
+def mean_loss(loss: Loss, outputs: Array, y: Array) -> Array:
+  """The batch-mean loss in float32, recorded in the states as ``batch_loss``."""
+  return jnp.mean(loss(outputs, y)).astype(jnp.float32)
+
+
+def zero_codes(shapes: Sequence[tuple], num_samples: int | None, dtype) -> tuple:
+  """Zero arrays ``(num_samples, *shape)`` per shape; ``()`` without ``num_samples``."""
+  if num_samples is None:
+    return ()
+  return tuple(jnp.zeros((num_samples, *shape), dtype) for shape in shapes)
+
+
+# ------------------------------------------------------------ code options
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeStep:
+  """The validated options of the code subproblems (eqs. 4-5), built by :func:`code_step`.
+
+  Attributes:
+    schedule: ``mu`` as a function of the step count.
+    tx: the code optimizer (its state is reset for every subproblem).
+    steps: ``K_c``, optimizer steps per subproblem.
+    proximal: keep the ``mu ||c - c_init||^2`` terms.
+  """
+
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  steps: int
+  proximal: bool
+
+
+def code_step(
+  mu: ScalarOrSchedule,
+  code_steps: int,
+  code_lr: Any,
+  code_optimizer: str | optax.GradientTransformation,
+  code_proximal: bool,
+) -> CodeStep:
+  """Checks the code hyperparameters of an AM factory (in its argument order)."""
+  return CodeStep(
+    schedule=as_schedule(mu, "mu"),
+    tx=codes_lib.make_code_optimizer(code_optimizer, code_lr),
+    steps=check_int("code_steps", code_steps, 0),
+    proximal=bool(code_proximal),
+  )
+
+
+# ---------------------------------------------------------- weight options
+
+
+def optimizers_per_part(
+  weight_optimizer: Any, output_optimizer: Any, count: int, what: str, default
+) -> tuple:
+  """One optimizer per part (stage, or RNN weight group) from ``weight_optimizer``, a
+  single optimizer or a sequence of ``count``; ``output_optimizer`` replaces the last.
+
+  ``default`` is used when ``weight_optimizer`` is ``None``; ``what`` names a part in
+  error messages.
+  """
+  if weight_optimizer is None:
+    weight_optimizer = default
+  if isinstance(weight_optimizer, optax.GradientTransformation):
+    txs = [weight_optimizer] * count
+  elif isinstance(weight_optimizer, Sequence) and not isinstance(weight_optimizer, str):
+    txs = [check_optimizer(f"weight_optimizer[{i}]", tx) for i, tx in enumerate(weight_optimizer)]
+    if len(txs) != count:
+      raise ValueError(
+        f"weight_optimizer must hold one optimizer per {what} ({count}), got {len(txs)} entries"
+      )
+  else:
+    raise ValueError(
+      "weight_optimizer must be an optax.GradientTransformation or a sequence of one per "
+      f"{what}, got weight_optimizer={weight_optimizer!r}"
+    )
+  if output_optimizer is not None:
+    txs[-1] = check_optimizer("output_optimizer", output_optimizer)
+  return tuple(txs)
+
+
+def gradient_rule(
+  net: LayeredNetwork, weight_optimizer, output_optimizer, weight_steps: int
+) -> weights_lib.WeightRule:
+  """The weight rule of AM-Adam: a persistent optimizer per layer, ``weight_steps`` steps."""
+  net = check_network(net)
+  optimizers = optimizers_per_part(
+    weight_optimizer, output_optimizer, net.num_stages, "stage", optax.adam(1e-3)
+  )
+  return weights_lib.WeightRule(optimizers, steps=check_int("weight_steps", weight_steps, 1))
+
+
+def memory_rule(
+  net: LayeredNetwork, output_optimizer, output_steps, sweeps, solver, forgetting, ridge
+) -> weights_lib.WeightRule:
+  """The weight rule of AM-mem: memory layers for the (dense) hidden stages, an
+  optimizer for the output stage (default ``optax.sgd(0.1)``)."""
+  net = check_network(net)
+  check_dense(net, net.num_codes, "AM-mem needs dense hidden layers")
+  if output_optimizer is None:
+    output_optimizer = optax.sgd(0.1)
+  optimizers = (None,) * net.num_codes + (check_optimizer("output_optimizer", output_optimizer),)
+  return weights_lib.WeightRule(
+    optimizers=optimizers,
+    steps=check_int("output_steps", output_steps, 1),
+    sweeps=check_int("sweeps", sweeps, 1),
+    solver=check_choice("solver", solver, weights_lib.MEMORY_SOLVERS),
+    forgetting=check_unit_interval("forgetting", forgetting, closed_right=True),
+    ridge=check_nonnegative("ridge", ridge),
+  )
+
+
+# ----------------------------------------------------------- AM iteration
+
+
+class AMConfig(NamedTuple):
+  """Configuration of online and offline AM on a layered network (see :func:`am_config`)."""
+
+  net: LayeredNetwork
+  loss: Loss
+  codes: CodeStep
+  weights: weights_lib.WeightRule
+
+
+def am_config(net: Any, loss: Any, codes: CodeStep, weights: weights_lib.WeightRule) -> AMConfig:
+  """The validated :class:`AMConfig`."""
+  return AMConfig(check_network(net), check_loss(loss), codes, weights)
+
+
+def am_iteration(
+  cfg: AMConfig, stage_params, x, y, start_codes, anchors, logits, weight_states, memory, count
+):
+  """One AM iteration on eq. (3) from given starting codes: the code updates (eqs. 4-5)
+  with proximal ``anchors``, then the weight updates (eqs. 6-7) on the new codes.
+
+  Returns ``(new_stage_params, new_codes, new_weight_states, new_memory, batch_loss)``.
+  """
+  mu = cfg.codes.schedule(count)
+  new_codes = codes_lib.update_codes(
+    cfg.net,
+    stage_params,
+    y,
+    start_codes,
+    anchors,
+    loss=cfg.loss,
+    mu=mu,
+    tx=cfg.codes.tx,
+    steps=cfg.codes.steps,
+    proximal=cfg.codes.proximal,
+  )
+  new_params, weight_states, memory = weights_lib.update_weights(
+    cfg.weights, cfg.net, stage_params, x, y, new_codes, weight_states, memory, loss=cfg.loss, mu=mu
+  )
+  return new_params, new_codes, weight_states, memory, mean_loss(cfg.loss, logits, y)
+
+
+def layered_am(
+  cfg: AMConfig, state_type: type, *, stored: int | None, resume: bool, size_rule: str
+) -> optax.GradientTransformationExtraArgs:
+  """The AM transformation on a layered network, one :func:`am_iteration` per update.
+
+  Args:
+    cfg: the configuration.
+    state_type: the state NamedTuple (fields ``count, batch_loss, weight_states,
+      memory, codes``).
+    stored: ``None``, or the batch size ``n`` of every update, whose updated codes are
+      kept in ``state.codes`` (shapes ``(n, *code_shape)``).
+    resume: start every iteration after the first from the stored codes, with anchors
+      ``f_l(W^l, sigma_{l-1}(c^{l-1}))`` recomputed from them (offline AM); otherwise
+      the codes are encoded afresh from each batch (online AM).
+    size_rule: why a batch must hold ``stored`` samples (error message).
+  """
+  net = cfg.net
+
+  def init_fn(params):
+    stage_params = net.stage_params(params)
+    weight_states, memory = weights_lib.init_weights_state(cfg.weights, net, stage_params)
+    return state_type(
+      count=jnp.zeros([], jnp.int32),
+      batch_loss=jnp.zeros([], jnp.float32),
+      weight_states=weight_states,
+      memory=memory,
+      codes=zero_codes(net.code_shapes, stored, first_dtype(stage_params)),
+    )
+
+  def update_fn(updates, state, params=None, *, batch, **extra_args):
+    del updates, extra_args  # AM does not use gradients; unknown extra args are ignored.
+    params = as_arrays(require_params(params, "alternating minimization"))
+    x, y = sized_batch(net, batch, stored, size_rule)
+    stage_params = net.stage_params(params)
+    encoded, logits = net.forward_stages(stage_params, x)
+    if resume:
+      start = where_tree(state.count > 0, state.codes, encoded)
+      anchors = codes_lib.encode_anchors(net, stage_params, x, start)
+    else:
+      start = anchors = encoded
+    new_stage_params, new_codes, weight_states, memory, batch_loss = am_iteration(
+      cfg,
+      stage_params,
+      x,
+      y,
+      start,
+      anchors,
+      logits,
+      state.weight_states,
+      state.memory,
+      state.count,
+    )
+    new_params = net.merge_stage_params(new_stage_params, params)
+    new_state = state_type(
+      count=optax.safe_int32_increment(state.count),
+      batch_loss=batch_loss,
+      weight_states=weight_states,
+      memory=memory,
+      codes=cast_like(new_codes, state.codes),
+    )
+    return update_difference(new_params, params), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

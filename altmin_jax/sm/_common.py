@@ -1,0 +1,171 @@
+r"""What every method of the surrogate-minimization family shares: the network read as a
+chain of post-activation stage maps, the batch-mean objective, the preparation of a step
+(validated batch, params in compute precision) and its updates, and one forward and
+backward pass.
+
+A :class:`~altmin_jax.networks.LayeredNetwork` with ``m`` stages is read as
+
+.. math::
+   z^{(0)} = x,\qquad z^{(i)} = f_i(z^{(i-1)}, \theta_i) = \sigma_i(\mathrm{apply}_i(\theta_i,
+   z^{(i-1)})) \quad (i < m),\qquad z^{(m)} = \mathrm{apply}_m(\theta_m, z^{(m-1)}),
+
+so one SM stage is one network stage *including* its activation and the last stage
+outputs the logits. The objective is the **batch mean** of the per-sample loss,
+:math:`h(\theta) = \ell(z^{(m)}) = \frac1B \sum_b \mathrm{loss}(z^{(m)}_b, y_b)`, so every
+gradient and curvature of the family is that of the mean (it scales like :math:`1/B`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from altmin_jax import losses as losses_lib
+from altmin_jax.core import batches, checks, trees
+from altmin_jax.core.types import Array, Loss, PyTree
+from altmin_jax.networks import LayeredNetwork, as_arrays
+
+StageFn = Callable[[PyTree, Array], Array]  # f_i(theta, z) -> z^(i)
+
+# ---------------------------------------------------------------- states
+
+
+class SMState(NamedTuple):
+  """State of surrogate minimization: step count and the last iteration's per-stage data."""
+
+  count: Array  # int32 scalar, iterations taken
+  loss: Array  # float32 scalar, h(theta_t) on the last batch, before its update
+  curvature: Array  # (m,) float32, entry i-1 = c_{i+1}, the constant in psi_i
+  local_loss: Array  # (m,) float32, L_i(theta_{t+1}) (<= 0 when the solve decreased it)
+  inner_iterations: Array  # (m,) int32, inner steps taken per stage (guards may stop early)
+  step_size: Array  # (m,) float32, next first Armijo trial step per stage (solver="armijo")
+
+
+class GDArmijoState(NamedTuple):
+  """State of GD+Armijo: step count, last loss, next first trial step, failed searches."""
+
+  count: Array  # int32 scalar, iterations taken
+  loss: Array  # float32 scalar, h(theta_t) on the last batch, before its update
+  step_size: Array  # float32 scalar, the first trial step of the next search
+  failed_count: Array  # int32 scalar, searches that fell back to ``fallback_step``
+
+
+# Per-sample smoothness of the library's losses in the network output: the largest
+# eigenvalue of the per-sample Hessian (softmax cross-entropy: diag(p) - p p^T <= 1/2;
+# squared error ||o - t||^2: 2 I).
+KNOWN_LOSS_SMOOTHNESS: dict[Callable, float] = {
+  losses_lib.softmax_cross_entropy: 0.5,
+  losses_lib.squared_error: 2.0,
+}
+
+
+def check_network(net: Any) -> LayeredNetwork:
+  """``net`` unless it is not a :class:`~altmin_jax.networks.LayeredNetwork`."""
+  return checks.check_instance("net", net, LayeredNetwork, "an altmin_jax.networks.LayeredNetwork")
+
+
+def resolve_loss_smoothness(loss: Loss, loss_smoothness: Any) -> Any:
+  """The per-sample smoothness constant ``L`` of ``loss`` in the network output.
+
+  ``None`` selects the known constant of the library's losses; other losses need an
+  explicit value (``> 0``; a traced value passes unchecked). The batch-mean objective
+  then has smoothness ``L / B`` in the stacked outputs.
+  """
+  if loss_smoothness is None:
+    if loss in KNOWN_LOSS_SMOOTHNESS:
+      return KNOWN_LOSS_SMOOTHNESS[loss]
+    raise ValueError(
+      "loss_smoothness must be given for a loss other than altmin_jax.losses."
+      f"softmax_cross_entropy / squared_error, got loss_smoothness=None for loss={loss!r}"
+    )
+  return checks.check_positive("loss_smoothness", loss_smoothness)
+
+
+def stage_function(net: LayeredNetwork, i: int) -> StageFn:
+  """The post-activation map ``f_i(theta, z) -> z^(i)`` of stage ``i`` (1-based).
+
+  Hidden stages apply their activation; the last stage returns the logits (as
+  :meth:`LayeredNetwork.apply` does).
+  """
+  stage = net.stages[i - 1]
+  if i == net.num_stages:
+    return stage.apply
+  return lambda theta, z: stage.activation(stage.apply(theta, z))
+
+
+def batch_mean_loss(loss: Loss, outputs: Array, y: Array) -> Array:
+  """:math:`\\ell(z^{(m)}) = \\frac1B \\sum_b \\mathrm{loss}(z^{(m)}_b, y_b)`."""
+  return jnp.mean(loss(outputs, y))
+
+
+def network_loss(net: LayeredNetwork, loss: Loss, x: Array, y: Array) -> Callable:
+  """``stage_params -> h``: the batch-mean loss of the whole network on ``(x, y)``."""
+  return lambda stage_params: batch_mean_loss(loss, net.forward_stages(stage_params, x)[1], y)
+
+
+class Prepared(NamedTuple):
+  """A validated batch and the user's params as per-stage params in compute precision."""
+
+  x: Array  # in the compute dtype
+  y: Array
+  params: PyTree  # the user's params (NNX wrappers stripped)
+  stage_params: tuple  # per-stage params in the compute dtype
+  dtype: Any
+
+
+def prepare(net: LayeredNetwork, params: PyTree, batch: Any, method: str) -> Prepared:
+  """Checks ``params`` and ``batch`` and returns them ready for an update, upcast to at
+  least float32 (:func:`params_update` casts the result back to the params' dtypes)."""
+  batches.require_params(params, method)
+  x, y = batches.unpack_batch(net, batch)
+  params = as_arrays(params)
+  stage_params = net.stage_params(params)
+  dtype = trees.compute_dtype(stage_params)
+  return Prepared(x.astype(dtype), y, params, trees.cast_tree(stage_params, dtype), dtype)
+
+
+def params_update(net: LayeredNetwork, new_stage_params: Sequence[PyTree], params: PyTree):
+  """``updates = new_params - params`` in the user's params structure and dtypes."""
+  new_params = net.merge_stage_params(list(new_stage_params), params)
+  return trees.update_difference(new_params, params)
+
+
+class ForwardBackward(NamedTuple):
+  """One forward and one backward pass (SM paper, Algorithm 1, line 'gradient oracle')."""
+
+  value: Array  # h(theta_t), the batch-mean loss
+  z: tuple  # z^(0) = x, z^(1), ..., z^(m) (logits)
+  g_z: tuple  # g_z^(1), ..., g_z^(m): gradients of h in the stage outputs
+  g_theta: tuple  # dh/dtheta_1, ..., dh/dtheta_m
+
+
+def forward_backward(
+  net: LayeredNetwork, stage_params: Sequence[PyTree], x: Array, y: Array, loss: Loss
+) -> ForwardBackward:
+  """Stage outputs, output gradients and parameter gradients from one forward pass and
+  one reverse pass (stage-wise ``jax.vjp``)."""
+  m = net.num_stages
+  zs = [x]
+  pullbacks = []
+  for i in range(1, m + 1):
+    fn = stage_function(net, i)
+    if i == 1:  # the input is data: no gradient with respect to it
+      z, vjp = jax.vjp(lambda th, fn=fn: fn(th, x), stage_params[0])
+    else:
+      z, vjp = jax.vjp(fn, stage_params[i - 1], zs[-1])
+    zs.append(z)
+    pullbacks.append(vjp)
+  # g_z^(m) = grad l(z_t^(m)) (SM paper, eq. (2)); the pullbacks give g_z^(i), g_theta_i.
+  value, g = jax.value_and_grad(lambda out: batch_mean_loss(loss, out, y))(zs[-1])
+  g_z = [None] * m
+  g_theta = [None] * m
+  for i in range(m, 0, -1):
+    g_z[i - 1] = g
+    if i == 1:
+      (g_theta[0],) = pullbacks[0](g)
+    else:
+      g_theta[i - 1], g = pullbacks[i - 1](g)
+  return ForwardBackward(value=value, z=tuple(zs), g_z=tuple(g_z), g_theta=tuple(g_theta))

@@ -1,0 +1,92 @@
+"""Each phase of a pipelined SM and GD step as a jitted function with concrete inputs, for
+the pipeline benchmark (``sm_pipeline.py``) and the tests that read the phases' HLO."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from altmin_jax import numerics
+from altmin_jax.core.types import PyTree
+from altmin_jax.networks import LayeredNetwork
+from altmin_jax.sm import _common
+from altmin_jax.sm import local_losses as ll
+from altmin_jax.sm.pipeline import gpipe
+from altmin_jax.sm.pipeline.layout import fit
+from altmin_jax.sm.pipeline.sm import SMPipeline
+
+
+def phase_functions(
+  sp: SMPipeline, net: LayeredNetwork, params: PyTree, batch: Any, *, learning_rate: float = 0.1
+) -> dict[str, tuple[Callable, tuple]]:
+  """Each phase of a pipelined SM and GD step as a jitted function with concrete inputs.
+
+  For benchmarks and tests (``sp`` from :func:`~altmin_jax.sm.pipeline.sm_pipeline`; with
+  ``boundary="outside"`` the phases cover the stacked layers and the trial includes the
+  head and tail). Returns ``{name: (fn, args)}`` for ``forward`` (GPipe forward pass
+  storing every layer's inputs and outputs), ``backward`` (SM's backward pass: output
+  gradients only), ``curvature`` (the chain), ``solve`` (local solves, no
+  collectives), ``gd_backward`` (backward pass accumulating parameter gradients),
+  ``gd_update`` (``theta - learning_rate * grad``), ``trial_forward`` (one forward pass
+  and the loss: an Armijo trial) and ``communication`` (the passes' ``ppermute``\\ s
+  alone); ``fn(*args)`` runs the phase.
+  """
+  pipe, cfg = sp.pipe, sp.cfg
+  net = _common.check_network(net)
+  prep = gpipe.prepare(pipe, net, params, batch, "phase_functions")
+  lay, M, dtype = pipe.layout, pipe.num_microbatches, prep.dtype
+  out = {}
+
+  def add(name, fn, *args):
+    fn = jax.jit(fn)
+    out[name] = (fn, args)
+    return fn(*args)
+
+  def loss_pass(x, y, theta, head, tail):
+    p = gpipe.Prepared(x, y, None, theta, head, tail, dtype, None)
+    return gpipe.forward_and_loss(pipe, net, cfg.loss, p, theta, head, tail, store=False)
+
+  @jax.jit
+  def inputs(x, y, theta, head, tail):
+    """The pipeline input, the top gradient and the top layer's c_{i+1} (as in a step)."""
+    fw = loss_pass(x, y, theta, head, tail)
+    c_top = jnp.asarray(cfg.loss_smoothness / x.shape[0], dtype)
+    if lay.boundary == "pad":
+      return gpipe.microbatches(fit(x, lay.in_width), M), fw.g_top, c_top
+    z_head = _common.stage_function(net, 1)(head, x)
+    opts = cfg.options
+    v0 = numerics.start_vector(opts.seed + net.num_stages, fw.z_below_tail)
+    fn_m = _common.stage_function(net, net.num_stages)
+    c_top = ll.stage_curvature(
+      fn_m,
+      tail,
+      fw.z_below_tail,
+      fw.g_logits,
+      fw.logits,
+      c_top,
+      v0,
+      delta=opts.delta,
+      iterations=opts.power_iterations,
+      per_sample=True,
+    )
+    return gpipe.microbatches(fit(z_head, lay.in_width), M), fw.g_top, c_top
+
+  xin, g_top, c_top = inputs(prep.x, prep.y, prep.theta, prep.head, prep.tail)
+  zin, zout, _ = add("forward", lambda th, xi: pipe.forward(th, xi), prep.theta, xin)
+  gz, _, _ = add("backward", lambda th, zi, g: pipe.backward(th, zi, g), prep.theta, zin, g_top)
+  c_next, _ = add("curvature", sp.curvature, prep.theta, zin, zout, gz, c_top)
+  steps = pipe.place(jnp.full((lay.num_layers,), 1.0, dtype), P(pipe.axis_name))
+  add("solve", sp.solve, prep.theta, zin, zout, gz, c_next, steps)
+  _, grads, _ = add(
+    "gd_backward", lambda th, zi, g: pipe.backward(th, zi, g, grads=True), prep.theta, zin, g_top
+  )
+  add("gd_update", lambda th, g: optax.tree.add_scale(th, -learning_rate, g), prep.theta, grads)
+  trial = lambda x, y, th, hd, tl: loss_pass(x, y, th, hd, tl).value
+  add("trial_forward", trial, prep.x, prep.y, prep.theta, prep.head, prep.tail)
+  add("communication", pipe.communication, xin, g_top)
+  return out
