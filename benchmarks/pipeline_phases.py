@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from altmin_jax import numerics
 from altmin_jax.core.types import PyTree
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.sm import _common
@@ -30,8 +29,9 @@ def phase_functions(
   ``boundary="outside"`` the phases cover the stacked layers and the trial includes the
   head and tail). Returns ``{name: (fn, args)}`` for ``forward`` (GPipe forward pass
   storing every layer's inputs and outputs), ``backward`` (SM's backward pass: output
-  gradients only), ``curvature`` (the chain), ``solve`` (local solves, no
-  collectives), ``gd_backward`` (backward pass accumulating parameter gradients),
+  gradients only), ``jacobians`` (the logits' Jacobians, a second reverse pass), ``rest``
+  (the rest bounds: Lanczos with sweeps up and down the devices), ``solve`` (local solves,
+  no collectives), ``gd_backward`` (backward pass accumulating parameter gradients),
   ``gd_update`` (``theta - learning_rate * grad``), ``trial_forward`` (one forward pass
   and the loss: an Armijo trial) and ``communication`` (the passes' ``ppermute``\\ s
   alone); ``fn(*args)`` runs the phase.
@@ -40,6 +40,7 @@ def phase_functions(
   net = _common.check_network(net)
   prep = gpipe.prepare(pipe, net, params, batch, "phase_functions")
   lay, M, dtype = pipe.layout, pipe.num_microbatches, prep.dtype
+  sc = ll.scales(cfg, prep.x.shape[0], dtype)
   out = {}
 
   def add(name, fn, *args):
@@ -47,41 +48,29 @@ def phase_functions(
     out[name] = (fn, args)
     return fn(*args)
 
-  def loss_pass(x, y, theta, head, tail):
+  def loss_pass(x, y, theta, head, tail, store=False):
     p = gpipe.Prepared(x, y, None, theta, head, tail, dtype, None)
-    return gpipe.forward_and_loss(pipe, net, cfg.loss, p, theta, head, tail, store=False)
+    return gpipe.forward_and_loss(pipe, net, cfg.loss, p, theta, head, tail, store=store)
 
   @jax.jit
   def inputs(x, y, theta, head, tail):
-    """The pipeline input, the top gradient and the top layer's c_{i+1} (as in a step)."""
-    fw = loss_pass(x, y, theta, head, tail)
-    c_top = jnp.asarray(cfg.loss_smoothness / x.shape[0], dtype)
-    if lay.boundary == "pad":
-      return gpipe.microbatches(fit(x, lay.in_width), M), fw.g_top, c_top
-    z_head = _common.stage_function(net, 1)(head, x)
-    opts = cfg.options
-    v0 = numerics.start_vector(opts.seed + net.num_stages, fw.z_below_tail)
-    fn_m = _common.stage_function(net, net.num_stages)
-    c_top = ll.stage_curvature(
-      fn_m,
-      tail,
-      fw.z_below_tail,
-      fw.g_logits,
-      fw.logits,
-      c_top,
-      v0,
-      delta=opts.delta,
-      iterations=opts.power_iterations,
-      per_sample=True,
-    )
-    return gpipe.microbatches(fit(z_head, lay.in_width), M), fw.g_top, c_top
+    """The pipeline input and what enters the top layer (as in a step)."""
+    fw = loss_pass(x, y, theta, head, tail, store=True)
+    p = gpipe.Prepared(x, y, None, theta, head, tail, dtype, None)
+    jac_top, hess, top_scale = sp.top(p, fw, sc)
+    first = x if lay.boundary == "pad" else fw.z_head
+    return gpipe.microbatches(fit(first, lay.in_width), M), fw.g_top, jac_top, hess, top_scale
 
-  xin, g_top, c_top = inputs(prep.x, prep.y, prep.theta, prep.head, prep.tail)
+  xin, g_top, jac_top, hess, top_scale = inputs(prep.x, prep.y, prep.theta, prep.head, prep.tail)
   zin, zout, _ = add("forward", lambda th, xi: pipe.forward(th, xi), prep.theta, xin)
   gz, _, _ = add("backward", lambda th, zi, g: pipe.backward(th, zi, g), prep.theta, zin, g_top)
-  c_next, _ = add("curvature", sp.curvature, prep.theta, zin, zout, gz, c_top)
+  jac, _ = add("jacobians", sp.jacobians, prep.theta, zin, gz, jac_top)
+  rest = lambda th, zi, g, s: sp.rest_bounds(th, zi, g, sc.delta, s)
+  e = add("rest", rest, prep.theta, zin, gz, top_scale)
+  e = e.reshape(e.shape[0], M, -1)
   steps = pipe.place(jnp.full((lay.num_layers,), 1.0, dtype), P(pipe.axis_name))
-  add("solve", sp.solve, prep.theta, zin, zout, gz, c_next, steps)
+  solve = lambda th, zi, zo, g, j, e, st, hs: sp.solve(th, zi, zo, g, j, e, st, hs, sc)
+  add("solve", solve, prep.theta, zin, zout, gz, jac, e, steps, hess)
   _, grads, _ = add(
     "gd_backward", lambda th, zi, g: pipe.backward(th, zi, g, grads=True), prep.theta, zin, g_top
   )

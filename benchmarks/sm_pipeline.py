@@ -64,6 +64,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ.get("XLA_FLAGS", "")
     + f" --xla_force_host_platform_device_count={_stages_from_argv()}"
   ).strip()
+# 4 XLA:CPU pool threads per fake device (a smaller pool can deadlock in collectives;
+# BUILD.md, "Multi-device and multi-process runs on one CPU")
+os.environ.setdefault("PJRT_NPROC", str(max(os.cpu_count() or 1, 4 * _stages_from_argv())))
 
 import platform  # noqa: E402
 
@@ -78,7 +81,7 @@ from altmin_jax.sm import pipeline as pl  # noqa: E402
 from altmin_jax.sm import schedule_model as sched  # noqa: E402
 
 LAYERS = 8
-SM_KW = dict(delta=0.1, power_iterations=10)
+SM_KW = dict(power_iterations=3)
 
 
 def median_times(fns: dict, repeats: int) -> dict[str, float]:
@@ -112,17 +115,20 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
   pipe = pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
   phases = pipeline_phases.phase_functions(pipe, net, params, (x, y))
   one = pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
-  phases["solve_1_step"] = (jax.jit(one.solve), phases["solve"][1])
+  sc = amj.sm.local_losses.scales(one.cfg, batch, jnp.float32)
+  solve_1 = lambda th, zi, zo, g, j, e, st, hs: one.solve(th, zi, zo, g, j, e, st, hs, sc)
+  phases["solve_1_step"] = (jax.jit(solve_1), phases["solve"][1])
   measured = median_times(phases, repeats)
 
   # 2. per-device operation times and the model
-  ticks = M + S - 1
+  ticks, k = M + S - 1, SM_KW["power_iterations"]
   inner = max(measured["solve"] - measured["solve_1_step"], 0.0) / max(N - 1, 1)
   durations = sched.Durations(
     forward=measured["forward"] / ticks,
     backward=measured["backward"] / ticks,
     update=measured["gd_update"],
-    curvature=measured["curvature"] / S,
+    jacobian=measured["jacobians"] / ticks,
+    rest=measured["rest"] / (2 * S * SM_KW["power_iterations"]),
     inner_step=inner,
     solve_setup=max(measured["solve_1_step"] - inner, 0.0),
     comm=measured["communication"] / (2 * ticks),
@@ -133,11 +139,13 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "gd_armijo_1_trial": sched.gpipe_schedule(
       "gd", S, M, gd_durations, line_search_trials=1
     ).as_dict(),
-    "sm": sched.gpipe_schedule("sm", S, M, durations, inner_steps=N).as_dict(),
-    "sm_filled": sched.gpipe_schedule("sm", S, M, durations, inner_steps=N, fill=True).as_dict(),
+    "sm": sched.gpipe_schedule("sm", S, M, durations, inner_steps=N, rest_steps=k).as_dict(),
+    "sm_filled": sched.gpipe_schedule(
+      "sm", S, M, durations, inner_steps=N, rest_steps=k, fill=True
+    ).as_dict(),
     "gd_lockstep": sched.gpipe_schedule("gd", S, M, gd_durations, lockstep=True).as_dict(),
     "sm_lockstep": sched.gpipe_schedule(
-      "sm", S, M, durations, inner_steps=N, lockstep=True
+      "sm", S, M, durations, inner_steps=N, rest_steps=k, lockstep=True
     ).as_dict(),
   }
 

@@ -52,9 +52,9 @@ def build(name: str, net) -> tuple[optax.GradientTransformation, bool]:
   if name == "gd_armijo":
     return sm.gd_armijo(net), False
   if name == "sm_cg":
-    return sm.surrogate_minimization(net, inner_steps=10, delta=0.1), False
+    return sm.surrogate_minimization(net, inner_steps=10), False
   if name == "sm_armijo":
-    return sm.surrogate_minimization(net, inner_steps=10, solver="armijo", delta=0.1), False
+    return sm.surrogate_minimization(net, inner_steps=10, solver="armijo"), False
   if name == "sso":
     return sm.sso(net, inner_steps=10), False
   if name == "cg_block":

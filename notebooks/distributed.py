@@ -37,6 +37,10 @@ if "google.colab" in sys.modules:  # install the package when running on Colab
 FOUR_CPUS = "--xla_force_host_platform_device_count=4"
 if FOUR_CPUS not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FOUR_CPUS}".strip()
+# XLA:CPU runs every fake device on one thread pool sized by the core count; a collective
+# blocks its thread until all devices join, so a small pool can deadlock: give it 4
+# threads per device (BUILD.md, "Multi-device and multi-process runs on one CPU").
+os.environ.setdefault("PJRT_NPROC", str(max(os.cpu_count() or 1, 16)))
 
 # %%
 import jax

@@ -24,8 +24,9 @@
 # Here the 8 layers of a 784-w-...-w-10 ReLU MLP are stacked, zero-padded to one shape and
 # sharded over a 4-device mesh axis `'stage'` (2 layers per device). One SM step is a GPipe
 # forward and backward pass (`lax.scan` over M + S - 1 ticks, `lax.ppermute` between
-# neighbours), the curvature chain down the pipeline, then N conjugate-gradient steps on
-# each local loss on every device, with no collectives. Without 4 accelerators the 4
+# neighbours), a second reverse pass for the logits' Jacobians, the per-sample bounds of
+# the rest (sweeps up and down the pipeline), then N conjugate-gradient steps on each
+# local loss on every device, with no collectives. Without 4 accelerators the 4
 # devices are CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=4`).
 #
 # Sizes come from environment variables so that CI runs this notebook small
@@ -46,6 +47,10 @@ if "google.colab" in sys.modules:  # install the package when running on Colab
 flags = os.environ.get("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=4".strip()
+# XLA:CPU runs every fake device on one thread pool sized by the core count; a collective
+# blocks its thread until all devices join, so a small pool can deadlock: give it 4
+# threads per device (BUILD.md, "Multi-device and multi-process runs on one CPU").
+os.environ.setdefault("PJRT_NPROC", str(max(os.cpu_count() or 1, 16)))
 
 # %%
 import jax
@@ -105,7 +110,7 @@ x_all, y_all = pl.replicate_on(mesh, (x_train, y_train))
 # the same parameters on the same batch.
 
 # %%
-sm_kw = dict(inner_steps=INNER_STEPS, delta=0.1, power_iterations=10)
+sm_kw = dict(inner_steps=INNER_STEPS)
 sm = pl.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=MICROBATCHES, **sm_kw)
 single = amj.sm.surrogate_minimization(net, **sm_kw)
 
@@ -172,13 +177,16 @@ plt.show()
 # ## Where the time goes: the schedule model
 # `altmin_jax.sm.schedule_model` lays out one iteration on S = 4 devices with M = 4
 # micro-batches from per-device operation times: forward F, backward B, GD's update U,
-# SM's curvature chain C and local solves L. (Illustrative times below;
+# SM's logits'-Jacobian pass J, the sweeps R of its rest bounds and its local solves L.
+# (Illustrative times below;
 # `benchmarks/sm_pipeline.py` measures them.) With GD every device is idle in the bubbles
 # around its short update; SM's N inner steps turn the update phase into useful work, and
 # each device could take more inner steps in its remaining idle time (`fill=True`).
 
 # %%
-durations = sched.Durations(forward=1.0, backward=2.0, update=0.2, curvature=0.5, inner_step=0.6)
+durations = sched.Durations(
+  forward=1.0, backward=2.0, update=0.2, jacobian=1.0, rest=0.3, inner_step=0.6
+)
 schedules = {
   "GPipe + GD": sched.gpipe_schedule("gd", STAGES, MICROBATCHES, durations),
   "GPipe + SM, N = 10": sched.gpipe_schedule("sm", STAGES, MICROBATCHES, durations, inner_steps=10),
@@ -186,7 +194,14 @@ schedules = {
     "sm", STAGES, MICROBATCHES, durations, inner_steps=10, fill=True
   ),
 }
-colors = {"F": "tab:blue", "B": "tab:orange", "U": "tab:green", "C": "tab:red", "L": "tab:green"}
+colors = {
+  "F": "tab:blue",
+  "B": "tab:orange",
+  "U": "tab:green",
+  "J": "tab:purple",
+  "R": "tab:red",
+  "L": "tab:green",
+}
 fig, axes = plt.subplots(len(schedules), 1, figsize=(10, 6), sharex=True)
 for ax, (name, s) in zip(axes, schedules.items()):
   for device, ops in enumerate(s.ops):

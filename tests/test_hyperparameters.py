@@ -214,6 +214,7 @@ NON_NUMERIC = {
   "code_proximal",
   "record_codes",
   "solver",
+  "majorizer",
   "curvature",
   "line_search",
   "vmap_stages",

@@ -50,6 +50,9 @@ class Stage:
       params holding ``kernel`` of shape ``(fan_in, fan_out)`` and optionally
       ``bias``. Dense stages admit closed-form weight updates (AM-mem).
     name: a label used in error messages and reports.
+    per_sample: ``True`` (every builder's stages) when sample ``b``'s output depends on
+      sample ``b``'s input alone; ``False`` for a stage that mixes samples (batch
+      statistics), which surrogate minimization rejects.
   """
 
   init: Callable[[Array], Params]
@@ -58,6 +61,7 @@ class Stage:
   activation: Callable[[Array], Array] = identity
   dense: bool = False
   name: str = ""
+  per_sample: bool = True
 
 
 def _key_of(entry) -> Any:

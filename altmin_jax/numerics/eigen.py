@@ -196,6 +196,10 @@ def tridiagonal_top_eigenpair(diag: Array, off: Array) -> tuple[Array, Array]:
 
     _, s = jax.lax.scan(bwd, jnp.zeros((blocks,), dtype), (z.T, nxt.T), reverse=True)
     s = s.T
+    # scale before the norm: with T = 0 (a block whose Krylov space has dimension 1, e.g.
+    # an operator that vanishes on the start vector) the entries reach 1/tiny and their
+    # squares would overflow
+    s = s / jnp.max(jnp.abs(s), axis=1, keepdims=True)
     return s / jnp.linalg.norm(s, axis=1, keepdims=True)
 
   s = solve(solve(jnp.ones((blocks, k), dtype) / jnp.sqrt(k)))

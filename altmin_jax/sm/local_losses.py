@@ -1,48 +1,37 @@
-r"""The local losses of surrogate minimization (SM) and their minimisation, stage by stage.
+r"""The local losses of surrogate minimization (SM), built and minimised stage by stage.
 
-Asad et al., "Surrogate Minimization" (SM paper), Proposition 1 and Appendices A-B, in the
-notation of :mod:`altmin_jax.sm._common` (post-activation stages :math:`f_i`, batch-mean
-objective :math:`h`). This module is the one home of the SM formulas; the single-device
-step (:mod:`altmin_jax.sm.surrogate`) and the pipelined step
-(:mod:`altmin_jax.sm.pipeline.sm`) both call its functions.
-
-At the iterate :math:`(z_t, \theta_t)` one forward and one backward pass give
-:math:`z_t^{(i)}` and :math:`g_z^{(i)} = \partial h/\partial z^{(i)}`. Stage ``i`` owns the
-scalar function of its input and parameters (Appendix B, :math:`\Psi^{(i)}`)
-
-.. math::
-   \psi_i(z, \theta) = \langle g_z^{(i)}, f_i(z, \theta) - z_t^{(i)}\rangle
-     + \frac{c_{i+1}}{2}\,\|f_i(z, \theta) - z_t^{(i)}\|^2,
-
-with :math:`c_{m+1} = L/B` (``L`` the per-sample smoothness of the loss,
-:func:`~altmin_jax.sm._common.resolve_loss_smoothness`) and, down the chain (Appendix A),
-
-.. math::
-   c_i = \max(\hat\lambda_{\max}(H^{(i)}_{zz}), 0) + \delta,\qquad
-   H^{(i)}_{zz} = \nabla^2_{zz}\psi_i(z_t^{(i-1)}, \theta_t),
-
-where :math:`\hat\lambda_{\max}` is a Lanczos estimate from exact Hessian-vector products
-(:func:`~altmin_jax.numerics.top_eigenvalue`: the top Ritz value plus its residual, per
-sample when the stage maps samples independently and :math:`H_{zz}` is block diagonal).
-The local loss of stage ``i`` (Proposition 1 with :math:`\rho = 0`) is
+Asad et al., "Surrogate Minimization" (SM paper), Proposition 1 and Algorithm 1 with
+:math:`\rho = 0`. At the iterate one forward and one backward pass give every stage's input
+:math:`z_t^{(i-1)}`, output :math:`z_t^{(i)}` and output gradient :math:`g^{(i)}`; from them
+each stage ``i`` gets a quadratic local loss
 
 .. math::
    \mathcal L_i(\theta) = \langle g_{\theta_i}, \theta - \theta_t\rangle
      + \tfrac12 (\theta - \theta_t)^\top \mathbb H_i (\theta - \theta_t),\qquad
-   \mathbb H_i = H^{(i)}_{\theta\theta} + \frac{H^{(i)\top}_{z\theta} H^{(i)}_{z\theta}}{\delta}
+   g_{\theta_i} = \partial h/\partial\theta_i,
 
-(no coupling term for the first stage, whose input is data), every second derivative of
-:math:`\psi_i` taken at :math:`(z_t^{(i-1)}, \theta_t)` with ``jax.linearize`` of
-``jax.grad`` (exact; the paper used finite differences), and
-:math:`g_{\theta_i} = \nabla_\theta\psi_i = \partial h/\partial\theta_i`. Everything a
-stage needs is local: :math:`(z_t^{(i-1)}, z_t^{(i)}, g_z^{(i)}, c_{i+1}, \theta_i)`, so the
-N inner steps of all stages run in parallel with no communication.
+whose blocks :math:`\mathbb H_i` come from one of two constructions (``majorizer``):
+
+* ``"young"`` (default, :mod:`altmin_jax.sm.young_bound`): a valid majorizer,
+  :math:`\nabla^2 h \preceq \mathrm{diag}(\mathbb H_i)`, that does not inflate down the
+  network, from stage-local data (the logits' Jacobian per sample and a per-sample bound of
+  the rest, one reverse pass per iteration);
+* ``"paper"`` (:mod:`altmin_jax.sm.paper_bound`): the paper's literal constants, not a
+  majorizer.
+
+Up to the dropped third-order term, :math:`h(\theta) \le h(\theta_t) + \sum_i \mathcal
+L_i(\theta_i)` for ``"young"`` (Proposition 1), so descent on every local loss descends on
+:math:`h` for small steps (Theorem 1). Every local loss needs only its stage's data, so the
+N inner steps of all stages run in parallel with no communication
+(:func:`solve_local_loss`). ``delta`` is given per sample: the construction uses
+:math:`\delta = ` ``delta / B`` (every curvature of the batch-mean loss scales like
+:math:`1/B`), so one value serves every batch size.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -53,11 +42,21 @@ from altmin_jax import numerics
 from altmin_jax.core import checks
 from altmin_jax.core.types import Array, Loss, MatVec, PyTree
 from altmin_jax.networks import LayeredNetwork
+from altmin_jax.networks.layered import dense_kernel_bias, identity, with_dense_kernel_bias
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
-from altmin_jax.sm._common import ForwardBackward, StageFn, check_network, resolve_loss_smoothness
+from altmin_jax.sm import paper_bound, young_bound
+from altmin_jax.sm._common import (
+  KNOWN_LOSS_SMOOTHNESS,
+  ForwardBackward,
+  StageFn,
+  check_network,
+  resolve_loss_smoothness,
+  stage_function,
+)
 
 SOLVERS = ("cg", "armijo")
 CURVATURES = ("full", "scalar")
+MAJORIZERS = ("young", "paper")
 SOLVE_SEED_OFFSET = 1000  # start vectors of the local solves: seed + 1000
 
 
@@ -66,18 +65,20 @@ SOLVE_SEED_OFFSET = 1000  # start vectors of the local solves: seed + 1000
 
 @dataclasses.dataclass(frozen=True)
 class SMOptions:
-  """The options of an SM iteration, validated when built (one place for the single-device
+  r"""The options of an SM iteration, validated when built (one place for the single-device
   and the pipelined step).
 
   Attributes:
     inner_steps: N >= 1 inner solver steps per stage and iteration.
     solver: ``"cg"`` (the paper's experiments) or ``"armijo"`` (GD with Armijo search).
-    delta: :math:`\\delta > 0` of Appendix A.
-    power_iterations: Lanczos steps (>= 1) per curvature estimate.
+    majorizer: ``"young"`` (valid, the default) or ``"paper"`` (the literal constants).
+    delta: :math:`\delta B > 0`, the coupling split per sample (module docstring).
+    power_iterations: Lanczos steps (>= 1) per eigenvalue estimate (``"paper"``'s
+      constants, ``"young"`` on non-dense stages, ``curvature="scalar"``).
     loss_smoothness: per-sample smoothness ``L`` of the loss, ``None`` for the library's
       losses.
-    curvature: ``"full"`` (:math:`\\mathbb H_i`) or ``"scalar"``
-      (:math:`\\lambda_{\\max}(\\mathbb H_i) I`, minimised in closed form).
+    curvature: ``"full"`` (:math:`\mathbb H_i`) or ``"scalar"``
+      (:math:`\lambda_{\max}(\mathbb H_i) I`, minimised in closed form).
     curvature_tol: negative-curvature guard of both solvers (>= 0).
     line_search: the :class:`~altmin_jax.numerics.ArmijoSearch` of ``solver="armijo"``.
     seed: offset (>= 0) of the fixed Lanczos start vectors.
@@ -85,8 +86,9 @@ class SMOptions:
 
   inner_steps: int = 10
   solver: str = "cg"
-  delta: float = 1e-2
-  power_iterations: int = 10
+  majorizer: str = "young"
+  delta: float = 3e-3
+  power_iterations: int = 3
   loss_smoothness: float | None = None
   curvature: str = "full"
   curvature_tol: float = 0.0
@@ -97,6 +99,7 @@ class SMOptions:
     checked = dict(
       inner_steps=checks.check_int("inner_steps", self.inner_steps, 1),
       solver=checks.check_choice("solver", self.solver, SOLVERS),
+      majorizer=checks.check_choice("majorizer", self.majorizer, MAJORIZERS),
       delta=checks.check_positive("delta", self.delta),
       power_iterations=checks.check_int("power_iterations", self.power_iterations, 1),
       curvature=checks.check_choice("curvature", self.curvature, CURVATURES),
@@ -130,148 +133,169 @@ def sm_config(net: Any, loss: Any, options: SMOptions) -> SMConfig:
   net = check_network(net)
   loss = checks.check_loss(loss)
   smoothness = resolve_loss_smoothness(loss, options.loss_smoothness)
+  for i, stage in enumerate(net.stages, start=1):
+    if not getattr(stage, "per_sample", True):
+      raise ValueError(
+        "surrogate minimization needs stages that map samples independently; stage "
+        f"{i} ({stage.name!r}) has per_sample=False"
+      )
   return SMConfig(net=net, loss=loss, options=options, loss_smoothness=smoothness)
 
 
-# ------------------------------------------------------------- local functions
+class Scales(NamedTuple):
+  """The batch-size dependent constants of one iteration."""
+
+  gn: Any  # m: the Gauss-Newton factor of every stage ("young")
+  delta: Any  # delta / B
+  c_last: Any  # L / B, the smoothness of the batch-mean loss in the logits
 
 
-def make_psi(fn: StageFn, g_out: Array, z_out: Array, c_next: Array) -> Callable:
-  r""":math:`\psi_i(z, \theta)` (module docstring) for a stage map ``fn(theta, z)``, output
-  gradient ``g_out``, output ``z_out`` at the iterate and curvature ``c_next``
-  (:math:`c_{i+1}`)."""
-
-  def psi(z, theta):
-    # Appendix B: Psi^(m), eq. (3), with 1/eta = c_{m+1}; Psi^(i-1) with H_zz = c_i I.
-    diff = fn(theta, z) - z_out
-    return jnp.vdot(g_out, diff) + 0.5 * c_next * jnp.vdot(diff, diff)
-
-  return psi
+def scales(cfg: SMConfig, batch: int, dtype) -> Scales:
+  L = cfg.loss_smoothness
+  return Scales(
+    gn=jnp.asarray(cfg.net.num_stages, dtype),
+    delta=jnp.asarray(cfg.options.delta / batch, dtype),
+    c_last=jnp.asarray(L / batch, dtype),
+  )
 
 
-def hzz_product(psi: Callable, z: Array, theta: PyTree) -> MatVec:
-  r"""``u -> H_zz u``, :math:`H_{zz} = \nabla^2_{zz}\psi(z, \theta)` (jvp of grad)."""
-  _, lin = jax.linearize(lambda zz: jax.grad(psi, argnums=0)(zz, theta), z)
-  return lin
+def loss_hessians(cfg: SMConfig, logits: Array, y: Array) -> Array:
+  r"""Per-sample Hessians ``(B, K, K)`` of the batch-mean loss in the logits,
+  :math:`\nabla^2\ell_b`: exact for the library's losses (convex, so PSD), :math:`(L/B)
+  I` for any other loss (its smoothness bound)."""
+  B = logits.shape[0]
+  flat = logits.reshape(B, -1)
+  if cfg.loss in KNOWN_LOSS_SMOOTHNESS:
+    one = lambda o, t: cfg.loss(o.reshape((1, *logits.shape[1:])), t[None])[0]
+    return jax.vmap(jax.hessian(one))(flat, y) / B
+  eye = jnp.eye(flat.shape[1], dtype=flat.dtype)
+  return jnp.broadcast_to(eye * (cfg.loss_smoothness / B), (B, *eye.shape))
+
+
+# ------------------------------------------------------------- per-stage data
+
+
+class StageData(NamedTuple):
+  """What stage ``i``'s local loss needs: stage-local arrays only."""
+
+  z_prev: Array  # z^(i-1)
+  theta: PyTree
+  g_out: Array  # g^(i) = dh/dz^(i)
+  z_out: Array  # z^(i)
+  c_next: Array  # "paper": c_{i+1}; "young": 0
+  jac: Array | None  # "young": logits' Jacobian in z^(i) per sample (None: the logits)
+  e: Array  # "young": (B,) bound of the rest; "paper": 0
+  hess: Array  # "young": (B, K, K) the loss's Hessian per sample; "paper": 0
+
+
+class StageKind(NamedTuple):
+  """The static description of a stage's map for the local loss."""
+
+  fn: StageFn  # f_i(theta, z), post-activation (the logits for the last stage)
+  activation: Callable | None  # dense closed forms: the elementwise activation, else None
+
+
+def stage_kind(net: LayeredNetwork, i: int) -> StageKind:
+  stage = net.stages[i - 1]
+  last = i == net.num_stages
+  if stage.dense and (last or young_bound.is_dense(stage)):
+    return StageKind(stage_function(net, i), identity if last else stage.activation)
+  return StageKind(stage_function(net, i), None)
+
+
+def young_levels(net: LayeredNetwork, stage_params, fb: ForwardBackward, *, iterations, seed):
+  """Every stage's :class:`~altmin_jax.sm.young_bound.Level` (entry ``i - 1``; stage 1's
+  is ``None``: nothing lies below it)."""
+  out = [None]
+  for i in range(2, net.num_stages + 1):
+    kind, theta, factor = stage_kind(net, i), stage_params[i - 1], young_bound.tau_factor(i)
+    if kind.activation is not None:
+      kernel, bias = dense_kernel_bias(theta)
+      last = i == net.num_stages
+      d = young_bound.dense_stage(kind.activation, kernel, bias, fb.z[i - 1], fb.g_z[i - 1], last)
+      out.append(young_bound.dense_level(d, factor))
+    else:
+      s = young_bound.GenericStage(kind.fn, theta, fb.z[i - 1], fb.g_z[i - 1])
+      out.append(young_bound.generic_level(s, factor, iterations=iterations, seed=seed + i))
+  return out
+
+
+def young_bounds(
+  net: LayeredNetwork,
+  stage_params,
+  fb: ForwardBackward,
+  hess: Array,
+  *,
+  delta,
+  iterations: int,
+  seed: int,
+) -> tuple[list[young_bound.Bound], list[Array]]:
+  r"""Every stage's per-sample bound of :math:`M^{(i+1)}` (entry ``i - 1``): the logits'
+  Jacobian in its output by one reverse pass, the loss's Hessian ``hess`` and the rest's
+  top eigenvalue by Lanczos on the stages above (:mod:`altmin_jax.sm.young_bound`); and
+  every stage's coupling split :math:`\delta_i` (stage 1: ``delta``, unused)."""
+  m = net.num_stages
+  levels = young_levels(net, stage_params, fb, iterations=iterations, seed=seed)
+  jacs = [None] * m
+  for i in range(m - 1, 0, -1):  # the logits' Jacobian in z^(i), from stage i + 1
+    jacs[i - 1] = young_bound.jacobian_below(levels[i], jacs[i], fb.z[i + 1])
+  bounds = [
+    young_bound.Bound(
+      jac=jacs[i - 1],
+      e=young_bound.rest_bound(
+        levels[i:], delta, fb.z[i], iterations=iterations, seed=seed + 100 + i
+      ),
+      hess=hess,
+    )
+    for i in range(1, m + 1)
+  ]
+  return bounds
+
+
+# ------------------------------------------------------------------ local losses
 
 
 class LocalQuadratic(NamedTuple):
-  """A stage's local loss: gradient and Hessian-vector product."""
+  """A stage's local loss: gradient and Hessian-vector product in a canonical parameter
+  form, and the map back to the stage's own parameter structure."""
 
-  g_theta: PyTree  # \nabla_theta psi at the iterate (= dh/dtheta_i)
+  g_theta: PyTree  # dh/dtheta_i
   matvec: MatVec  # v -> H_i v
+  to_params: Callable[[PyTree], PyTree]
 
 
-def local_quadratic(psi: Callable, z: Array, theta: PyTree, delta, first) -> LocalQuadratic:
-  r"""The local loss :math:`\mathcal L_i` of one stage (module docstring).
+def local_quadratic(
+  options: SMOptions, kind: StageKind, first, last, weight, data: StageData, sc: Scales
+) -> LocalQuadratic:
+  r"""The local loss :math:`\mathcal L_i` of one stage from its :class:`StageData`.
 
-  ``matvec(v)`` is :math:`\mathbb H_i v = H_{\theta\theta} v + H_{z\theta}^\top
-  (H_{z\theta} v) / \delta`, where :math:`(H_{z\theta} v, H_{\theta\theta} v)` is one jvp
-  of :math:`\nabla_{(z,\theta)}\psi` in the direction :math:`(0, v)` and
-  :math:`H_{z\theta}^\top u` one jvp of :math:`\nabla_\theta \psi` in the direction
-  :math:`(u, 0)` (mixed partials commute). ``first`` (the first stage has no coupling
-  term) is a Python bool, or a traced one in a pipeline whose devices hold the first
-  stage or another one.
+  ``first`` (no coupling term) and ``last`` (no activation; dense closed forms only) are
+  Python bools or traced ones (pipelined stages); ``weight`` is the stage index ``i``
+  (:math:`1 + 1/\tau_i`, ``"young"``).
   """
-  if first is True:
-    g_theta, lin = jax.linearize(lambda th: jax.grad(psi, argnums=1)(z, th), theta)
-    return LocalQuadratic(g_theta=g_theta, matvec=lin)
-  (_, g_theta), lin_theta = jax.linearize(lambda th: jax.grad(psi, argnums=(0, 1))(z, th), theta)
-  _, lin_coupling_t = jax.linearize(lambda zz: jax.grad(psi, argnums=1)(zz, theta), z)
-
-  def matvec(v):
-    # Appendix A: H_i = H_thetatheta + H_ztheta^T H_ztheta / delta (condition (2)).
-    h_z, h_theta = lin_theta(v)  # (H_ztheta v, H_thetatheta v)
-    coupled = optax.tree.add_scale(h_theta, 1.0 / delta, lin_coupling_t(h_z))
-    if first is False:
-      return coupled
-    return jax.tree.map(lambda a, b: jnp.where(first, a, b), h_theta, coupled)
-
-  return LocalQuadratic(g_theta=g_theta, matvec=matvec)
-
-
-def local_loss_value(g_theta: PyTree, matvec: MatVec, d: PyTree) -> Array:
-  r""":math:`\mathcal L_i(\theta_t + d) = g^\top d + \tfrac12 d^\top \mathbb H_i d`."""
-  return optax.tree.vdot(g_theta, d) + 0.5 * optax.tree.vdot(d, matvec(d))
+  if options.majorizer == "paper":
+    psi = paper_bound.make_psi(kind.fn, data.g_out, data.z_out, data.c_next)
+    g, mv = paper_bound.psi_quadratic(psi, data.z_prev, data.theta, sc.delta, first)
+    return LocalQuadratic(g, mv, lambda d: d)
+  bound = young_bound.Bound(data.jac, data.e, data.hess)
+  kw = dict(gn=sc.gn, weight=weight, inv_delta=1.0 / sc.delta, first=first)
+  if kind.activation is not None:
+    theta = data.theta
+    kernel, bias = dense_kernel_bias(theta)
+    d = young_bound.dense_stage(kind.activation, kernel, bias, data.z_prev, data.g_out, last)
+    to_params = lambda c: with_dense_kernel_bias(theta, c["kernel"], c.get("bias"))
+    mv = young_bound.dense_matvec(d, bound, **kw)
+    return LocalQuadratic(young_bound.dense_gradient(d), mv, to_params)
+  s = young_bound.GenericStage(kind.fn, data.theta, data.z_prev, data.g_out)
+  return LocalQuadratic(
+    young_bound.generic_gradient(s), young_bound.generic_matvec(s, bound, **kw), lambda d: d
+  )
 
 
-# ------------------------------------------------------------ curvature chain
-
-
-def stage_is_per_sample(net: LayeredNetwork, i: int) -> bool:
-  r"""Whether stage ``i``'s map handles every sample on its own, so that
-  :math:`\nabla^2_{zz}\psi_i` is block diagonal over the batch.
-
-  True for dense stages (``Stage.dense``: ``flatten(a) @ kernel + bias`` row by row,
-  followed by a per-sample activation, as the :class:`~altmin_jax.networks.Stage`
-  contract requires), i.e. :func:`~altmin_jax.networks.mlp` and ``nnx.Linear`` layers.
-  Other stages (convolutions, adapted modules that might mix samples through batch
-  statistics) are treated as one block.
-  """
-  return bool(net.stages[i - 1].dense)
-
-
-def stage_curvature(
-  fn: StageFn,
-  theta: PyTree,
-  z_in: Array,
-  g_out: Array,
-  z_out: Array,
-  c_next: Array,
-  v0: Array,
-  *,
-  delta,
-  iterations: int,
-  per_sample: bool,
-) -> Array:
-  r""":math:`c_i = \max(\hat\lambda_{\max}(\nabla^2_{zz}\psi_i), 0) + \delta` of one stage
-  (Appendix A): ``iterations`` Lanczos steps on :math:`H_{zz}` from ``v0``, per sample
-  when ``per_sample``, :math:`\hat\lambda = \max_b(\theta_b + r_b)` (top Ritz value of
-  sample ``b``'s block plus its residual; clipped at zero, so :math:`c_i` bounds
-  :math:`H_{zz}` also when :math:`\lambda_{\max} < 0`)."""
-  mv = hzz_product(make_psi(fn, g_out, z_out, c_next), z_in, theta)
-  lam = numerics.top_eigenvalue(mv, v0, iterations, per_sample=per_sample)
-  return jnp.maximum(lam, 0.0) + delta
-
-
-def curvature_chain(
-  stage_fns: Sequence[StageFn],
-  stage_params: Sequence[PyTree],
-  fb: ForwardBackward,
-  c_last: Array,
-  *,
-  delta,
-  iterations: int,
-  seed: int = 0,
-  per_sample: Sequence[bool] | None = None,
-) -> tuple[Array, ...]:
-  r"""The constants :math:`(c_2, \dots, c_{m+1})`, top-down: :math:`c_{m+1}` =
-  ``c_last``, then :func:`stage_curvature` for :math:`i = m, \dots, 2` from
-  :func:`~altmin_jax.numerics.start_vector` with ``seed + i``, per sample where
-  ``per_sample[i - 1]`` (:func:`stage_is_per_sample`; default: one block per stage).
-
-  Returns:
-    A tuple whose entry ``i - 1`` is :math:`c_{i+1}`, the constant stage ``i`` uses.
-  """
-  m = len(stage_fns)
-  per_sample = [False] * m if per_sample is None else list(per_sample)
-  c = [None] * (m + 2)
-  c[m + 1] = c_last
-  for i in range(m, 1, -1):
-    z_in = fb.z[i - 1]
-    c[i] = stage_curvature(
-      stage_fns[i - 1],
-      stage_params[i - 1],
-      z_in,
-      fb.g_z[i - 1],
-      fb.z[i],
-      c[i + 1],
-      numerics.start_vector(seed + i, z_in),
-      delta=delta,
-      iterations=iterations,
-      per_sample=per_sample[i - 1],
-    )
-  return tuple(c[2:])
+def local_loss_value(lq: LocalQuadratic, d: PyTree) -> Array:
+  r""":math:`\mathcal L_i(\theta_t + d) = g^\top d + \tfrac12 d^\top \mathbb H_i d` (``d`` in
+  the canonical form of ``lq``)."""
+  return optax.tree.vdot(lq.g_theta, d) + 0.5 * optax.tree.vdot(d, lq.matvec(d))
 
 
 # ------------------------------------------------------------------ local solves
@@ -280,44 +304,34 @@ def curvature_chain(
 class StageSolve(NamedTuple):
   """Result of one stage's local solve."""
 
-  d: PyTree  # theta_{t+1} - theta_t
+  d: PyTree  # theta_{t+1} - theta_t, in the stage's parameter structure
   model: Array  # L_i(theta_{t+1})
   iterations: Array  # int32
   step: Array  # next Armijo trial step
 
 
 def solve_local_loss(
-  options: SMOptions,
-  fn: StageFn,
-  first,
-  z_prev: Array,
-  theta: PyTree,
-  g_out: Array,
-  z_out: Array,
-  c_next: Array,
-  step0: Array,
-  v0: PyTree,
+  options: SMOptions, lq: LocalQuadratic, step0: Array, seed, real_shapes=None
 ) -> StageSolve:
-  r"""Builds and minimises one stage's local loss from stage-local data only.
+  r"""Minimises one stage's local loss from :math:`d = 0`.
 
   ``N = inner_steps`` steps of CG (:func:`~altmin_jax.numerics.conjugate_gradient` on
   :math:`\mathbb H_i d = -g_{\theta_i}`) or of GD with Armijo search
-  (:func:`~altmin_jax.numerics.quadratic_armijo_gd`), from :math:`d = 0`. With
-  ``curvature="scalar"`` :math:`\mathbb H_i` is replaced by :math:`\lambda_{\max}(\mathbb
-  H_i) I` (Lanczos from ``v0``, shaped like ``theta``) and the minimiser :math:`d =
-  -g_{\theta_i}/\lambda_{\max}` is taken in closed form (the paper's remark after
-  Algorithm 1: layer-wise GD with per-layer step sizes). ``first`` as in
-  :func:`local_quadratic`.
+  (:func:`~altmin_jax.numerics.quadratic_armijo_gd`). With ``curvature="scalar"``
+  :math:`\mathbb H_i` is replaced by :math:`\lambda_{\max}(\mathbb H_i) I` (Lanczos from
+  :func:`~altmin_jax.numerics.start_vector` with ``seed`` and ``real_shapes``) and the
+  minimiser :math:`d = -g_{\theta_i}/\lambda_{\max}` is taken in closed form (the paper's
+  remark after Algorithm 1: layer-wise GD with per-layer step sizes).
   """
-  lq = local_quadratic(make_psi(fn, g_out, z_out, c_next), z_prev, theta, options.delta, first)
   g = lq.g_theta
   if options.curvature == "scalar":
+    v0 = numerics.start_vector(seed, g, real_shapes)
     lam = numerics.top_eigenvalue(lq.matvec, v0, options.power_iterations)
     pos = lam > 0
     inv = jnp.where(pos, 1.0 / jnp.where(pos, lam, 1.0), 0.0)
     d = optax.tree.scale(-inv, g)
     model = -0.5 * inv * optax.tree.vdot(g, g)
-    return StageSolve(d, model, pos.astype(jnp.int32), step0)
+    return StageSolve(lq.to_params(d), model, pos.astype(jnp.int32), step0)
   if options.solver == "cg":
     res = numerics.conjugate_gradient(
       lq.matvec,
@@ -326,7 +340,7 @@ def solve_local_loss(
       curvature_tol=options.curvature_tol,
     )
     model = optax.tree.vdot(g, res.x) + 0.5 * optax.tree.vdot(res.x, res.Ax)
-    return StageSolve(res.x, model, res.iterations, step0)
+    return StageSolve(lq.to_params(res.x), model, res.iterations, step0)
   res = numerics.quadratic_armijo_gd(
     lq.matvec,
     g,
@@ -335,4 +349,4 @@ def solve_local_loss(
     config=options.line_search,
     curvature_tol=options.curvature_tol,
   )
-  return StageSolve(res.x, res.value, res.iterations, res.next_step)
+  return StageSolve(lq.to_params(res.x), res.value, res.iterations, res.next_step)

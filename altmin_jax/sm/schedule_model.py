@@ -19,10 +19,13 @@ One iteration, starting with every device free at time 0 (a flushed pipeline):
   passes ``T(k, s, j)`` evaluate trial steps (trial ``k`` starts when every gradient is
   known and the previous trial's loss has reached device 0); then ``U(s)``, the update of
   device ``s``'s layers, after its own last backward (and the last trial's loss);
-* **SM**: ``C(s)``, the Lanczos estimates of device ``s``'s curvature constants, after its own
-  last backward and ``C(s+1)`` (plus ``comm``: the chain :math:`c_{i+1} \to c_i` of
-  Appendix A); then ``L(s)``, building and minimising its local losses with N inner steps
-  (``solve_setup + N * inner_step``), after ``C(s)``, with no communication.
+* **SM** (:mod:`altmin_jax.sm.pipeline.sm`): ``J(s, j)``, the logits' Jacobian of
+  micro-batch ``j`` through device ``s``'s layers, a second reverse pass like the backward
+  one (after ``J(s+1, j)`` plus ``comm`` and the device's own backwards); then
+  ``rest_steps`` Lanczos steps of the rest bounds, each a sweep up the devices
+  (``R(s)`` after ``R(s-1)`` plus ``comm``) and one down (after ``R(s+1)`` plus ``comm``)
+  on the full batch; then ``L(s)``, building and minimising its local losses with N inner
+  steps (``solve_setup + N * inner_step``), with no communication.
 
 Two executions of that graph are modelled:
 
@@ -59,7 +62,8 @@ class Durations(NamedTuple):
     forward: one micro-batch through the device's layers (``F``).
     backward: one micro-batch backward through them (``B``).
     update: GD's parameter update of the device's layers (``U``).
-    curvature: the curvature estimates of all of the device's layers (``C``, SM).
+    jacobian: one micro-batch of the logits' Jacobian pass through them (``J``, SM).
+    rest: the device's round of one sweep (up or down) of the rest bounds (``R``, SM).
     inner_step: one inner CG / GD step on all of the device's local losses (SM).
     solve_setup: building the device's local losses before the inner steps (SM).
     comm: one point-to-point transfer between neighbouring devices.
@@ -68,7 +72,8 @@ class Durations(NamedTuple):
   forward: Any = 1.0
   backward: Any = 2.0
   update: Any = 0.0
-  curvature: Any = 0.0
+  jacobian: Any = 0.0
+  rest: Any = 0.0
   inner_step: Any = 0.0
   solve_setup: Any = 0.0
   comm: float = 0.0
@@ -87,7 +92,7 @@ class Schedule:
     busy, idle: per device, compute time and idle time within the makespan.
     phase_busy: per phase name, per device compute time.
     idle_before_update: per device, idle time between its last backward and the start
-      of its update phase (GD: ``U``; SM: ``C``).
+      of its update phase (GD: ``U``; SM: ``J``).
     idle_after_update: per device, idle time after its update phase ends.
     fill_steps: SM only, per device, inner steps that fit in ``idle_after_update``.
     ops: per device, the ``(name, start, end)`` of every operation in time order.
@@ -186,22 +191,23 @@ def _passes(tl: _Timeline, S, M, d, *, lockstep: bool, start: float = 0.0, label
   return max(end.values())
 
 
-def _backward(tl: _Timeline, S, M, d, *, lockstep: bool, start: float):
-  b = d["backward"]
+def _backward(tl: _Timeline, S, M, d, *, lockstep: bool, start: float, kind="backward"):
+  """A reverse pass (the backward one, or the logits' Jacobians with ``kind="jacobian"``)."""
+  b, label = d[kind], "B" if kind == "backward" else "J"
   if lockstep:
     tick = max(b) + d["comm"]
     for t in range(M + S - 1):
       for s in range(S):
         j = t - (S - 1 - s)
         if 0 <= j < M:
-          tl.run(s, f"B{s},{j}", "backward", b[s], start)
+          tl.run(s, f"{label}{s},{j}", kind, b[s], start)
       start += tick
     return start
   end = {}
   for j in range(M):
     for s in reversed(range(S)):
       ready = end[(s + 1, j)] + d["comm"] if s < S - 1 else 0.0
-      end[(s, j)] = tl.run(s, f"B{s},{j}", "backward", b[s], ready)
+      end[(s, j)] = tl.run(s, f"{label}{s},{j}", kind, b[s], ready)
   return max(end.values())
 
 
@@ -213,20 +219,22 @@ def gpipe_schedule(
   *,
   inner_steps: int = 1,
   line_search_trials: int = 0,
+  rest_steps: int = 1,
   lockstep: bool = False,
   fill: bool = False,
 ) -> Schedule:
   """The modelled timeline of one GPipe iteration with GD or SM updates.
 
   Args:
-    method: ``"gd"`` (one update per pass) or ``"sm"`` (curvature chain, then N inner
-      steps on every device's local losses).
+    method: ``"gd"`` (one update per pass) or ``"sm"`` (the Jacobian pass and the rest
+      bounds, then N inner steps on every device's local losses).
     num_stages: S devices.
     num_microbatches: M.
     durations: per-device operation times.
     inner_steps: N (SM).
     line_search_trials: r extra pipelined forward passes per GD iteration (the trial
       steps of an Armijo search; 0 for a fixed step).
+    rest_steps: Lanczos steps of the rest bounds per SM iteration (``power_iterations``).
     lockstep: tick-synchronous phases (as implemented with ``shard_map``) instead of
       dependency-driven execution.
     fill: SM only: every device takes ``N + fill_steps[s]`` inner steps, filling its
@@ -248,16 +256,29 @@ def gpipe_schedule(
   M = checks.check_int("num_microbatches", num_microbatches, 1)
   N = checks.check_int("inner_steps", inner_steps, 1)
   r = checks.check_int("line_search_trials", line_search_trials, 0)
+  k = checks.check_int("rest_steps", rest_steps, 0)
   if not isinstance(durations, Durations):
     raise ValueError(f"durations must be a Durations, got durations={durations!r}")
   if fill and method == "sm":
-    plain = gpipe_schedule(method, S, M, durations, inner_steps=N, lockstep=lockstep, fill=False)
+    plain = gpipe_schedule(
+      method, S, M, durations, inner_steps=N, rest_steps=k, lockstep=lockstep, fill=False
+    )
     steps = [N + f for f in plain.fill_steps]
-    return _schedule(method, S, M, durations, N, steps, r, lockstep)
-  return _schedule(method, S, M, durations, N, [N] * S, r, lockstep)
+    return _schedule(method, S, M, durations, N, steps, r, k, lockstep)
+  return _schedule(method, S, M, durations, N, [N] * S, r, k, lockstep)
 
 
-def _schedule(method, S, M, durations, N, steps, r, lockstep) -> Schedule:
+def _rest_sweeps(tl: _Timeline, S, d, k: int, start: float) -> float:
+  """``k`` Lanczos steps of the rest bounds: per step a sweep up the devices and one down,
+  one device at a time on the full batch (dependency-driven and lockstep alike)."""
+  t = start
+  for step in range(k):
+    for s in list(range(S)) + list(reversed(range(S))):
+      t = tl.run(s, f"R{step}:{s}", "rest", d["rest"][s], t) + d["comm"]
+  return t
+
+
+def _schedule(method, S, M, durations, N, steps, r, k, lockstep) -> Schedule:
   d = {k: _per_stage(k, v, S) for k, v in durations._asdict().items() if k != "comm"}
   d["comm"] = _per_stage("comm", durations.comm, 1)[0]
   tl = _Timeline(S)
@@ -270,25 +291,17 @@ def _schedule(method, S, M, durations, N, steps, r, lockstep) -> Schedule:
     for s in range(S):
       tl.run(s, f"U{s}", "update", d["update"][s], ready)
   else:
-    c = d["curvature"]
     solve = [d["solve_setup"][s] + steps[s] * d["inner_step"][s] for s in range(S)]
-    if lockstep:
-      for s in reversed(range(S)):  # round S-1-s: device s, then one scalar ppermute
-        tl.run(s, f"C{s}", "curvature", c[s], t)
-        t += c[s] + d["comm"]
-      for s in range(S):
-        tl.run(s, f"L{s}", "solve", solve[s], t)
-    else:
-      chain = 0.0
-      for s in reversed(range(S)):
-        chain = tl.run(s, f"C{s}", "curvature", c[s], chain + d["comm"] if s < S - 1 else 0.0)
-        tl.run(s, f"L{s}", "solve", solve[s])
+    t = _backward(tl, S, M, d, lockstep=lockstep, start=t, kind="jacobian")
+    t = _rest_sweeps(tl, S, d, k, t if lockstep else max(tl.free))
+    for s in range(S):
+      tl.run(s, f"L{s}", "solve", solve[s], t)
   makespan = max(tl.free)
   busy = tuple(sum(e - b for _, b, e in ops) for ops in tl.ops)
   before, after = [], []
   for ops in tl.ops:
     last_b = max(e for name, _, e in ops if name.startswith("B"))
-    update = [(b, e) for name, b, e in ops if name[0] in "UCL"]
+    update = [(b, e) for name, b, e in ops if name[0] in "UJRL"]
     between = sum(e - b for name, b, e in ops if name.startswith("T"))
     before.append(update[0][0] - last_b - between)
     after.append(makespan - update[-1][1])
@@ -322,6 +335,7 @@ def compare(
   *,
   inner_steps: int,
   line_search_trials: int = 0,
+  rest_steps: int = 1,
 ) -> dict:
   """GPipe + GD and GPipe + SM side by side, dependency-driven and lockstep, as a dict
   ready for JSON (``{"gd": ..., "sm": ..., "gd_lockstep": ..., "sm_lockstep": ...}``)."""
@@ -337,6 +351,12 @@ def compare(
       lockstep=lockstep,
     ).as_dict()
     out["sm" + suffix] = gpipe_schedule(
-      "sm", num_stages, num_microbatches, durations, inner_steps=inner_steps, lockstep=lockstep
+      "sm",
+      num_stages,
+      num_microbatches,
+      durations,
+      inner_steps=inner_steps,
+      rest_steps=rest_steps,
+      lockstep=lockstep,
     ).as_dict()
   return out

@@ -16,50 +16,91 @@ import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
-from altmin_jax import numerics
 from altmin_jax.core.types import Array, Loss, PyTree
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.numerics.line_search import ArmijoSearch
-from altmin_jax.sm import _common
+from altmin_jax.sm import _common, paper_bound, young_bound
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm._common import SMState
 
 
-def _group_key(net: LayeredNetwork, i: int, theta: PyTree, z_prev: Array) -> tuple:
+def _group_key(net: LayeredNetwork, i: int, data: ll.StageData) -> tuple:
   """Stages with equal keys compute the same function on equally shaped data."""
   stage = net.stages[i - 1]
-  last = i == net.num_stages
   kind = ("dense",) if stage.dense else ("apply", stage.apply)
-  leaves, treedef = jax.tree.flatten(theta)
+  leaves, treedef = jax.tree.flatten(data)
   shapes = tuple((jnp.shape(a), jnp.asarray(a).dtype) for a in leaves)
-  return (
-    i == 1,
-    kind,
-    None if last else stage.activation,
-    treedef,
-    shapes,
-    z_prev.shape,
-    z_prev.dtype,
-  )
+  return (i == 1, i == net.num_stages, kind, stage.activation, treedef, shapes)
 
 
-def stage_groups(net: LayeredNetwork, stage_params: Sequence[PyTree], zs: Sequence[Array]):
+def stage_groups(net: LayeredNetwork, data) -> list[list[int]]:
   """Stage indices (1-based) grouped so that every group can be solved under one ``vmap``:
-  equal parameter structure and shapes, equal input shape, the same stage computation
-  (dense stages, or the same ``apply`` function) and activation; the first stage (no
-  coupling term) is always alone."""
+  the same stage computation (dense stages, or the same ``apply`` function) and
+  activation on equally shaped data; the first stage (no coupling term) and the last
+  (no activation) are always alone."""
   groups: dict[tuple, list[int]] = {}
   for i in range(1, net.num_stages + 1):
-    key = _group_key(net, i, stage_params[i - 1], zs[i - 1])
-    groups.setdefault(key, []).append(i)
+    groups.setdefault(_group_key(net, i, data[i - 1]), []).append(i)
   return list(groups.values())
+
+
+def stage_data(cfg: ll.SMConfig, stage_params, fb: ll.ForwardBackward, y, sc: ll.Scales):
+  """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` from one forward and
+  backward pass: the per-sample bounds of one reverse pass (``"young"``) or the constants
+  of the paper's chain (``"paper"``)."""
+  net, opts = cfg.net, cfg.options
+  m = net.num_stages
+  zero = jnp.zeros([], fb.value.dtype)
+  if opts.majorizer == "young":
+    hess = ll.loss_hessians(cfg, fb.z[-1], y)
+    bounds = ll.young_bounds(
+      net,
+      stage_params,
+      fb,
+      hess,
+      delta=sc.delta,
+      iterations=opts.power_iterations,
+      seed=opts.seed,
+    )
+    c_next = [zero] * m
+  else:
+    bounds = [young_bound.Bound(None, zero, zero)] * m
+    c_next = paper_bound.paper_constants(
+      net,
+      stage_params,
+      fb,
+      cfg.loss,
+      y,
+      sc.c_last,
+      delta=sc.delta,
+      iterations=opts.power_iterations,
+      seed=opts.seed,
+    )
+  return [
+    ll.StageData(
+      z_prev=fb.z[i - 1],
+      theta=stage_params[i - 1],
+      g_out=fb.g_z[i - 1],
+      z_out=fb.z[i],
+      c_next=c_next[i - 1],
+      jac=bounds[i - 1].jac,
+      e=bounds[i - 1].e,
+      hess=bounds[i - 1].hess,
+    )
+    for i in range(1, m + 1)
+  ]
+
+
+def curvature_summary(data: ll.StageData) -> Array:
+  """What :class:`SMState` records per stage: :math:`c_{i+1}` (``"paper"``) plus the
+  largest per-sample bound :math:`e^{(i+1)}_b` of the rest (``"young"``)."""
+  return data.c_next + jnp.max(data.e)
 
 
 def solve_all_stages(
   cfg: ll.SMConfig,
-  stage_params: Sequence[PyTree],
-  fb: ll.ForwardBackward,
-  curv: Sequence[Array],
+  data: list[ll.StageData],
+  sc: ll.Scales,
   steps: Array,
   vmap_stages: bool = True,
 ) -> list[ll.StageSolve]:
@@ -67,35 +108,23 @@ def solve_all_stages(
   equally shaped stages when ``vmap_stages``."""
   net = cfg.net
   m = net.num_stages
-
-  def args(i):
-    return (
-      fb.z[i - 1],
-      stage_params[i - 1],
-      fb.g_z[i - 1],
-      fb.z[i],
-      curv[i - 1],
-      steps[i - 1],
-    )
-
-  if vmap_stages:
-    groups = stage_groups(net, stage_params, fb.z)
-  else:
-    groups = [[i] for i in range(1, m + 1)]
+  groups = stage_groups(net, data) if vmap_stages else [[i] for i in range(1, m + 1)]
   out: list[ll.StageSolve | None] = [None] * m
   seed = cfg.options.seed + ll.SOLVE_SEED_OFFSET
   for group in groups:
-    fn = _common.stage_function(net, group[0])
-    first = group[0] == 1
+    i0 = group[0]
+    kind = ll.stage_kind(net, i0)
 
-    def solve(*a, fn=fn, first=first):
-      return ll.solve_local_loss(cfg.options, fn, first, *a, v0=numerics.start_vector(seed, a[1]))
+    def solve(d, step, weight, kind=kind, first=i0 == 1, last=i0 == m):
+      lq = ll.local_quadratic(cfg.options, kind, first, last, weight, d, sc)
+      return ll.solve_local_loss(cfg.options, lq, step, seed)
 
     if len(group) == 1:
-      out[group[0] - 1] = solve(*args(group[0]))
+      out[i0 - 1] = solve(data[i0 - 1], steps[i0 - 1], float(i0))
       continue
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[args(i) for i in group])
-    res = jax.vmap(solve)(*stacked)
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[data[i - 1] for i in group])
+    weights = jnp.asarray(group, sc.gn.dtype)
+    res = jax.vmap(solve)(stacked, steps[jnp.asarray(group) - 1], weights)
     for j, i in enumerate(group):
       out[i - 1] = jax.tree.map(lambda a, j=j: a[j], res)
   return out
@@ -116,27 +145,14 @@ def sm_iteration(
 
   Returns ``(new_stage_params, fb, curvatures, solves)``.
   """
-  net = cfg.net
   # Algorithm 1, "access the gradient oracle": one forward and one backward pass.
-  opts = cfg.options
-  fb = _common.forward_backward(net, stage_params, x, y, cfg.loss)
-  dtype = fb.value.dtype
-  c_last = jnp.asarray(cfg.loss_smoothness / x.shape[0], dtype)  # c_{m+1} = L / B
-  fns = [_common.stage_function(net, i) for i in range(1, net.num_stages + 1)]
-  curv = ll.curvature_chain(
-    fns,
-    stage_params,
-    fb,
-    c_last,
-    delta=opts.delta,
-    iterations=opts.power_iterations,
-    seed=opts.seed,
-    per_sample=[ll.stage_is_per_sample(net, i) for i in range(1, net.num_stages + 1)],
-  )
+  fb = _common.forward_backward(cfg.net, stage_params, x, y, cfg.loss)
+  sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
+  data = stage_data(cfg, stage_params, fb, y, sc)
   # Algorithm 1, "do in parallel": N inner steps on every local loss (Prop. 1, eq. (1)).
-  solves = solve_all_stages(cfg, stage_params, fb, curv, steps, vmap_stages)
+  solves = solve_all_stages(cfg, data, sc, steps, vmap_stages)
   new = [optax.tree.add(p, s.d) for p, s in zip(stage_params, solves)]
-  return new, fb, curv, solves
+  return new, fb, [curvature_summary(d) for d in data], solves
 
 
 def surrogate_minimization(
@@ -145,8 +161,9 @@ def surrogate_minimization(
   *,
   inner_steps: int = 10,
   solver: str = "cg",
-  delta: float = 1e-2,
-  power_iterations: int = 10,
+  majorizer: str = "young",
+  delta: float = 3e-3,
+  power_iterations: int = 3,
   loss_smoothness: float | None = None,
   curvature: str = "full",
   curvature_tol: float = 0.0,
@@ -154,51 +171,52 @@ def surrogate_minimization(
   seed: int = 0,
   vmap_stages: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Surrogate minimization (SM paper, Algorithm 1 with :math:`\rho = 0`, Appendix A).
+  r"""Surrogate minimization (SM paper, Algorithm 1 with :math:`\rho = 0`).
 
   One ``update`` on a batch ``(x, y)``, for the batch-mean objective
   :math:`h(\theta) = \frac1B\sum_b \mathrm{loss}(z^{(m)}_b, y_b)`:
 
   1. one forward and one backward pass give the stage outputs :math:`z_t^{(i)}` (post
-     activation; the last stage outputs logits), :math:`g_z^{(i)} = \partial h/\partial
-     z^{(i)}` and :math:`\partial h/\partial\theta_i`;
-  2. top-down, the curvature constants :math:`c_{m+1} = L/B, c_m, \dots, c_2` of
-     :func:`~altmin_jax.sm.local_losses.curvature_chain` (``power_iterations`` Lanczos
-     steps per stage on exact Hessian-vector products, per sample for dense stages);
+     activation; the last stage outputs logits) and :math:`g^{(i)} = \partial h/\partial
+     z^{(i)}`;
+  2. one reverse pass gives every stage its stage-local curvature data
+     (:func:`stage_data`): with the default ``majorizer="young"`` the logits' Jacobian in
+     the stage output and a per-sample bound of the rest
+     (:mod:`altmin_jax.sm.young_bound`), with ``"paper"`` the paper's constants
+     (:mod:`altmin_jax.sm.paper_bound`);
   3. every stage, independently and in parallel (``vmap`` over equally shaped stages),
      takes ``inner_steps`` = N steps of CG or of GD with Armijo search from
-     :math:`\theta_t` on its local loss :math:`\mathcal L_i` (Proposition 1, eq. (1);
-     the formulas are in :mod:`altmin_jax.sm.local_losses`), applied matrix-free;
+     :math:`\theta_t` on its quadratic local loss :math:`\mathcal L_i`
+     (:mod:`altmin_jax.sm.local_losses`), applied matrix-free with exact Jacobian- and
+     Hessian-vector products;
   4. :math:`\theta_{t+1} = \theta_t + d` is returned as ``updates = new - params``.
 
-  Proposition 1 gives :math:`h(\theta) \le h(\theta_t) + \sum_i \mathcal L_i(\theta_i)`
-  up to the dropped third-order term, so the step decreases :math:`h` (Theorem 1) when
-  the local solves decrease their losses and the step is small enough.
-
-  Scaling: every quantity is that of the **mean** over the batch, so :math:`c_i`, the
-  Hessians and ``delta`` are all in units of the mean loss (they scale like :math:`1/B`
-  at fixed per-sample curvature). ``delta`` trades off: a large value inflates
-  :math:`c_i` down the chain, a small one inflates the coupling term; when the batch
-  size changes by a factor, scale ``delta`` by its inverse to keep the same local losses.
+  With ``"young"`` the local losses majorize the loss to second order,
+  :math:`h(\theta) \le h(\theta_t) + \sum_i \mathcal L_i(\theta_i)` up to the dropped
+  third-order term (Proposition 1), so small enough steps that decrease the local losses
+  decrease :math:`h` (Theorem 1).
 
   Args:
-    net: a :class:`~altmin_jax.networks.LayeredNetwork` (any number of stages).
+    net: a :class:`~altmin_jax.networks.LayeredNetwork` whose stages map samples
+      independently.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``; the objective is its mean.
     inner_steps: N >= 1 inner solver steps per stage and iteration.
     solver: ``"cg"`` (the paper's experiments) or ``"armijo"`` (Algorithm 1 with an
       Armijo line search, section 3).
-    delta: :math:`\delta > 0` of Appendix A.
-    power_iterations: Hessian-vector products (Lanczos steps, >= 1) per curvature
-      estimate: per stage for :math:`c_i`, and for :math:`\lambda_{\max}(\mathbb H_i)`
-      with ``curvature="scalar"``.
+    majorizer: ``"young"`` (a valid, tight majorizer) or ``"paper"`` (the paper's literal
+      constants: fast, but not a majorizer).
+    delta: :math:`\delta B > 0`: the split of the coupling between a stage's input and
+      parameters, per sample (the iteration uses :math:`\delta` = ``delta / B``, so one
+      value serves every batch size).
+    power_iterations: Lanczos steps (>= 1) per eigenvalue estimate (``"paper"``'s
+      constants, ``"young"`` on stages other than dense ones, ``curvature="scalar"``).
     loss_smoothness: per-sample smoothness :math:`L` of ``loss`` in the logits;
       ``None`` for the library's softmax cross-entropy (1/2) and squared error (2).
     curvature: ``"full"`` (:math:`\mathbb H_i`) or ``"scalar"``
       (:math:`\lambda_{\max}(\mathbb H_i) I`, minimised in closed form: per-layer GD).
     curvature_tol: negative-curvature guard of both solvers: an inner solve stops when
       its search direction has curvature :math:`\le` ``curvature_tol`` times its squared
-      norm (the stage then keeps the last iterate; a stage whose first direction fails
-      the guard is not updated).
+      norm (the stage then keeps the last iterate).
     line_search: the :class:`~altmin_jax.numerics.ArmijoSearch` of ``solver="armijo"``
       (default: the authors' c = 0.1, factor 0.9, at most 100 backtracks); the
       per-stage step sizes persist in the state.
@@ -211,7 +229,7 @@ def surrogate_minimization(
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params, *,
     batch=(x, y))`` ignores ``grads`` (may be ``None``) and returns ``new_params -
-    params``; :class:`SMState` holds the last iteration's :math:`c_{i+1}` and
+    params``; :class:`SMState` holds the last iteration's per-stage curvature data and
     :math:`\mathcal L_i(\theta_{t+1})`.
 
   Example:
@@ -219,7 +237,7 @@ def surrogate_minimization(
     >>> import altmin_jax as amj
     >>> net = amj.networks.mlp([4, 8, 3], activation=jnp.tanh)
     >>> params = net.init(jax.random.key(0))
-    >>> tx = amj.surrogate_minimization(net, inner_steps=5, delta=1e-2)
+    >>> tx = amj.surrogate_minimization(net, inner_steps=5)
     >>> state = tx.init(params)
     >>> x, y = jnp.ones((6, 4)), jnp.array([0, 1, 2, 0, 1, 2])
     >>> updates, state = tx.update(None, state, params, batch=(x, y))

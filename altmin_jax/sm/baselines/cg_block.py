@@ -4,10 +4,12 @@ A baseline of the SM paper (Asad et al., section 4, "CGBlock"): a parametric New
 method that keeps the diagonal blocks :math:`\nabla^2_{\theta_i\theta_i} h` of the Hessian
 of the *global* loss (one block per layer) and takes N CG steps on each block's Newton
 system. Unlike SM, whose blocks come from the per-layer local losses, these blocks need
-not be positive semi-definite; the CG negative-curvature guard stops a block's solve
-at the first direction of non-positive curvature (the paper observed that negative
-curvature makes CGBlock perform poorly; ``damping`` adds the regularisation that
-the paper reports slowing convergence).
+not be positive semi-definite, and the blocks ignore one another, so the combined step can
+overshoot: the paper observed that negative curvature makes CGBlock perform poorly and that
+regularisation (``damping``) slows it down. The plain step diverges to NaN within a few
+iterations on small tanh networks. By default the combined step is therefore taken with a
+backtracking Armijo search on :math:`h` along it (no iteration increases the loss; one more
+forward pass per trial); ``line_search=None`` takes the plain step as in the paper.
 """
 
 from __future__ import annotations
@@ -23,17 +25,25 @@ from altmin_jax import numerics
 from altmin_jax.core import checks
 from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork
+from altmin_jax.numerics.line_search import ArmijoSearch, check_search
 from altmin_jax.sm import _common
 
 
 class CGBlockState(NamedTuple):
-  """State of CGBlock: step count, last loss and per-block solve diagnostics."""
+  """State of CGBlock: step count, last loss, per-block solve diagnostics and the step
+  search."""
 
   count: Array  # int32 scalar, iterations taken
   loss: Array  # float32 scalar, h(theta_t) on the last batch, before its update
   model_value: Array  # (m,) float32, g_i^T d_i + d_i^T (H_ii + damping I) d_i / 2
   inner_iterations: Array  # (m,) int32, CG steps taken per block
   negative_curvature: Array  # (m,) bool, whether the guard stopped a block's solve
+  step_size: Array  # float32 scalar, the next search's first trial (1 without a search)
+  failed_count: Array  # int32 scalar, searches that fell back to ``fallback_step``
+
+
+# Newton steps have the natural length 1: searches start at min(2 x the last step, 1)
+NEWTON_SEARCH = ArmijoSearch(init_step=1.0, max_step=1.0)
 
 
 def block_hessian_products(h, stage_params):
@@ -60,6 +70,7 @@ def cg_block(
   inner_steps: int = 10,
   damping: float = 0.0,
   curvature_tol: float = 0.0,
+  line_search: ArmijoSearch | None = NEWTON_SEARCH,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Block-diagonal Newton-CG on the batch-mean loss ``h`` (the paper's CGBlock).
 
@@ -68,11 +79,14 @@ def cg_block(
   Hessian-vector products),
 
   .. math::
-     \theta_{i,t+1} = \theta_{i,t} + d_i,\qquad
+     \theta_{t+1} = \theta_t + \alpha_t d,\qquad
      d_i \approx \arg\min_d\; g_i^\top d + \tfrac12 d^\top (H_{ii} + \lambda I) d
 
   by N = ``inner_steps`` conjugate-gradient steps from :math:`d_i = 0`
-  (:func:`~altmin_jax.sm.numerics.conjugate_gradient`, with its negative-curvature guard).
+  (:func:`~altmin_jax.numerics.conjugate_gradient`, with its negative-curvature guard, so
+  :math:`g^\top d < 0`), and :math:`\alpha_t` from a backtracking Armijo search on
+  :math:`h` along :math:`d` (:math:`h(\theta_t + \alpha d) \le h(\theta_t) + c\,\alpha\,
+  g^\top d`, module docstring), or :math:`\alpha_t = 1` with ``line_search=None``.
 
   Args:
     net: a :class:`~altmin_jax.networks.LayeredNetwork`.
@@ -80,6 +94,9 @@ def cg_block(
     inner_steps: N >= 1 CG steps per block.
     damping: :math:`\lambda \ge 0` added to every block.
     curvature_tol: CG guard threshold.
+    line_search: the :class:`~altmin_jax.numerics.ArmijoSearch` of the combined step
+      (default: first trial :math:`\min(2\alpha_{t-1}, 1)`), or ``None`` for the
+      paper's plain step (may diverge).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (``update(None, state, params, *,
@@ -104,6 +121,8 @@ def cg_block(
   curvature_tol = checks.check_positive("curvature_tol", curvature_tol, allow_zero=True)
   m = net.num_stages
 
+  search = None if line_search is None else check_search(line_search)
+
   def init_fn(params):
     del params
     return CGBlockState(
@@ -112,13 +131,15 @@ def cg_block(
       model_value=jnp.zeros([m], jnp.float32),
       inner_iterations=jnp.zeros([m], jnp.int32),
       negative_curvature=jnp.zeros([m], bool),
+      step_size=jnp.asarray(1.0 if search is None else search.init_step, jnp.float32),
+      failed_count=jnp.zeros([], jnp.int32),
     )
 
   @jax.jit
-  def iterate(stage_params, x, y):
+  def iterate(stage_params, x, y, step_size):
     h = _common.network_loss(net, loss, x, y)
-    new, models, iters, negs = [], [], [], []
-    for theta, (g, hvp) in zip(stage_params, block_hessian_products(h, stage_params)):
+    steps, grads, models, iters, negs = [], [], [], [], []
+    for g, hvp in block_hessian_products(h, stage_params):
 
       def matvec(v, hvp=hvp):
         return optax.tree.add_scale(hvp(v), damping, v)
@@ -126,23 +147,40 @@ def cg_block(
       res = numerics.conjugate_gradient(
         matvec, optax.tree.scale(-1.0, g), steps=inner_steps, curvature_tol=curvature_tol
       )
-      new.append(optax.tree.add(theta, res.x))
+      steps.append(res.x)
+      grads.append(g)
       models.append(optax.tree.vdot(g, res.x) + 0.5 * optax.tree.vdot(res.x, res.Ax))
       iters.append(res.iterations)
       negs.append(res.negative_curvature)
-    return new, h(stage_params), models, iters, negs
+    value = h(stage_params)
+    point, d = tuple(stage_params), tuple(steps)
+    if search is None:
+      alpha, next_step, failed = jnp.ones([], value.dtype), step_size, jnp.zeros([], jnp.int32)
+    else:
+      slope = optax.tree.vdot(tuple(grads), d)  # < 0: CG's guard keeps d a descent direction
+      ls = numerics.armijo_backtracking(
+        lambda a: h(optax.tree.add_scale(point, a, d)), value, slope, step_size, search
+      )
+      alpha, next_step = ls.step, numerics.next_init_step(ls, search)
+      failed = (~ls.accepted).astype(jnp.int32)
+    new = optax.tree.add_scale(point, alpha.astype(value.dtype), d)
+    return new, value, models, iters, negs, next_step, failed
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
     prep = _common.prepare(net, params, batch, "cg_block")
-    new, value, models, iters, negs = iterate(prep.stage_params, prep.x, prep.y)
+    new, value, models, iters, negs, step, failed = iterate(
+      prep.stage_params, prep.x, prep.y, state.step_size
+    )
     new_state = CGBlockState(
       count=optax.safe_int32_increment(state.count),
       loss=value.astype(jnp.float32),
       model_value=jnp.stack(models).astype(jnp.float32),
       inner_iterations=jnp.stack(iters).astype(jnp.int32),
       negative_curvature=jnp.stack(negs),
+      step_size=jnp.asarray(step, jnp.float32),
+      failed_count=state.failed_count + failed,
     )
-    return _common.params_update(net, new, prep.params), new_state
+    return _common.params_update(net, list(new), prep.params), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

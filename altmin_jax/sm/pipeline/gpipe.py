@@ -10,8 +10,9 @@ device :math:`s + 1`; every device keeps its layers' inputs and outputs for all
 micro-batches. **Backward** (:meth:`Pipeline.backward`): the reverse scan, micro-batch
 :math:`j = t - (S - 1 - s)` on device :math:`s`, gradients sent to :math:`s - 1`; it gives
 every layer's output gradient and, on request, the parameter gradients accumulated over
-micro-batches. :meth:`Pipeline.top_down` runs one computation per device from the top
-device down (a chain whose every link needs the value of the device above), and
+micro-batches. :meth:`Pipeline.reverse` is the general reverse pass (any per-sample carry),
+:meth:`Pipeline.sequential` runs one computation per device up or down the pipeline (a
+chain whose every link needs the value of the previous device), and
 :meth:`Pipeline.map_layers` a computation on every local layer with no collective.
 """
 
@@ -181,125 +182,169 @@ class Pipeline:
     )
     return fn(theta, xin)
 
-  def backward(self, theta, zin, g_top, *, grads: bool = False, bottom: bool = False):
-    """GPipe backward pass (reverse order of stages): ``M + S - 1`` ticks.
+  def reverse(
+    self,
+    step: Callable,
+    theta,
+    per_layer,
+    top,
+    *,
+    to_carry: Callable,
+    stored_like=None,
+    increment_like=None,
+    bottom_like=None,
+  ):
+    """A reverse GPipe pass: ``M + S - 1`` ticks, micro-batch :math:`j = t - (S - 1 - s)`
+    on device :math:`s`, a carry travelling from the top layer down.
+
+    Every local layer ``k``, from the top down, runs ``step(k, theta_k, per_layer_k,
+    carry) -> (stored, increment, below)`` on one micro-batch: ``stored`` is kept per
+    layer and micro-batch, ``increment`` summed per layer over micro-batches (parameter
+    gradients), and ``to_carry(below)`` becomes the carry of the layer below (then of the
+    device below, one ``ppermute`` per tick).
 
     Args:
-      theta: stacked layers; zin: their inputs from :meth:`forward`.
-      g_top: ``(M, b, out_width)`` gradient of ``h`` in the last layer's outputs.
-      grads: also accumulate the parameter gradients over micro-batches.
-      bottom: also return the gradient in the pipeline input (``(M, b, in_width)``, on
-        every device).
+      step: the per-layer function (above).
+      theta: stacked layers (sharded).
+      per_layer: a pytree of ``(L, M, b, ...)`` per-layer buffers (sharded).
+      top: ``(M, b, ...)`` carries entering the top layer (replicated).
+      to_carry: maps ``below`` to the carry's shape (``fit`` to the layers' output width).
+      stored_like, increment_like, bottom_like: shapes and dtypes of one micro-batch's
+        ``stored``, of one layer's ``increment`` and of the lowest layer's ``below``
+        (``None``: not kept / summed / returned).
 
     Returns:
-      ``(gz, grads or None, bottom or None)``; ``gz`` holds every layer's output
-      gradient :math:`g_z^{(i)}`.
+      ``(stored (L, M, b, ...), increments (L, ...), bottom (M, b, ...) on every device)``,
+      each ``None`` when not asked for.
     """
-    lay, S, K, M = self.layout, self.num_stages, self.layers_per_stage, self.num_microbatches
-    b = g_top.shape[1]
+    S, K, M = self.num_stages, self.layers_per_stage, self.num_microbatches
+    zeros = lambda like, lead: jax.tree.map(lambda a: jnp.zeros((*lead, *a.shape), a.dtype), like)
 
-    def device(theta, zin, g_top):
+    def device(theta, per_layer, top):
       s = lax.axis_index(self.axis_name)
-      dtype = g_top.dtype
-      gz = jnp.zeros((K, M, b, lay.out_width), dtype)
-      acc = jax.tree.map(jnp.zeros_like, theta) if grads else None
-      gbot = jnp.zeros((M, b, lay.in_width), dtype)
+      init_state = (
+        None if stored_like is None else zeros(stored_like, (K, M)),
+        None if increment_like is None else zeros(increment_like, (K,)),
+        None if bottom_like is None else zeros(bottom_like, (M,)),
+      )
 
       def tick(carry, t):
         recv, state = carry
         j = t - (S - 1 - s)
-        valid = (j >= 0) & (j < M)
         jc = jnp.clip(j, 0, M - 1)
-        g_in = jnp.where(s == S - 1, g_top[jc], recv)
+        c_in = jax.tree.map(lambda a, r: jnp.where(s == S - 1, a[jc], r), top, recv)
 
         def work(state):
-          gz, acc, gbot = state
-          g = g_in
+          stored, acc, bot = state
+          c = c_in
           for k in reversed(range(K)):
-            gz = gz.at[k, jc].set(g)
-            fn = layer_fn(lay.activation, self.local_flags(k)[1])
-            th = self.take(theta, k)
-            if grads:
-              _, vjp = jax.vjp(fn, th, zin[k, jc])
-              g_th, g_prev = vjp(g)
-              acc = jax.tree.map(lambda a, u, k=k: a.at[k].add(u), acc, g_th)
-            else:
-              _, vjp = jax.vjp(lambda z, fn=fn, th=th: fn(th, z), zin[k, jc])
-              (g_prev,) = vjp(g)
-            g = fit(g_prev, lay.out_width)
-          return (gz, acc, gbot.at[jc].set(g_prev)), g
+            mb = jax.tree.map(lambda a, k=k: a[k, jc], per_layer)
+            out, inc, below = step(k, self.take(theta, k), mb, c)
+            if stored is not None:
+              stored = jax.tree.map(lambda buf, o, k=k: buf.at[k, jc].set(o), stored, out)
+            if acc is not None:
+              acc = jax.tree.map(lambda a, u, k=k: a.at[k].add(u), acc, inc)
+            c = to_carry(below)
+          if bot is not None:
+            bot = jax.tree.map(lambda buf, o: buf.at[jc].set(o), bot, below)
+          return (stored, acc, bot), c
 
-        state, send = lax.cond(valid, work, lambda st: (st, jnp.zeros_like(g_in)), state)
-        return (self.shift(send, up=False), state), None
+        zero = jax.tree.map(jnp.zeros_like, c_in)
+        state, send = lax.cond((j >= 0) & (j < M), work, lambda st: (st, zero), state)
+        return (jax.tree.map(lambda x: self.shift(x, up=False), send), state), None
 
-      init = (jnp.zeros((b, lay.out_width), dtype), (gz, acc, gbot))
-      (_, (gz, acc, gbot)), _ = lax.scan(tick, init, jnp.arange(M + S - 1))
-      return gz, acc, self.broadcast_from(gbot, 0) if bottom else None
+      init = (jax.tree.map(lambda a: jnp.zeros_like(a[0]), top), init_state)
+      (_, (stored, acc, bot)), _ = lax.scan(tick, init, jnp.arange(M + S - 1))
+      bot = None if bot is None else jax.tree.map(lambda b: self.broadcast_from(b, 0), bot)
+      return stored, acc, bot
 
     layer = P(self.axis_name)
     fn = self.shard_map(
       device,
-      in_specs=(self.specs(theta, layer), layer, P()),
-      out_specs=(layer, self.specs(theta, layer) if grads else None, P() if bottom else None),
+      in_specs=(self.specs(theta, layer), self.specs(per_layer, layer), self.specs(top, P())),
+      out_specs=(
+        None if stored_like is None else self.specs(stored_like, layer),
+        None if increment_like is None else self.specs(increment_like, layer),
+        None if bottom_like is None else self.specs(bottom_like, P()),
+      ),
     )
-    return fn(theta, zin, g_top)
+    return fn(theta, per_layer, top)
 
-  def top_down(self, chain: Callable, top: Array, *args, out_like: PyTree):
-    """A chain down the devices: device ``S - 1`` runs ``chain`` first, then each device
-    once the one above has sent it its result (``S`` rounds, one ``ppermute`` each).
+  def backward(self, theta, zin, g_top, *, grads: bool = False, bottom: bool = False):
+    """GPipe backward pass (:meth:`reverse`): every layer's output gradient
+    :math:`g^{(i)}`, optionally the parameter gradients summed over micro-batches and the
+    gradient in the pipeline input (``(M, b, in_width)``, on every device)."""
+    lay, M = self.layout, self.num_microbatches
+    b = g_top.shape[1]
 
-    Args:
-      chain: ``chain(value, *local_args) -> (local_out, value_below)`` on one device:
-        ``value`` comes from the device above (``top`` on the top device),
-        ``local_args`` are the device's blocks of ``args`` (sharded over the layer axis).
-      top: the value entering the top device (replicated).
-      args: per-layer arrays with a leading layer axis (sharded).
-      out_like: a pytree of arrays shaped like one device's ``local_out``.
+    def step(k, th, z, g):
+      fn = layer_fn(lay.activation, self.local_flags(k)[1])
+      if grads:
+        _, vjp = jax.vjp(fn, th, z)
+        g_th, g_prev = vjp(g)
+      else:
+        _, vjp = jax.vjp(lambda zz: fn(th, zz), z)
+        (g_prev,), g_th = vjp(g), None
+      return g, g_th, g_prev
+
+    like = lambda *shape: jax.ShapeDtypeStruct(shape, g_top.dtype)
+    th_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), theta)
+    del M
+    return self.reverse(
+      step,
+      theta,
+      zin,
+      g_top,
+      to_carry=lambda g: fit(g, lay.out_width),
+      stored_like=like(b, lay.out_width),
+      increment_like=th_like if grads else None,
+      bottom_like=like(b, lay.in_width) if bottom else None,
+    )
+
+  def sequential(self, work: Callable, carry, out, *, up: bool):
+    """Inside a ``shard_map``: one round per device, from device 0 up (``up``) or from
+    device ``S - 1`` down. In its round a device runs ``work(carry) -> (out, carry_next)``
+    on the carry the previous device sent (``carry`` on the first device) and sends
+    ``carry_next`` on (one ``ppermute`` per round, ``S`` rounds).
 
     Returns:
-      ``(local_out stacked over devices, value leaving the bottom device)``.
+      ``(out, last)``: this device's ``out`` (``out`` unchanged on a device that never
+      ran) and the carry the last device produced, on every device.
     """
     S = self.num_stages
+    s = lax.axis_index(self.axis_name)
+    first = 0 if up else S - 1
 
-    def device(top, *args):
-      s = lax.axis_index(self.axis_name)
+    def round_(r, state):
+      recv, out, last = state
+      me = r if up else S - 1 - r
+      c_in = jax.tree.map(lambda a, b: jnp.where(s == first, a, b), carry, recv)
+      zero = jax.tree.map(jnp.zeros_like, carry)
+      out, c_out = lax.cond(s == me, lambda: work(c_in), lambda: (out, zero))
+      last = jax.tree.map(lambda a, b: jnp.where(r == S - 1, a, b), c_out, last)
+      return jax.tree.map(lambda x: self.shift(x, up=up), c_out), out, last
 
-      def round_(r, carry):
-        recv, out, below = carry
-        value = jnp.where(s == S - 1, top, recv)
-        out, below = lax.cond(
-          s == S - 1 - r, lambda v: chain(v, *args), lambda _: (out, below), value
-        )
-        return self.shift(below, up=False), out, below
+    zero = jax.tree.map(jnp.zeros_like, carry)
+    _, out, last = lax.fori_loop(0, S, round_, (zero, out, zero))
+    # the last round's carry lives on the last device: share it
+    return out, jax.tree.map(lambda x: self.broadcast_from(x, S - 1 - first), last)
 
-      zeros = jax.tree.map(jnp.zeros_like, out_like)
-      _, out, below = lax.fori_loop(0, S, round_, (jnp.zeros_like(top), zeros, jnp.zeros_like(top)))
-      return out, self.broadcast_from(below, 0)
-
-    layer = P(self.axis_name)
-    fn = self.shard_map(
-      device,
-      in_specs=(P(), *(self.specs(a, layer) for a in args)),
-      out_specs=(self.specs(out_like, layer), P()),
-    )
-    return fn(top, *args)
-
-  def map_layers(self, fn: Callable, *args, out_specs):
-    """``fn(*per_layer_args, *flags)`` on every stacked layer, vmapped over each device's
-    layers with no collective; ``flags`` are the layer's ``(is_first, is_last, w_in,
-    w_out, stage)`` (traced, devices hold different layers)."""
+  def map_layers(self, fn: Callable, *args, out_specs, shared=None):
+    """``fn(*per_layer_args, *flags, shared)`` on every stacked layer, vmapped over each
+    device's layers with no collective; ``flags`` are the layer's ``(is_first, is_last,
+    w_in, w_out, stage)`` (traced, devices hold different layers) and ``shared`` a
+    replicated pytree every layer reads."""
     K = self.layers_per_stage
 
-    def device(*args):
+    def device(shared, *args):
       flags = [self.local_flags(k) for k in range(K)]
       flags = tuple(jnp.stack(f) for f in zip(*flags))
-      return jax.vmap(fn)(*args, *flags)
+      return jax.vmap(lambda *a: fn(*a, shared))(*args, *flags)
 
     layer = P(self.axis_name)
-    sm = self.shard_map(
-      device, in_specs=tuple(self.specs(a, layer) for a in args), out_specs=out_specs
-    )
-    return sm(*args)
+    in_specs = (self.specs(shared, P()), *(self.specs(a, layer) for a in args))
+    sm = self.shard_map(device, in_specs=in_specs, out_specs=out_specs)
+    return sm(shared, *args)
 
   def communication(self, xin, g_top):
     """The pipeline's point-to-point traffic alone: the ``2 (M + S - 1)`` activation

@@ -6,28 +6,32 @@ then minimises the local losses of its own layers for N steps (Algorithm 1, "do 
 parallel") without talking to the others, filling the update phase that plain GPipe + GD
 leaves idle.
 
-One step (:func:`pipelined_surrogate_minimization`) runs four phases over the layout of
+One step (:func:`pipelined_surrogate_minimization`) computes exactly the per-stage data of
+the single-device step (:mod:`altmin_jax.sm.young_bound`) over the layout of
 :mod:`altmin_jax.sm.pipeline.layout` and the schedule of :mod:`altmin_jax.sm.pipeline.gpipe`:
 
-1. **forward**: the GPipe forward pass; every device keeps its layers' inputs and outputs
-   :math:`z_t^{(i-1)}, z_t^{(i)}`.
-2. the loss and :math:`g_z^{(m)} = \partial h/\partial z^{(m)}` on the full batch of logits.
-3. **backward**: the reverse GPipe pass gives every layer's :math:`g_z^{(i)}`; then the
-   **curvature chain** :math:`c_{m+1} = L/B, c_m, \dots` runs top-down
-   (:func:`~altmin_jax.sm.local_losses.stage_curvature`): device :math:`s` computes the
-   constants of its layers once device :math:`s + 1` has sent it :math:`c` of its lowest
-   layer (:meth:`~altmin_jax.sm.pipeline.gpipe.Pipeline.top_down`, :math:`S` sequential
-   rounds; the paper's Figure 1 does not show this chain, and
-   :mod:`altmin_jax.sm.schedule_model` accounts for it).
-4. **local solves** with no collective at all: every device minimises each of its layers'
-   local losses (:func:`~altmin_jax.sm.local_losses.solve_local_loss`) from data it holds.
+1. **forward** (GPipe, micro-batched): every device keeps its layers' inputs and outputs.
+2. the loss and its gradient in the logits on the full batch.
+3. **backward** (GPipe reverse pass, micro-batched): every layer's output gradient.
+4. **logits' Jacobians** (a second GPipe reverse pass, micro-batched): the carry is the
+   per-sample Jacobian of the logits in the current layer's output, ``(b, K, width)``, and
+   each layer passes :math:`\bar J J_z` down (one vector-Jacobian product per logit).
+5. **rest bounds** (``power_iterations`` Lanczos steps, all layers at once): every layer's
+   Lanczos vector climbs the layers above in a sweep up the devices (Jacobian-vector
+   products) and comes back in a sweep down (vector-Jacobian products), :math:`2S`
+   sequential rounds per step on the full batch (:meth:`Pipeline.sequential
+   <altmin_jax.sm.pipeline.gpipe.Pipeline.sequential>`); the recurrences themselves are
+   local.
+6. **local solves** with no collective at all: every device minimises each of its layers'
+   local losses (:func:`~altmin_jax.sm.local_losses.solve_local_loss`).
 
-The per-layer maths are the single-device functions of :mod:`altmin_jax.sm.local_losses`
-applied to zero-padded layers, with traced flags for the first and last stage; padded
-entries stay exact zeros (:func:`~altmin_jax.sm.pipeline.layout.stack_params`), and the
-start vectors are those of the unpadded arrays (:func:`~altmin_jax.numerics.start_vector`
-with real shapes), so every step equals :func:`~altmin_jax.sm.surrogate_minimization`'s to
-float tolerance (only summation orders differ).
+The per-layer maths are the single-device functions applied to zero-padded layers, with
+traced flags for the first and last stage; padded entries stay exact zeros
+(:func:`~altmin_jax.sm.pipeline.layout.stack_params`) and the start vectors are those of
+the unpadded arrays (:func:`~altmin_jax.numerics.start_vector` with real shapes), so every
+step equals :func:`~altmin_jax.sm.surrogate_minimization`'s to float tolerance (only
+summation orders differ). The paper's literal constants (``majorizer="paper"``) need
+Hessian-vector products through every layer above a stage and are not pipelined.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
@@ -46,73 +51,159 @@ from altmin_jax import numerics
 from altmin_jax.core import batches, meshes
 from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork
+from altmin_jax.networks.layered import dense_kernel_bias
 from altmin_jax.numerics.line_search import ArmijoSearch
-from altmin_jax.sm import _common
 from altmin_jax.sm import local_losses as ll
+from altmin_jax.sm import young_bound as yb
 from altmin_jax.sm._common import SMState
 from altmin_jax.sm.pipeline import gpipe
-from altmin_jax.sm.pipeline.layout import AXIS, layer_fn
+from altmin_jax.sm.pipeline.layout import AXIS, fit, layer_fn
+
+REST_SEED_OFFSET = 100  # the rest bound of stage i starts from seed + 100 + i (single device)
 
 
 def _full(a: Array) -> Array:
-  """``(K, M, b, w)`` per-layer buffers as ``(K, B, w)``."""
-  return a.reshape(a.shape[0], -1, a.shape[-1])
+  """``(K, M, b, ...)`` per-layer buffers as ``(K, B, ...)``."""
+  return a.reshape(a.shape[0], -1, *a.shape[3:])
+
+
+def _factor(stage) -> Array:
+  """:math:`1 + \tau_i` of a traced stage index (0 for the first stage: nothing below)."""
+  return jnp.where(stage > 1, stage / jnp.maximum(stage - 1, 1), 0.0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SMPipeline:
   """A :class:`~altmin_jax.sm.pipeline.gpipe.Pipeline` and the SM configuration: the
-  SM-specific phases of a pipelined step (curvature chain and local solves)."""
+  SM-specific phases of a pipelined step."""
 
   pipe: gpipe.Pipeline
   cfg: ll.SMConfig
 
-  def curvature(self, theta, zin, zout, gz, c_top):
-    """The curvature chain over the stacked layers, top-down (one round per device).
+  def _dense(self, th, z, g, last):
+    return yb.dense_stage(self.pipe.layout.activation, th["kernel"], th.get("bias"), z, g, last)
 
-    Args:
-      theta, zin, zout, gz: stacked layers and buffers from the passes.
-      c_top: :math:`c_{i+1}` of the top stacked layer (``L / B`` or the tail's).
+  def jacobians(self, theta, zin, gz, jac_top):
+    """Phase 4: the logits' Jacobian in every layer's output, ``(L, M, b, K, out_width)``,
+    and in the pipeline input, ``(M, b, K, in_width)``, from ``jac_top`` (``(M, b, K,
+    out_width)``, the top layer's) by a GPipe reverse pass."""
+    pipe, lay = self.pipe, self.pipe.layout
 
-    Returns:
-      ``(c_next, c_bottom)``: ``(L,)`` constants :math:`c_{i+1}` each layer uses, and the
-      constant computed by the lowest stacked layer (for a head outside the pipeline).
-    """
-    pipe, opts = self.pipe, self.cfg.options
-    activation, K = pipe.layout.activation, pipe.layers_per_stage
+    def step(k, th, mb, jac):
+      z, g = mb
+      is_last, stage = pipe.local_flags(k)[1], pipe.local_flags(k)[4]
+      level = yb.dense_level(self._dense(th, z, g, is_last), _factor(stage))
+      return jac, None, yb.jacobian_below(level, jac, jnp.zeros(g.shape, g.dtype))
 
-    def chain(c, theta, zin, zout, gz):
-      zin, zout, gz = _full(zin), _full(zout), _full(gz)
-      cs = [None] * K
-      for k in reversed(range(K)):
-        cs[k] = c
-        is_first, is_last, w_in, _, stage = pipe.local_flags(k)
+    like = lambda *shape: jax.ShapeDtypeStruct(shape, jac_top.dtype)
+    _, b, K, _ = jac_top.shape
+    stored, _, bottom = pipe.reverse(
+      step,
+      theta,
+      (zin, gz),
+      jac_top,
+      to_carry=lambda j: fit(j, lay.out_width),
+      stored_like=like(b, K, lay.out_width),
+      bottom_like=like(b, K, lay.in_width),
+    )
+    return stored, bottom
 
-        def compute(c, k=k, is_last=is_last, w_in=w_in, stage=stage):
-          z = zin[k]
-          v0 = numerics.start_vector(opts.seed + stage, z, [(z.shape[0], w_in)])
-          return ll.stage_curvature(
-            layer_fn(activation, is_last),
-            pipe.take(theta, k),
-            z,
-            gz[k],
-            zout[k],
-            c,
-            v0,
-            delta=opts.delta,
-            iterations=opts.power_iterations,
-            per_sample=True,  # dense layers map samples independently
+  def rest_bounds(self, theta, zin, gz, delta, top_scale):
+    """Phase 5: :math:`e_b` of the rest above every stacked layer's *input* (``(L, B)``):
+    per-sample Lanczos (:func:`~altmin_jax.numerics.lanczos`) on
+    :func:`~altmin_jax.sm.young_bound.rest_matvec`, whose products are sweeps up and down
+    the devices. ``top_scale`` is the rest's curvature at the top layer's output (0 above
+    the logits; :math:`\\delta` below a tail kept outside the pipeline)."""
+    pipe, lay, opts = self.pipe, self.pipe.layout, self.cfg.options
+    K, L = pipe.layers_per_stage, lay.num_layers
+    w_in = lay.in_width
+    W = max(lay.in_width, lay.out_width)  # the chains' width between layers
+
+    def device(theta, zin, gz, delta, top_scale):
+      zin, gz = _full(zin), _full(gz)
+      B = zin.shape[1]
+      flags = [pipe.local_flags(k) for k in range(K)]
+      levels = [
+        yb.dense_level(
+          self._dense(pipe.take(theta, k), zin[k], gz[k], flags[k][1]), _factor(flags[k][4])
+        )
+        for k in range(K)
+      ]
+      s = lax.axis_index(pipe.axis_name)
+
+      def matvec(q):  # q: (K * B, in_width), this device's slots at its layers' inputs
+        q = q.reshape(K, B, w_in)
+
+        def up(stack):
+          inputs = []
+          for k in range(K):
+            stack = stack.at[s * K + k].set(fit(q[k], W))
+            inputs.append(stack)
+            stack = fit(levels[k].jz(fit(stack, w_in)), W)
+          return jnp.stack(inputs), stack
+
+        stack0 = jnp.zeros((L, B, W), q.dtype)
+        inputs, top = pipe.sequential(up, stack0, jnp.zeros((K, L, B, W), q.dtype), up=True)
+
+        def down(r):
+          own = []
+          for k in reversed(range(K)):
+            u, lv = fit(inputs[k], w_in), levels[k]
+            r = delta * u + lv.factor * lv.jzt(fit(r, lay.out_width))
+            if lv.gplus is not None:
+              r = r + lv.gplus(u)
+            own.append(r[s * K + k])
+            r = fit(r, W)
+          return jnp.stack(own[::-1]), r
+
+        own, _ = pipe.sequential(down, top_scale * top, jnp.zeros((K, B, w_in), q.dtype), up=False)
+        return own.reshape(K * B, w_in)
+
+      stages = [flags[k][4] for k in range(K)]  # stacked layer l's input is z^(stage - 1)
+      v0 = jnp.stack(
+        [
+          numerics.start_vector(
+            opts.seed + REST_SEED_OFFSET + stages[k] - 1, zin[k], [(B, flags[k][2])]
           )
+          for k in range(K)
+        ]
+      )
+      res = numerics.lanczos(
+        matvec, v0.reshape(K * B, w_in), opts.power_iterations, per_sample=True
+      )
+      return (res.ritz + res.residual).reshape(K, B)
 
-        # the first network stage needs no c_1
-        c = jax.lax.cond(is_first, lambda c: c, compute, c) if k == 0 else compute(c)
-      return jnp.stack(cs), c
+    layer = P(pipe.axis_name)
+    fn = pipe.shard_map(
+      device,
+      in_specs=(pipe.specs(theta, layer), layer, layer, P(), P()),
+      out_specs=layer,
+    )
+    return fn(theta, zin, gz, delta, top_scale)
 
-    out_like = jnp.zeros((K,), c_top.dtype)
-    return pipe.top_down(chain, c_top, theta, zin, zout, gz, out_like=out_like)
+  def top(self, prep: gpipe.Prepared, fw: gpipe.Forward, sc: ll.Scales):
+    r"""What enters the top stacked layer from above: the logits' Jacobian in its output
+    (``(M, b, K, out_width)``; the tail's, with a tail outside the pipeline), the loss's
+    Hessian per sample (``(B, K, K)``, replicated) and the rest's scale there (0 above the
+    logits, :math:`\delta` below a tail)."""
+    cfg, lay, pipe = self.cfg, self.pipe.layout, self.pipe
+    B, dtype, m = prep.x.shape[0], prep.dtype, cfg.net.num_stages
+    K = lay.widths[-1]  # logits
+    if lay.boundary == "outside":  # the tail's logits' Jacobian in its input, z^(m - 1)
+      kernel, bias = dense_kernel_bias(prep.tail)
+      kind = ll.stage_kind(cfg.net, m)
+      d_m = yb.dense_stage(kind.activation, kernel, bias, fw.z_below_tail, fw.g_logits, True)
+      jac_top = yb.jacobian_below(yb.dense_level(d_m, 0.0), None, fw.logits)
+      top_scale = sc.delta
+    else:
+      jac_top = jnp.broadcast_to(jnp.eye(K, dtype=dtype)[None], (B, K, K))
+      top_scale = jnp.zeros([], dtype)
+    jac_top = gpipe.microbatches(fit(jac_top, lay.out_width), pipe.num_microbatches)
+    hess = gpipe.to_replicated(pipe, ll.loss_hessians(cfg, fw.logits, prep.y))
+    return jac_top, hess, top_scale
 
-  def solve(self, theta, zin, zout, gz, c_next, step0):
-    """Every device minimises the local losses of its layers (no collectives).
+  def solve(self, theta, zin, zout, gz, jac, e, step0, hess, sc: ll.Scales):
+    """Phase 6: every device minimises the local losses of its layers (no collectives).
 
     Returns:
       A :class:`~altmin_jax.sm.local_losses.StageSolve` of stacked ``(L, ...)`` arrays.
@@ -121,20 +212,34 @@ class SMPipeline:
     activation = pipe.layout.activation
     seed = opts.seed + ll.SOLVE_SEED_OFFSET
 
-    def one(th, z_prev, z_out, g_out, c, step, is_first, is_last, w_in, w_out, _stage):
+    def one(th, z_prev, z_out, g_out, jac, e, step, is_first, is_last, w_in, w_out, stage, hess):
+      flat = lambda a: a.reshape(-1, *a.shape[2:])
+      zero = jnp.zeros([], e.dtype)
+      data = ll.StageData(
+        flat(z_prev), th, flat(g_out), flat(z_out), zero, flat(jac), e.reshape(-1), hess
+      )
+      kind = ll.StageKind(layer_fn(activation, is_last), activation)
+      lq = ll.local_quadratic(opts, kind, is_first, is_last, stage.astype(e.dtype), data, sc)
       real = [(w_out,), (w_in, w_out)][-len(th) :]  # sorted keys: bias, kernel
-      v0 = numerics.start_vector(seed, th, real)
-      fn = layer_fn(activation, is_last)
-      return ll.solve_local_loss(opts, fn, is_first, z_prev, th, g_out, z_out, c, step, v0)
-
-    def layer_solve(th, z_prev, z_out, g_out, c, step, *flags):
-      z_prev, z_out, g_out = gpipe.flat(z_prev), gpipe.flat(z_out), gpipe.flat(g_out)
-      return one(th, z_prev, z_out, g_out, c, step, *flags)
+      return ll.solve_local_loss(opts, lq, step, seed, real)
 
     layer = P(pipe.axis_name)
     specs = ll.StageSolve(pipe.specs(theta, layer), layer, layer, layer)
     # Algorithm 1, "do in parallel": N inner steps on each local loss (Prop. 1, eq. (1)).
-    return pipe.map_layers(layer_solve, theta, zin, zout, gz, c_next, step0, out_specs=specs)
+    return pipe.map_layers(one, theta, zin, zout, gz, jac, e, step0, out_specs=specs, shared=hess)
+
+
+def _sm_pipeline(cfg: ll.SMConfig, mesh, num_microbatches, boundary, axis_name) -> SMPipeline:
+  if cfg.options.majorizer != "young":
+    raise ValueError(
+      "pipelined surrogate minimization computes majorizer='young' (the paper's constants "
+      f"need Hessian-vector products through every layer above a stage), got "
+      f"majorizer={cfg.options.majorizer!r}"
+    )
+  pipe = gpipe.make_pipeline(
+    cfg.net, mesh, num_microbatches=num_microbatches, boundary=boundary, axis_name=axis_name
+  )
+  return SMPipeline(pipe, cfg)
 
 
 def sm_pipeline(
@@ -158,11 +263,7 @@ def sm_pipeline(
   except TypeError:
     known = sorted(f.name for f in dataclasses.fields(ll.SMOptions))
     raise ValueError(f"unknown SM options {sorted(options)}; known: {known}") from None
-  cfg = ll.sm_config(net, loss, opts)
-  pipe = gpipe.make_pipeline(
-    cfg.net, mesh, num_microbatches=num_microbatches, boundary=boundary, axis_name=axis_name
-  )
-  return SMPipeline(pipe, cfg)
+  return _sm_pipeline(ll.sm_config(net, loss, opts), mesh, num_microbatches, boundary, axis_name)
 
 
 def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
@@ -170,61 +271,69 @@ def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
   curvature (m,), (local_loss, inner_iterations, step_size))``, the per-stage arrays
   over all ``m`` network stages."""
   pipe, cfg = sp.pipe, sp.cfg
-  net, opts, lay = cfg.net, cfg.options, pipe.layout
+  net, lay, M = cfg.net, pipe.layout, pipe.num_microbatches
   m = net.num_stages
   theta, head, tail = prep.theta, prep.head, prep.tail
   outside = lay.boundary == "outside"
+  B, dtype, K = prep.x.shape[0], prep.dtype, lay.widths[-1]
+  sc = ll.scales(cfg, B, dtype)
+  rep = lambda a: gpipe.to_replicated(pipe, a)
   # Algorithm 1, "access the gradient oracle": one forward and one backward pass.
   fw = gpipe.forward_and_loss(pipe, net, cfg.loss, prep, theta, head, tail)
   gz, _, g_bottom = pipe.backward(theta, fw.zin, fw.g_top, bottom=outside)
-  c_last = jnp.asarray(cfg.loss_smoothness / prep.x.shape[0], prep.dtype)  # c_{m+1} = L / B
-  step_size = gpipe.to_replicated(pipe, step_size)
-  rep = lambda a: gpipe.to_replicated(pipe, a)
-  if not outside:
-    c_next, _ = sp.curvature(theta, fw.zin, fw.zout, gz, c_last)
-    body = sp.solve(theta, fw.zin, fw.zout, gz, c_next, pipe.place(step_size, P(pipe.axis_name)))
-    per_stage = (rep(body.model), rep(body.iterations), rep(body.step))
-    return optax.tree.add(theta, body.d), None, None, fw.value, rep(c_next), per_stage
-
-  # The tail (c_m from c_{m+1}), the stacked layers (c_{m-1}, ..., c_2), then the head's
-  # and tail's local losses on the full batch, replicated: the single-device functions.
-  fn_1, fn_m = _common.stage_function(net, 1), _common.stage_function(net, m)
-  curvature = lambda *a: ll.stage_curvature(
-    *a, delta=opts.delta, iterations=opts.power_iterations, per_sample=True
-  )
-  z_m = fw.z_below_tail
-  v0 = numerics.start_vector(opts.seed + m, z_m)
-  c_m = curvature(fn_m, tail, z_m, fw.g_logits, fw.logits, c_last, v0)
-  c_next, c_2 = sp.curvature(theta, fw.zin, fw.zout, gz, c_m)
+  jac_top, hess, top_scale = sp.top(prep, fw, sc)
+  jac, jac_bottom = sp.jacobians(theta, fw.zin, gz, jac_top)
+  # at each layer's input; replicated (B floats a layer) to shift it by one layer
+  rest_in = rep(sp.rest_bounds(theta, fw.zin, gz, sc.delta, top_scale))
+  # a layer's e is the rest at the next layer's input; the top layer's is top_scale
+  e_top = jnp.full((1, B), top_scale, dtype)
+  e = pipe.place(jnp.concatenate([rest_in[1:], e_top]), P(pipe.axis_name))
+  e_by_micro = e.reshape(e.shape[0], M, -1)
+  steps = step_size[1:-1] if outside else step_size
   body = sp.solve(
-    theta, fw.zin, fw.zout, gz, c_next, pipe.place(step_size[1:-1], P(pipe.axis_name))
+    theta,
+    fw.zin,
+    fw.zout,
+    gz,
+    jac,
+    e_by_micro,
+    pipe.place(rep(steps), P(pipe.axis_name)),
+    hess,
+    sc,
   )
-  seed = opts.seed + ll.SOLVE_SEED_OFFSET  # as surrogate_minimization's local solves
-  g_head = gpipe.flat(g_bottom)[:, : lay.widths[1]]
-  head_solve = ll.solve_local_loss(
-    opts,
-    fn_1,
-    True,
+  curv = jnp.max(e, axis=1)
+  if not outside:
+    per_stage = (rep(body.model), rep(body.iterations), rep(body.step))
+    return optax.tree.add(theta, body.d), None, None, fw.value, rep(curv), per_stage
+
+  # the head and the tail, on the full batch, replicated: the single-device functions
+  seed = cfg.options.seed + ll.SOLVE_SEED_OFFSET
+  e_head = rest_in[0]
+  head_data = ll.StageData(
     prep.x,
     head,
-    g_head,
+    gpipe.flat(g_bottom)[:, : lay.widths[1]],
     fw.z_head,
-    c_2,
-    step_size[0],
-    numerics.start_vector(seed, head),
+    jnp.zeros([], dtype),
+    jac_bottom.reshape(B, K, lay.in_width)[:, :, : lay.widths[1]],
+    e_head,
+    hess,
   )
-  tail_solve = ll.solve_local_loss(
-    opts,
-    fn_m,
-    False,
-    z_m,
+  tail_data = ll.StageData(
+    fw.z_below_tail,
     tail,
     fw.g_logits,
     fw.logits,
-    c_last,
-    step_size[-1],
-    numerics.start_vector(seed, tail),
+    jnp.zeros([], dtype),
+    None,
+    jnp.zeros(B, dtype),
+    hess,
   )
+  solves = []
+  for i, data in ((1, head_data), (m, tail_data)):
+    lq = ll.local_quadratic(cfg.options, ll.stage_kind(net, i), i == 1, i == m, float(i), data, sc)
+    solves.append(ll.solve_local_loss(cfg.options, lq, step_size[0 if i == 1 else -1], seed))
+  head_solve, tail_solve = solves
   cat = lambda h, b, t: jnp.concatenate([jnp.reshape(h, (1,)), rep(b), jnp.reshape(t, (1,))])
   per_stage = tuple(
     cat(getattr(head_solve, f), getattr(body, f), getattr(tail_solve, f))
@@ -235,7 +344,7 @@ def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
     optax.tree.add(head, head_solve.d),
     optax.tree.add(tail, tail_solve.d),
     fw.value,
-    cat(c_2, c_next, c_last),
+    cat(jnp.max(e_head), curv, jnp.zeros([], dtype)),
     per_stage,
   )
 
@@ -250,8 +359,9 @@ def pipelined_surrogate_minimization(
   axis_name: str = AXIS,
   inner_steps: int = 10,
   solver: str = "cg",
-  delta: float = 1e-2,
-  power_iterations: int = 10,
+  majorizer: str = "young",
+  delta: float = 3e-3,
+  power_iterations: int = 3,
   loss_smoothness: float | None = None,
   curvature: str = "full",
   curvature_tol: float = 0.0,
@@ -261,12 +371,11 @@ def pipelined_surrogate_minimization(
   r"""Surrogate minimization with the layers pipelined over the devices of a mesh axis.
 
   The same iteration as :func:`~altmin_jax.sm.surrogate_minimization` (SM paper,
-  Algorithm 1 with :math:`\rho = 0`, Proposition 1, Appendix A; the formulas are in
-  :mod:`altmin_jax.sm.local_losses`), executed as in the paper's Figure 1(b): a GPipe
-  forward and backward pass over ``num_microbatches`` micro-batches gives every device the
-  stage outputs and output gradients of its layers, the curvature constants pass down the
-  pipeline, then every device minimises each of its local losses with ``inner_steps`` = N
-  steps of CG or Armijo GD, with no communication (module docstring).
+  Algorithm 1 with :math:`\rho = 0`; the local losses are those of
+  :mod:`altmin_jax.sm.local_losses`), executed as in the paper's Figure 1(b): GPipe passes
+  over ``num_microbatches`` micro-batches give every device the stage data of its layers,
+  then every device minimises each of its local losses with ``inner_steps`` = N steps of
+  CG or Armijo GD, with no communication (module docstring).
 
   Args:
     net: a network of dense stages (:func:`~altmin_jax.networks.mlp`).
@@ -278,10 +387,10 @@ def pipelined_surrogate_minimization(
     boundary: ``"pad"`` (all stages pipelined, zero-padded to common widths) or
       ``"outside"`` (first and last stage run on the full batch outside the pipeline).
     axis_name: the mesh axis of the pipeline stages.
-    inner_steps, solver, delta, power_iterations, loss_smoothness, curvature,
+    inner_steps, solver, majorizer, delta, power_iterations, loss_smoothness, curvature,
       curvature_tol, line_search, seed: the SM options, as in
       :func:`~altmin_jax.sm.surrogate_minimization` (validated by
-      :class:`~altmin_jax.sm.local_losses.SMOptions`).
+      :class:`~altmin_jax.sm.local_losses.SMOptions`; ``majorizer`` must be ``"young"``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state
@@ -307,11 +416,7 @@ def pipelined_surrogate_minimization(
     (3,)
   """
   options = ll.SMOptions.from_arguments(locals())
-  cfg = ll.sm_config(net, loss, options)
-  pipe = gpipe.make_pipeline(
-    cfg.net, mesh, num_microbatches=num_microbatches, boundary=boundary, axis_name=axis_name
-  )
-  sp = SMPipeline(pipe, cfg)
+  sp = _sm_pipeline(ll.sm_config(net, loss, options), mesh, num_microbatches, boundary, axis_name)
   net = sp.cfg.net
   m = net.num_stages
 
