@@ -11,6 +11,13 @@ run the median wall time of one jitted iteration of
   per local loss (curvature constants from 10 Lanczos steps per stage);
 * full mode also ``sso`` (N = 10), ``cg_block`` (N = 10) and ``ddg`` (K = 4 modules);
 
+and the phases of one ``sm_cg`` step, each jitted on its own from the previous phase's
+(materialised) outputs: ``forward_backward`` (one forward and one backward pass),
+``jacobians`` (the loss's per-sample Hessians, every stage's level and the logits'
+Jacobians by one reverse pass), ``rest_bounds`` (the per-sample Lanczos bounds of the rest
+of the network) and ``local_solves`` (N = 10 CG steps on every local loss). Their sum
+exceeds the fused step by what XLA saves across phase boundaries.
+
 (each step returns the loss at its start: ``sgd`` from its ``value_and_grad``, the others
 from their state, so no method pays for an extra forward pass) with the jitted
 steps interleaved round-robin so that machine noise hits every method alike, and reports
@@ -39,10 +46,14 @@ import optax
 
 import altmin_jax as amj
 from altmin_jax import sm
+from altmin_jax.sm import _common as sm_common
+from altmin_jax.sm import local_losses as ll
+from altmin_jax.sm import surrogate, young_bound
 
 CORE = ("sgd", "gd_armijo", "sm_cg")
 ALL = (*CORE, "sm_armijo", "sso", "cg_block", "ddg")
 WIDTH = 100
+PHASES = ("forward_backward", "jacobians", "rest_bounds", "local_solves")
 
 
 def build(name: str, net) -> tuple[optax.GradientTransformation, bool]:
@@ -104,6 +115,80 @@ def make_steps(layers: int, x, y, methods) -> dict:
   return out
 
 
+def phase_steps(layers: int, x, y, inner_steps: int = 10) -> dict:
+  """``run_once`` / jitted function pairs of the four phases of one SM step."""
+  net = amj.networks.mlp([784] + [WIDTH] * (layers - 1) + [10], activation=jax.nn.relu)
+  loss = amj.losses.softmax_cross_entropy
+  cfg = ll.sm_config(net, loss, ll.SMOptions(inner_steps=inner_steps))
+  opts, m = cfg.options, net.num_stages
+  params = net.init(jax.random.key(0))
+  stage_params = sm_common.prepare(net, params, (x, y), "benchmark", loss).stage_params
+  steps = jnp.full([m], opts.line_search.init_step, jnp.float32)
+
+  @jax.jit
+  def forward_backward(stage_params):
+    return sm_common.forward_backward(net, stage_params, x, y, loss)
+
+  @jax.jit
+  def jacobians(stage_params, fb):
+    hess = ll.loss_hessians(cfg, fb.z[-1], y)
+    levels = ll.young_levels(
+      net, stage_params, fb, iterations=opts.power_iterations, seed=opts.seed
+    )
+    jacs = [None] * m
+    for i in range(m - 1, 0, -1):
+      jacs[i - 1] = young_bound.jacobian_below(levels[i], jacs[i], fb.z[i + 1])
+    return hess, jacs
+
+  @jax.jit
+  def rest_bounds(stage_params, fb):
+    # The levels are recomputed here (a few elementwise ops); the Lanczos sweeps dominate.
+    sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
+    levels = ll.young_levels(
+      net, stage_params, fb, iterations=opts.power_iterations, seed=opts.seed
+    )
+    return [
+      young_bound.rest_bound(
+        levels[i:], sc.delta, fb.z[i], iterations=opts.power_iterations, seed=opts.seed + i
+      )
+      for i in range(1, m + 1)
+    ]
+
+  @jax.jit
+  def local_solves(stage_params, fb, hess, jacs, es):
+    sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
+    zero = jnp.zeros([], fb.value.dtype)
+    data = [
+      ll.StageData(
+        z_prev=fb.z[i - 1],
+        theta=stage_params[i - 1],
+        g_out=fb.g_z[i - 1],
+        z_out=fb.z[i],
+        c_next=zero,
+        jac=jacs[i - 1],
+        e=es[i - 1],
+        hess=hess,
+      )
+      for i in range(1, m + 1)
+    ]
+    return [s.d for s in surrogate.solve_all_stages(cfg, data, sc, steps)]
+
+  fb = forward_backward(stage_params)
+  hess, jacs = jacobians(stage_params, fb)
+  es = rest_bounds(stage_params, fb)
+  calls = {
+    "forward_backward": (forward_backward, (stage_params,)),
+    "jacobians": (jacobians, (stage_params, fb)),
+    "rest_bounds": (rest_bounds, (stage_params, fb)),
+    "local_solves": (local_solves, (stage_params, fb, hess, jacs, es)),
+  }
+
+  def runner(fn, args):
+    return lambda: jax.block_until_ready(fn(*args))
+
+  return {name: (runner(fn, args), fn) for name, (fn, args) in calls.items()}
+
+
 def equal_time(steps: dict, x, y, budget: float) -> dict[str, dict]:
   """Training loss reached by each method from the same start after ``budget`` seconds."""
   out = {}
@@ -128,11 +213,26 @@ def main() -> dict:
   )
   x, y = amj.data.load_dataset("bundled_mnist", num_train=8000).train
   x, y = jnp.asarray(x[:n]), jnp.asarray(y[:n])
-  results, trained = [], []
+  results, trained, breakdown = [], [], []
   for layers in (4, 8):
     steps = make_steps(layers, x, y, methods)
     medians = common.time_steps(
       {name: (s["run_once"], s["step"]) for name, s in steps.items()}, repeats, inner
+    )
+    phases = common.time_steps(phase_steps(layers, x, y), repeats, inner)
+    sgd_again = common.time_steps(
+      {"sgd": (steps["sgd"]["run_once"], steps["sgd"]["step"])}, 3, inner
+    )
+    sgd_ref = 0.5 * (medians["sgd"] + sgd_again["sgd"])  # the SGD step around the phases
+    breakdown.append(
+      {
+        "layers": layers,
+        "batch": n,
+        "sgd_step_ms": 1e3 * sgd_ref,
+        "sm_cg_step_ms": 1e3 * medians["sm_cg"],
+        **{f"{k}_ms": 1e3 * v for k, v in phases.items()},
+        **{f"{k}_ratio_to_sgd": v / sgd_ref for k, v in phases.items()},
+      }
     )
     for name, seconds in medians.items():
       results.append(
@@ -153,12 +253,18 @@ def main() -> dict:
     "quick": args.quick,
     "width": WIDTH,
     "step_times": results,
+    "sm_phases": breakdown,
     "equal_wall_time": trained,
   }
   for r in results:
     print(
       f"{r['layers']} layers  {r['method']:10s} {r['median_step_ms']:9.2f} ms  "
       f"{r['ratio_to_sgd']:6.2f}x sgd  {r['ratio_to_gd_armijo']:5.2f}x gd_armijo"
+    )
+  for r in breakdown:
+    print(
+      f"{r['layers']} layers  SM phases (x sgd): "
+      + "  ".join(f"{k} {r[f'{k}_ratio_to_sgd']:.2f}" for k in PHASES)
     )
   for r in trained:
     print(
