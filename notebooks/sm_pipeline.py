@@ -216,6 +216,32 @@ plt.show()
 for name, s in schedules.items():
   print(f"{name:30s} busy {np.round(s.busy, 1)} idle {np.round(s.idle, 1)}")
 
+# %% [markdown]
+# ## Modelled time to a training loss
+# One iteration of each method takes its schedule's makespan on S real devices (the model
+# above); the training curves say how many iterations each needs. The target is the loss
+# GPipe + GD reaches in its last iteration. (With the illustrative operation times above; the
+# benchmark's measured ones give the same comparison in `docs/results.md`.)
+
+
+# %%
+def iterations_to(losses, target):
+  hits = [i for i, value in enumerate(losses) if value <= target]
+  return hits[0] if hits else None
+
+
+target = history["GPipe + GD+Armijo"][0][-1]
+makespans = {
+  "GPipe + SM (N = 10)": schedules["GPipe + SM, N = 10"].makespan,
+  "GPipe + GD+Armijo": sched.gpipe_schedule(
+    "gd", STAGES, MICROBATCHES, durations, line_search_trials=1
+  ).makespan,
+}
+for name, (losses, _) in history.items():
+  k = iterations_to(losses, target)
+  modelled = "not reached" if k is None else f"{k * makespans[name]:.0f} time units"
+  print(f"{name:22s} loss <= {target:.4f} after {k} iterations: {modelled}")
+
 # %%
 sm_losses = history["GPipe + SM (N = 10)"][0]
 assert gap < 1e-4, "the pipelined step should equal the single-device step"
