@@ -13,7 +13,7 @@
   :mod:`~altmin_jax.distributed.async_sim` (delay schedules and :func:`simulate`).
 """
 
-from altmin_jax.distributed import async_sim, workers
+from altmin_jax.distributed import async_sim, processes, workers
 from altmin_jax.distributed.async_sim import (
   Schedule,
   SimulationResult,
@@ -83,6 +83,7 @@ __all__ = [
   "mdownpour",
   "msgd",
   "mvasgd",
+  "processes",
   "random_delays",
   "replicate",
   "round_robin",
