@@ -29,6 +29,13 @@ present, over up to S of its devices) the benchmark
    real parameters) is the price of zero-padding (``pad``: every layer gets the
    784-wide input layer's shape).
 
+4. trains single-device SM and GD+Armijo (the pipelined steps equal them,
+   ``tests/test_sm_pipeline.py``) for ``iterations`` full-batch iterations on the
+   benchmark batch and combines the loss curves with the modelled makespans: the
+   *modelled time to a training loss* on S real devices (target: the loss GD+Armijo
+   reaches in its last iteration; GD+Armijo modelled with one Armijo trial per iteration,
+   the fewest it takes).
+
 On fake CPU devices all S "devices" share the machine's cores, so phases that run in
 parallel on real devices are serialised here: the measured numbers show the structure
 and the model's use, not a speed-up.
@@ -82,6 +89,7 @@ from altmin_jax.sm import schedule_model as sched  # noqa: E402
 
 LAYERS = 8
 SM_KW = dict(power_iterations=3)
+ITERATIONS = 30
 
 
 def median_times(fns: dict, repeats: int) -> dict[str, float]:
@@ -95,6 +103,18 @@ def median_times(fns: dict, repeats: int) -> dict[str, float]:
   return common.time_steps(
     {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}, repeats, inner=1
   )
+
+
+def loss_curve(tx, net, params, x, y) -> list[float]:
+  """Training loss before each of ``ITERATIONS`` full-batch iterations, and after the last."""
+  step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))
+  mean_loss = jax.jit(lambda p: jnp.mean(amj.losses.softmax_cross_entropy(net.apply(p, x), y)))
+  state, out = tx.init(params), [float(mean_loss(params))]
+  for _ in range(ITERATIONS):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, updates)
+    out.append(float(mean_loss(params)))
+  return out
 
 
 def run_platform(devices, n_stages: int, config: dict, repeats: int):
@@ -178,6 +198,21 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
   step_times = median_times(steps, repeats)
   base = step_times["optax_sgd"]
   busy = {k: sum(model[k]["busy"]) for k in ("gd", "sm", "gd_armijo_1_trial")}
+  # 4. modelled time to a training loss
+  curves = {
+    "sm": loss_curve(amj.sm.surrogate_minimization(net, inner_steps=N, **SM_KW), net, params, x, y),
+    "gd_armijo": loss_curve(amj.sm.gd_armijo(net), net, params, x, y),
+  }
+  target = curves["gd_armijo"][-1]
+  makespan = {"sm": model["sm"]["makespan"], "gd_armijo": model["gd_armijo_1_trial"]["makespan"]}
+  time_to_loss = {"target_loss": target, "iterations": len(curves["sm"]) - 1}
+  for name, curve in curves.items():
+    hit = next((i for i, v in enumerate(curve) if v <= target), None)
+    time_to_loss[name] = {
+      "final_loss": curve[-1],
+      "iterations_to_target": hit,
+      "modelled_seconds_to_target": None if hit is None else hit * makespan[name],
+    }
   real = sum(a.size for a in jax.tree.leaves(params))
   padded = sum(a.size for a in jax.tree.leaves(stacked))
   return {
@@ -203,6 +238,7 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
       "pipelined_gd_armijo": busy["gd_armijo_1_trial"] / (S * step_times["pipelined_gd_armijo"]),
       "pipelined_sm": busy["sm"] / (S * step_times["pipelined_sm"]),
     },
+    "modelled_time_to_loss": time_to_loss,
     "modelled_lockstep_step_seconds": {
       "pipelined_gd": model["gd_lockstep"]["makespan"],
       "pipelined_sm": model["sm_lockstep"]["makespan"],
@@ -247,6 +283,14 @@ def main() -> dict:
         + "  ".join(f"{k} {v:.2f}" for k, v in r["modelled_utilization"].items())
         + " | measured: "
         + "  ".join(f"{k} {v:.2f}" for k, v in r["measured_utilization"].items())
+      )
+      t = r["modelled_time_to_loss"]
+      print(
+        f"  modelled time to loss {t['target_loss']:.4f}: "
+        + "  ".join(
+          f"{k} {t[k]['iterations_to_target']} its / {t[k]['modelled_seconds_to_target']} s"
+          for k in ("sm", "gd_armijo")
+        )
       )
   report = {
     "benchmark": "sm_pipeline",
