@@ -26,6 +26,7 @@ from altmin_jax.am import (
   am_adam_rnn,
   am_mem,
   am_mem_offline,
+  pipelined_am_adam,
   taylor_admm,
 )
 from altmin_jax.distributed import (
@@ -85,6 +86,7 @@ __all__ = [
   "mvasgd",
   "networks",
   "numerics",
+  "pipelined_am_adam",
   "pipelined_gradient_descent",
   "pipelined_surrogate_minimization",
   "schedules",

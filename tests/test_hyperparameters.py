@@ -77,6 +77,12 @@ SPECS = {
   "am_adam_rnn": Spec(
     amj.am_adam_rnn, "rnn", reals=CODE, ints={"weight_steps": 2, "code_steps": 2}
   ),
+  "pipelined_am_adam": Spec(
+    amj.pipelined_am_adam,
+    "pipeline",
+    reals=CODE,
+    ints={"weight_steps": 1, "code_steps": 2, "num_microbatches": 2},
+  ),
   "taylor_admm": Spec(
     amj.taylor_admm,
     "layered_relu",

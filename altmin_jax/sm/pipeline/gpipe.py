@@ -193,6 +193,7 @@ class Pipeline:
     stored_like=None,
     increment_like=None,
     bottom_like=None,
+    shared=None,
   ):
     """A reverse GPipe pass: ``M + S - 1`` ticks, micro-batch :math:`j = t - (S - 1 - s)`
     on device :math:`s`, a carry travelling from the top layer down.
@@ -212,6 +213,9 @@ class Pipeline:
       stored_like, increment_like, bottom_like: shapes and dtypes of one micro-batch's
         ``stored``, of one layer's ``increment`` and of the lowest layer's ``below``
         (``None``: not kept / summed / returned).
+      shared: a replicated pytree every step reads (traced scalars such as a penalty
+        weight: values of an explicit-axis mesh cannot be closed over in a
+        ``shard_map``); given, it is ``step``'s fifth argument.
 
     Returns:
       ``(stored (L, M, b, ...), increments (L, ...), bottom (M, b, ...) on every device)``,
@@ -220,7 +224,7 @@ class Pipeline:
     S, K, M = self.num_stages, self.layers_per_stage, self.num_microbatches
     zeros = lambda like, lead: jax.tree.map(lambda a: jnp.zeros((*lead, *a.shape), a.dtype), like)
 
-    def device(theta, per_layer, top):
+    def device(theta, per_layer, top, shared):
       s = lax.axis_index(self.axis_name)
       init_state = (
         None if stored_like is None else zeros(stored_like, (K, M)),
@@ -239,7 +243,8 @@ class Pipeline:
           c = c_in
           for k in reversed(range(K)):
             mb = jax.tree.map(lambda a, k=k: a[k, jc], per_layer)
-            out, inc, below = step(k, self.take(theta, k), mb, c)
+            args = (k, self.take(theta, k), mb, c) + (() if shared is None else (shared,))
+            out, inc, below = step(*args)
             if stored is not None:
               stored = jax.tree.map(lambda buf, o, k=k: buf.at[k, jc].set(o), stored, out)
             if acc is not None:
@@ -261,14 +266,19 @@ class Pipeline:
     layer = P(self.axis_name)
     fn = self.shard_map(
       device,
-      in_specs=(self.specs(theta, layer), self.specs(per_layer, layer), self.specs(top, P())),
+      in_specs=(
+        self.specs(theta, layer),
+        self.specs(per_layer, layer),
+        self.specs(top, P()),
+        self.specs(shared, P()),
+      ),
       out_specs=(
         None if stored_like is None else self.specs(stored_like, layer),
         None if increment_like is None else self.specs(increment_like, layer),
         None if bottom_like is None else self.specs(bottom_like, P()),
       ),
     )
-    return fn(theta, per_layer, top)
+    return fn(theta, per_layer, top, shared)
 
   def backward(self, theta, zin, g_top, *, grads: bool = False, bottom: bool = False):
     """GPipe backward pass (:meth:`reverse`): every layer's output gradient

@@ -1,0 +1,219 @@
+"""Pipeline-parallel AM-Adam (issue 17): equivalence with the single-device ``am_adam``
+step on 2, 4 and 8 CPU devices and across two processes, both boundary choices, no
+collectives in the weight phase, Flax training loops and validation.
+
+The multi-device parts run the child programs of ``children/am_pipeline.py`` (which also
+holds the problem and the single-device reference) through ``helpers.start_child``:
+``devices(n)`` in one process with n devices (the three device counts run concurrently)
+and ``worker()`` in each of two ``jax.distributed`` processes with 2 devices each.
+"""
+
+from __future__ import annotations
+
+import doctest
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from children.am_pipeline import (
+  ATOL,
+  RTOL,
+  VARIANTS,
+  case_name,
+  cases,
+  comparable,
+  error,
+  leaves,
+  problem,
+  reference_comparable,
+  reference_run,
+  size,
+)
+from flax import nnx
+from helpers import run_child, start_child, teacher_classification, tree_allclose
+
+import altmin_jax as amj
+from altmin_jax.am import pipelined
+from altmin_jax.sm import pipeline as pl
+
+
+@functools.cache
+def _device_results(full: bool = False) -> dict:
+  """Runs the 2-, 4- and 8-device children concurrently; their results by n."""
+  children = {
+    n: start_child("am_pipeline.devices", n, full, devices=n, timeout=1800 if full else 600)
+    for n in (2, 4, 8)
+  }
+  try:
+    return {n: child.wait()[0] for n, child in children.items()}
+  finally:  # after a failure, the other children are not left running
+    for child in children.values():
+      child.kill()
+
+
+def _check_cases(results: dict, n: int, full: bool):
+  got = results["cases"]
+  assert set(got) == {case_name(*case) for case in cases(n, full)}
+  for name, r in got.items():
+    assert r["params_error"] <= 1.0, (n, name, r)
+    assert r["state_error"] <= 1.0, (n, name, r)
+    assert r["moved"] > 1e-3, (n, name, r)  # the step did something
+    if "stacked" in name:
+      assert r["layers_per_device"] == [8 // n], (n, name, r)
+
+
+# ------------------------------------------------------------------ the tests
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_pipelined_steps_equal_single_device_steps(n):
+  """On n CPU devices (an 8-stage tanh MLP, 8/n layers per device, its input and logits
+  zero-padded), pipelined AM-Adam gives ``am_adam``'s params, step count, batch loss and
+  per-layer Adam states to rtol 1e-4 / atol 1e-6, over one or two steps. Between them the
+  device counts cover M in {1, 2, 3, 4} micro-batches, SGD, Nesterov and Adam code steps,
+  a mu schedule, no proximal term, two weight steps, SGD with momentum as the weight
+  optimizer, both boundaries (the outside one with its own output optimizer) and network-
+  and stacked-form params; each device holds only its own layers."""
+  _check_cases(_device_results()[n], n, full=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_pipelined_steps_equal_single_device_steps_full(n):
+  """Every variant with M in {1, 2, 3, 4, 6, 12} (and the outside boundary where the
+  middle layers split evenly), two steps each."""
+  _check_cases(_device_results(full=True)[n], n, full=True)
+
+
+def test_weight_phase_has_no_collectives():
+  """The compiled weight-update phase (4 devices) contains no collective op, while the
+  forward pass, the input codes and the code updates communicate between neighbours (so
+  the check can fail)."""
+  hlo = _device_results()[4]["hlo"]
+  assert hlo["weight_updates"] == []
+  for phase in ("forward", "input_codes", "code_updates"):
+    assert "collective-permute" in hlo[phase], (phase, hlo[phase])
+
+
+def test_two_processes_match_the_single_process_step():
+  """Two processes (jax.distributed on localhost, gloo CPU collectives, 2 devices each)
+  run a 4-device pipeline, layers 0-3 on one process and 4-7 on the other: two steps
+  equal ``am_adam``'s on one device."""
+  got = run_child("am_pipeline.worker", devices=2, processes=2, timeout=600)
+  net, params, x, y = problem()
+  want = reference_run("sgd", net, params, jnp.asarray(x), jnp.asarray(y), 2)
+  for t, (p, s) in enumerate(want):
+    expected = leaves((p, reference_comparable(s)))
+    for rank in (0, 1):
+      for i, w in enumerate(expected):
+        np.testing.assert_allclose(got[rank][f"{t}/{i}"], w, rtol=RTOL, atol=ATOL)
+  for rank in (0, 1):
+    np.testing.assert_array_equal(got[rank][f"owned/{rank}"], np.arange(4) + 4 * rank)
+
+
+def test_both_boundaries_give_the_single_device_step():
+  """A 9-6-4-6-3 MLP on a 1-device mesh (ReLU after the first layer, tanh after the
+  others): with every layer zero-padded into the pipeline (9x6, the 4-unit layer padded
+  too; tanh everywhere, since padded layers share one activation) and with the first and
+  last layer outside (the ReLU layer outside, the middle layers padded to 6x6), two steps
+  equal ``am_adam``'s, and every padded entry of the stacked params stays exactly zero."""
+  x, y = teacher_classification(1, n=8, d=9)
+  kw = VARIANTS["sgd"]
+  for activation, boundary, shape in (
+    (jnp.tanh, "pad", (4, 9, 6)),
+    ([jax.nn.relu, jnp.tanh, jnp.tanh], "outside", (2, 6, 6)),
+  ):
+    net = amj.networks.mlp([9, 6, 4, 6, 3], activation=activation)
+    params = net.init(jax.random.key(1))
+    want = reference_run("sgd", net, params, x, y, 2)
+    mesh = pl.pipeline_mesh(1)
+    tx = amj.pipelined_am_adam(net, mesh=mesh, num_microbatches=2, boundary=boundary, **kw)
+    stacked = pl.stack_params(net, params, boundary=boundary, mesh=mesh)
+    assert stacked.kernel.shape == shape
+    state = tx.init(stacked)
+    step = jax.jit(lambda p, s, tx=tx: tx.update(None, s, p, batch=(x, y)))
+    lay = pl.pipeline_layout(net, boundary=boundary)
+    for t in range(2):
+      updates, state = step(stacked, state)
+      stacked = optax.apply_updates(stacked, updates)
+      assert error(pl.unstack_params(net, stacked), want[t][0]) <= 1.0, (boundary, t)
+      got_state = comparable(net, state, boundary)
+      assert error(got_state, reference_comparable(want[t][1])) <= 1.0, (boundary, t)
+      kernel, bias = np.asarray(stacked.kernel), np.asarray(stacked.bias)
+      for l, (w_in, w_out) in enumerate(zip(lay.layer_in_widths, lay.layer_out_widths)):
+        assert not np.any(kernel[l, w_in:]) and not np.any(kernel[l, :, w_out:]), (boundary, l)
+        assert not np.any(bias[l, w_out:]), (boundary, l)
+    assert size(jax.tree.map(lambda a, b: a - b, want[-1][0], params)) > 1e-3
+
+
+def test_works_from_nnx_optimizer_and_train_state():
+  """A Flax NNX MLP trained through ``nnx.Optimizer`` and an ``mlp`` trained through the
+  shipped ``TrainState`` take ``am_adam``'s first step (1-device mesh, 2 micro-batches)
+  and keep decreasing the loss."""
+  model = nnx.Sequential(
+    nnx.Linear(6, 8, rngs=nnx.Rngs(0)), jnp.tanh, nnx.Linear(8, 3, rngs=nnx.Rngs(1))
+  )
+  net = amj.networks.from_nnx(model)
+  x, y = teacher_classification(0, n=16)
+  kw = dict(code_steps=2, code_lr=0.05, mu=0.1, weight_optimizer=optax.adam(3e-2))
+  mesh = pl.pipeline_mesh(1)
+  tx = amj.pipelined_am_adam(net, mesh=mesh, num_microbatches=2, **kw)
+  ref = amj.am_adam(net, **kw)
+  pure = net.init(None)
+  expected = optax.apply_updates(pure, ref.update(None, ref.init(pure), pure, batch=(x, y))[0])
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def train_step(model, optimizer, x, y):
+    optimizer.update(model, None, batch=(x, y))
+
+  loss = lambda: float(jnp.mean(amj.losses.softmax_cross_entropy(model(x), y)))
+  before = loss()
+  train_step(model, optimizer, x, y)
+  got = nnx.as_pure(nnx.state(model, nnx.Param))
+  assert tree_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  for _ in range(20):
+    train_step(model, optimizer, x, y)
+  assert loss() < 0.7 * before
+
+  mlp = amj.networks.mlp([6, 8, 3], activation=jnp.tanh)
+  tx = amj.pipelined_am_adam(mlp, mesh=mesh, num_microbatches=2, **kw)
+  params = pl.replicate_on(mesh, mlp.init(jax.random.key(0)))
+  state = amj.training.TrainState.create(apply_fn=mlp.apply, params=params, tx=tx)
+  ref = amj.am_adam(mlp, **kw)
+  expected, _ = ref.update(None, ref.init(params), params, batch=(x, y))
+  first = jax.jit(lambda s: s.apply_gradients(batch=(x, y)))(state)
+  assert tree_allclose(first.params, optax.apply_updates(params, expected), rtol=1e-5, atol=1e-6)
+  assert int(first.step) == 1 and int(first.opt_state.count) == 1
+
+
+def test_validation_names_the_offending_value():
+  net, params, x, y = problem()
+  mesh = pl.pipeline_mesh(1)
+  with pytest.raises(ValueError, match="num_microbatches=0"):
+    amj.pipelined_am_adam(net, mesh=mesh, num_microbatches=0)
+  with pytest.raises(ValueError, match="boundary='middle'"):
+    amj.pipelined_am_adam(net, mesh=mesh, boundary="middle")
+  with pytest.raises(ValueError, match="mesh="):
+    amj.pipelined_am_adam(net, mesh="cpu")
+  with pytest.raises(ValueError, match="code_steps=-1"):
+    amj.pipelined_am_adam(net, mesh=mesh, code_steps=-1)
+  with pytest.raises(ValueError, match="output_optimizer needs boundary='outside'"):
+    amj.pipelined_am_adam(net, mesh=mesh, output_optimizer=optax.sgd(0.1))
+  with pytest.raises(ValueError, match="one weight_optimizer on all stacked layers"):
+    amj.pipelined_am_adam(net, mesh=mesh, weight_optimizer=[optax.sgd(0.1)] * 7 + [optax.adam(1)])
+  with pytest.raises(ValueError, match="flat inputs"):
+    amj.pipelined_am_adam(amj.networks.lenet5(), mesh=mesh)
+  tx = amj.pipelined_am_adam(net, mesh=mesh, num_microbatches=5)
+  with pytest.raises(ValueError, match="shape"):  # 12 samples in 5 micro-batches
+    tx.update(None, tx.init(params), params, batch=(x, y))
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(None, tx.init(params), None, batch=(x, y))
+
+
+def test_docstring_examples_run():
+  result = doctest.testmod(pipelined, raise_on_error=False, verbose=False)
+  assert result.attempted > 0 and result.failed == 0
