@@ -72,6 +72,16 @@ def write_higgs_csv(path, table, extra_lines=""):
     f.write(extra_lines)
 
 
+@pytest.fixture(autouse=True)
+def system_data_dir(tmp_path, monkeypatch):
+  """The system data directory searched after the user's: an empty folder of this test's
+  own (so that no test depends on what ``/usr/share/datasets`` holds on the machine)."""
+  root = tmp_path / "system_datasets"
+  monkeypatch.setattr(catalog, "SYSTEM_DATA_DIRS", (str(root),))
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  return root
+
+
 @pytest.fixture
 def no_network(monkeypatch):
   """Records (and blocks) every attempt to open a network connection."""
@@ -323,6 +333,166 @@ def test_default_split_sizes_follow_the_paper():
   tr, val, test = core._split(catalog.SPECS["higgs"], (rows, rows), None, None, None, None, None)
   assert (len(tr[0]), val, len(test[0])) == (10_500_000, None, 500_000)
   assert tr[0][-1] == 10_499_999 and test[0][0] == 10_500_000
+
+
+# ----------------------------------------------------------------------------- search order
+
+
+def test_system_data_dir_is_found_without_a_flag(system_data_dir, monkeypatch):
+  """Debian's dataset-fashion-mnist layout: /usr/share/datasets/fashion-mnist/*.gz."""
+  raw = write_mnist_idx(system_data_dir / "fashion-mnist")
+  monkeypatch.setattr(core, "read_tfds", mock.Mock(side_effect=AssertionError("TFDS used")))
+  ds = data.load_dataset("fashion_mnist", num_train=20, normalization="none")
+  assert ds.source == f"files:{system_data_dir / 'fashion-mnist'}"
+  np.testing.assert_array_equal(ds.train[1], raw["train_labels"][:20])
+  np.testing.assert_array_equal(ds.test[1], raw["test_labels"])
+  # The issue's two failing calls: the system root and the package folder itself.
+  for data_dir in (system_data_dir, system_data_dir / "fashion-mnist"):
+    ds = data.load_dataset("fashion_mnist", data_dir=data_dir, num_train=20)
+    assert ds.source == f"files:{system_data_dir / 'fashion-mnist'}"
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_users_data_dir_comes_before_the_system_one(tmp_path, system_data_dir, name):
+  write_mnist_idx(system_data_dir / name.replace("_", "-"), n_train=40)
+  write_mnist_idx(tmp_path / "mine" / name, n_train=30)
+  ds = data.load_dataset(name, data_dir=tmp_path / "mine", num_train=20)
+  assert ds.source == f"files:{tmp_path / 'mine' / name}" and len(ds.validation[0]) == 10
+  from_system = data.load_dataset(name, data_dir=tmp_path / "empty", num_train=20)
+  assert from_system.source == f"files:{system_data_dir / name.replace('_', '-')}"
+  assert len(from_system.validation[0]) == 20
+
+
+@pytest.mark.parametrize("folder", ["fashion_mnist", "fashion-mnist", "."])
+def test_folder_names_and_idx_files_directly_in_data_dir(tmp_path, folder):
+  raw = write_mnist_idx(tmp_path / "d" / folder, compress=folder != ".")
+  ds = data.load_dataset("fashion_mnist", data_dir=tmp_path / "d", num_train=20)
+  expected = tmp_path / "d" if folder == "." else tmp_path / "d" / folder
+  assert ds.source == f"files:{expected}"
+  np.testing.assert_array_equal(ds.validation[1], raw["train_labels"][20:])
+
+
+def test_a_folder_named_after_the_other_dataset_is_not_read_as_this_one(tmp_path):
+  write_mnist_idx(tmp_path / "fashion-mnist")
+  with pytest.raises(data.DataNotAvailableError) as info:
+    data.load_dataset("mnist", data_dir=tmp_path / "fashion-mnist", source="files")
+  assert "the folder's name says they hold 'fashion_mnist'" in str(info.value)
+  ds = data.load_dataset("fashion_mnist", data_dir=tmp_path / "fashion-mnist", num_train=20)
+  assert ds.source == f"files:{tmp_path / 'fashion-mnist'}"
+
+
+@pytest.mark.parametrize("missing", ["train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"])
+def test_a_partial_set_of_idx_files_names_the_missing_ones(tmp_path, missing):
+  write_mnist_idx(tmp_path / "mnist")
+  (tmp_path / "mnist" / missing).unlink()
+  with pytest.raises(data.DataNotAvailableError) as info:
+    data.load_dataset("mnist", data_dir=tmp_path, source="files")
+  message = str(info.value)
+  assert f"{tmp_path / 'mnist'} holds" in message and f"but lacks {missing}" in message
+  assert "none of the expected files" not in message and "no mnist files" not in message
+
+
+def test_a_partial_set_warns_when_a_complete_one_follows(tmp_path, system_data_dir):
+  write_mnist_idx(tmp_path / "fashion_mnist")
+  (tmp_path / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+  write_mnist_idx(system_data_dir / "fashion-mnist")
+  with pytest.warns(
+    UserWarning, match=r"lacks t10k-labels-idx1-ubyte.gz .*; reading the complete set in"
+  ):
+    ds = data.load_dataset("fashion_mnist", data_dir=tmp_path, num_train=20)
+  assert ds.source == f"files:{system_data_dir / 'fashion-mnist'}"
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_errors_never_suggest_writing_into_the_system_data_dir(system_data_dir, name):
+  system_data_dir.mkdir()
+  with pytest.raises(data.DataNotAvailableError) as info:
+    data.load_dataset(name, data_dir=system_data_dir, source="files")
+  message = str(info.value)
+  place = [line for line in message.splitlines() if "place" in line or "npz with" in line]
+  assert place and all(str(system_data_dir) not in line for line in place)
+  assert f"<your data_dir>/{name}/" in message
+  if name == "fashion_mnist":  # the Debian package, found without a flag once installed
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert f"{system_data_dir / 'fashion-mnist'}/" in message
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+def write_truncated(path, keep=0.5):
+  content = path.read_bytes()
+  path.write_bytes(content[: int(len(content) * keep)])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_unreadable_gz_files_name_the_file(tmp_path, damage):
+  write_mnist_idx(tmp_path / "mnist")
+  bad = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+  if damage == "truncated":
+    write_truncated(bad)
+  else:  # an uncompressed IDX file under the .gz name
+    with gzip.open(bad, "rb") as f:
+      bad.write_bytes(f.read())
+  with pytest.raises(ValueError, match=rf"{bad} is not a complete gzip file"):
+    data.load_dataset("mnist", data_dir=tmp_path, num_train=20)
+  write_higgs_csv(tmp_path / "HIGGS.csv.gz", higgs_table(200))
+  write_truncated(tmp_path / "HIGGS.csv.gz")
+  with pytest.raises(ValueError, match=rf"{tmp_path / 'HIGGS.csv.gz'} is not a complete gzip"):
+    data.load_dataset("higgs", data_dir=tmp_path, num_test=5)
+
+
+def test_truncated_uncompressed_idx_file_names_the_file(tmp_path):
+  write_mnist_idx(tmp_path / "mnist", compress=False)
+  bad = tmp_path / "mnist" / "t10k-labels-idx1-ubyte"
+  write_truncated(bad, keep=0.9)
+  with pytest.raises(ValueError, match=rf"{bad} holds \d+ bytes, its header implies"):
+    data.load_dataset("mnist", data_dir=tmp_path, num_train=20)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "npy"])
+def test_corrupt_npz_files_name_the_file(tmp_path, damage):
+  path = tmp_path / "cifar10.npz"
+  arrays = dict(
+    x_train=raw_images(4, (32, 32, 3), 0),
+    y_train=raw_labels(4, 0),
+    x_test=raw_images(2, (32, 32, 3), 1),
+    y_test=raw_labels(2, 1),
+  )
+  np.savez(path, **arrays)
+  if damage == "truncated":
+    write_truncated(path)
+  elif damage == "garbage":
+    path.write_bytes(b"not an archive" * 100)
+  else:  # a plain .npy saved under the .npz name
+    with open(path, "wb") as f:
+      np.save(f, arrays["x_train"])
+  with pytest.raises(ValueError, match=rf"{path} (is not a readable|holds a single array)"):
+    data.load_dataset("cifar10", data_dir=tmp_path, num_train=2)
+
+
+@pytest.mark.parametrize("labels", [[0.0, 1.0, 2.0, 3.0], [0.5, 1.0, 2.0, 3.9]])
+def test_float_labels_in_npz_are_rejected_not_truncated(tmp_path, labels):
+  np.savez(
+    tmp_path / "mnist.npz",
+    x_train=raw_images(4, (28, 28), 0),
+    y_train=np.asarray(labels),
+    x_test=raw_images(2, (28, 28), 1),
+    y_test=raw_labels(2, 1),
+  )
+  with pytest.raises(ValueError, match=r"mnist\.npz: mnist labels y_train must be integers"):
+    data.load_dataset("mnist", data_dir=tmp_path, num_train=2)
+  table = higgs_table(20)
+  for y in (table[:, 0] * 0.6, table[:, 0] + 0.4):  # 0.6 and 1.4 are neither 0 nor 1
+    np.savez(tmp_path / "higgs.npz", x=table[:, 1:], y=y)
+    with pytest.raises(ValueError, match=r"higgs\.npz \(y\): HIGGS labels must be 0 or 1"):
+      data.load_dataset("higgs", data_dir=tmp_path, num_test=5)
+
+
+@pytest.mark.parametrize("split_seed", [-1, 1.5, "3", True, np.float32(2)])
+def test_bad_split_seed_names_the_argument(split_seed):
+  with pytest.raises(ValueError, match=r"split_seed must be None .* got split_seed="):
+    data.load_dataset("bundled_mnist", split_seed=split_seed)
 
 
 # ----------------------------------------------------------------------------- TFDS

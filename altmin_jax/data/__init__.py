@@ -2,8 +2,10 @@
 
 ``load_dataset(name, ...)`` is the entry point: ``bundled_mnist`` (the MNIST 10k test split
 shipped in the package, always available), and ``mnist``, ``fashion_mnist``, ``cifar10``,
-``higgs`` from local files in a data directory (``data_dir=`` or ``$ALTMIN_JAX_DATA_DIR``) or
-from a TFDS copy prepared as ArrayRecord (read with ``tfds.data_source``, no TensorFlow).
+``higgs`` from local files in a data directory (``data_dir=`` or ``$ALTMIN_JAX_DATA_DIR``,
+then ``SYSTEM_DATA_DIRS``: ``/usr/share/datasets``, where Debian's ``dataset-fashion-mnist``
+installs Fashion-MNIST, found without a flag) or from a TFDS copy prepared as ArrayRecord
+(read with ``tfds.data_source``, no TensorFlow).
 Nothing is downloaded unless ``download=True``. ``iterate_batches`` gives seeded minibatches.
 
 Example:
@@ -15,7 +17,13 @@ Example:
 """
 
 from altmin_jax.data.bundled import bundled_mnist
-from altmin_jax.data.catalog import DATA_DIR_ENV, SPECS, DataNotAvailableError, DatasetSpec
+from altmin_jax.data.catalog import (
+  DATA_DIR_ENV,
+  SPECS,
+  SYSTEM_DATA_DIRS,
+  DataNotAvailableError,
+  DatasetSpec,
+)
 from altmin_jax.data.core import Dataset, iterate_batches, load_dataset
 from altmin_jax.data.files import read_higgs_csv
 from altmin_jax.data.idx import read_idx
@@ -27,6 +35,7 @@ __all__ = [
   "DATASETS",
   "DATA_DIR_ENV",
   "SPECS",
+  "SYSTEM_DATA_DIRS",
   "DataNotAvailableError",
   "Dataset",
   "DatasetSpec",

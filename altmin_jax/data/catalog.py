@@ -9,6 +9,15 @@ import os
 #: Environment variable naming the default directory for local dataset files.
 DATA_DIR_ENV = "ALTMIN_JAX_DATA_DIR"
 
+#: Directories searched for local files after the user's data directory, in this order:
+#: where Debian's ``dataset-*`` packages install datasets (``dataset-fashion-mnist`` puts the
+#: four IDX files in ``/usr/share/datasets/fashion-mnist/``). Managed by the package manager:
+#: read, never written to or suggested as a place for files.
+SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
+
+#: Debian packages that install a dataset into a system data directory.
+DEBIAN_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
+
 #: HIGGS columns in the order of ``HIGGS.csv`` after the label (21 low-level kinematic
 #: features, then 7 high-level ones); TFDS uses the same names as feature keys.
 HIGGS_FEATURES = (
@@ -153,10 +162,32 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str | None:
   return os.environ.get(DATA_DIR_ENV) or None
 
 
+def folder_names(name: str) -> tuple[str, ...]:
+  """Folder names that hold dataset ``name``: the name and its hyphenated form
+  (``fashion_mnist``, ``fashion-mnist``: Debian's packages use hyphens)."""
+  hyphenated = name.replace("_", "-")
+  return (name,) if hyphenated == name else (name, hyphenated)
+
+
+def is_system_dir(path: str | os.PathLike) -> bool:
+  """Whether ``path`` is (inside) one of :data:`SYSTEM_DATA_DIRS`."""
+  real = os.path.realpath(path)
+  for root in SYSTEM_DATA_DIRS:
+    root = os.path.realpath(root)
+    if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+      return True
+  return False
+
+
 def how_to_get(name: str, data_dir: str | None) -> str:
-  """Instructions for obtaining dataset ``name`` (part of :class:`DataNotAvailableError`)."""
+  """Instructions for obtaining dataset ``name`` (part of :class:`DataNotAvailableError`).
+
+  Never suggests placing files in a system data directory (package-managed): when
+  ``data_dir`` is one, the instructions name a directory of the user's instead.
+  """
   spec = get_spec(name)
-  where = os.path.join(data_dir, name) if data_dir else f"<data_dir>/{name}"
+  user_dir = data_dir if data_dir and not is_system_dir(data_dir) else None
+  where = os.path.join(user_dir, name) if user_dir else f"<your data_dir>/{name}"
   lines = [
     f"To get {name!r} (data_dir is the argument or ${DATA_DIR_ENV}):",
     f"  (a) with network access: load_dataset({name!r}, download=True) downloads and prepares"
@@ -174,6 +205,15 @@ def how_to_get(name: str, data_dir: str | None) -> str:
     lines.append(
       f"      or {where}.npz with uint8 arrays x_train (N, 28, 28), y_train, x_test, y_test."
     )
+    hyphenated = folder_names(name)[-1]
+    system = ", ".join(os.path.join(root, hyphenated) for root in SYSTEM_DATA_DIRS)
+    if name in DEBIAN_PACKAGES:
+      lines.append(
+        f"  (c) on Debian or Ubuntu: `sudo apt-get install {DEBIAN_PACKAGES[name]}` installs"
+        f" the IDX files in {system}/, which is searched after data_dir (no flag needed)."
+      )
+    else:
+      lines.append(f"  (c) a system package installing the IDX files in {system}/ is found too.")
   elif name == "cifar10":
     lines.append(
       f"  (b) place {where}.npz with uint8 arrays x_train (50000, 32, 32, 3), y_train,"

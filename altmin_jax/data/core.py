@@ -18,7 +18,7 @@ from altmin_jax.data.catalog import (
   how_to_get,
   resolve_data_dir,
 )
-from altmin_jax.data.files import Arrays, find_local_files, read_local_files
+from altmin_jax.data.files import Arrays, read_local_files, search_local_files
 from altmin_jax.data.tfds import TfdsUnavailableError, read_tfds
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -108,14 +108,18 @@ def load_dataset(
 
   Where the data comes from (``source``):
 
-  - ``"files"``: files in ``data_dir`` (default ``$ALTMIN_JAX_DATA_DIR``): IDX ``.gz`` files
-    in ``<data_dir>/<name>/`` for mnist / fashion_mnist, ``HIGGS.csv.gz`` in
-    ``<data_dir>/higgs/`` or ``<data_dir>/``, or ``<data_dir>/<name>.npz`` with arrays
-    ``x_train, y_train, x_test, y_test`` (HIGGS: ``x, y``); see :mod:`altmin_jax.data.files`.
+  - ``"files"``: files in ``data_dir`` (default ``$ALTMIN_JAX_DATA_DIR``), then in the
+    system data directories (``/usr/share/datasets``, where Debian's
+    ``dataset-fashion-mnist`` installs ``fashion-mnist/``): IDX ``.gz`` files in
+    ``<dir>/<name>/`` or ``<dir>/<hyphenated-name>/`` (or directly in ``data_dir``) for
+    mnist / fashion_mnist, ``HIGGS.csv.gz`` in ``<dir>/higgs/`` or ``<dir>/``, or
+    ``<dir>/<name>.npz`` with arrays ``x_train, y_train, x_test, y_test`` (HIGGS: ``x, y``);
+    see :mod:`altmin_jax.data.files`.
   - ``"tfds"``: a copy prepared by TFDS in ArrayRecord format, read with
     ``tfds.data_source`` (no TensorFlow); see :mod:`altmin_jax.data.tfds`.
   - ``"bundled"``: only for ``bundled_mnist``.
-  - ``"auto"``: local files if ``data_dir`` (or the variable) holds them, else a prepared
+  - ``"auto"``: local files if ``data_dir`` (or the variable) or a system data directory
+    holds them, else a prepared
     TFDS copy (downloaded first when ``download=True``); ``bundled_mnist`` is always read
     from the package.
 
@@ -125,6 +129,7 @@ def load_dataset(
   Args:
     name: ``"bundled_mnist"``, ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` or ``"higgs"``.
     data_dir: directory with local files; ``None`` uses ``$ALTMIN_JAX_DATA_DIR`` if set.
+      The system data directories are searched after it in every case.
     source: ``"auto"``, ``"files"``, ``"tfds"`` or ``"bundled"``.
     tfds_data_dir: TFDS data directory (``None``: ``$TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``).
@@ -136,7 +141,7 @@ def load_dataset(
     num_test: HIGGS only: the number of final rows forming the test set (default 500,000;
       set it when reading a part of the file with ``max_rows``).
     max_rows: HIGGS only: read only the first ``max_rows`` rows.
-    split_seed: ``None`` keeps the file order (the paper's convention); an integer shuffles
+    split_seed: ``None`` keeps the file order (the paper's convention); an integer >= 0 shuffles
       the pool with ``np.random.default_rng(split_seed)`` before splitting it (the official
       test split and the HIGGS test rows stay fixed).
     flatten: return each example as a vector (for MLPs) instead of ``(H, W, C)``.
@@ -149,7 +154,8 @@ def load_dataset(
     int32.
 
   Raises:
-    ValueError: unknown ``name`` (the message lists the known ones) or an invalid argument.
+    ValueError: unknown ``name`` (the message lists the known ones), an invalid argument,
+      or unreadable or malformed files (the message names the file).
     DataNotAvailableError: the dataset is not available from the requested source.
 
   Example:
@@ -162,7 +168,7 @@ def load_dataset(
   """
   spec = get_spec(name)
   _check_arguments(
-    spec, source, download, num_train, num_validation, num_test, max_rows, normalization
+    spec, source, download, num_train, num_validation, num_test, max_rows, split_seed, normalization
   )
   pool, test, where = _read(spec, data_dir, source, tfds_data_dir, download, max_rows)
   train, validation, test = _split(
@@ -224,9 +230,24 @@ def iterate_batches(
 
 
 def _check_arguments(
-  spec: DatasetSpec, source, download, num_train, num_validation, num_test, max_rows, normalization
+  spec: DatasetSpec,
+  source,
+  download,
+  num_train,
+  num_validation,
+  num_test,
+  max_rows,
+  split_seed,
+  normalization,
 ):
   """Validates the arguments of :func:`load_dataset` before any data is read."""
+  if split_seed is not None and (
+    isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer) or split_seed < 0
+  ):
+    raise ValueError(
+      f"split_seed must be None (keep the file order) or a non-negative integer, got"
+      f" split_seed={split_seed!r}"
+    )
   if source not in SOURCES:
     raise ValueError(f"unknown source={source!r}; choose one of {SOURCES}")
   if normalization not in NORMALIZATIONS:
@@ -258,15 +279,13 @@ def _read(spec: DatasetSpec, data_dir, source, tfds_data_dir, download, max_rows
   directory = resolve_data_dir(data_dir)
   tried, cause = [], None
   if source in ("auto", "files"):
-    path = None if directory is None else find_local_files(spec.name, directory)
-    if path is not None:
-      pool, test = read_local_files(spec.name, path, max_rows=max_rows)
-      return pool, test, f"files:{path}"
-    tried.append(
-      f"local files: no data directory given (data_dir= or ${DATA_DIR_ENV})"
-      if directory is None
-      else f"local files: none of the expected files under {directory}"
-    )
+    search = search_local_files(spec.name, directory)
+    if search.path is not None:
+      pool, test = read_local_files(spec.name, search.path, max_rows=max_rows)
+      return pool, test, f"files:{search.path}"
+    if directory is None:
+      tried.append(f"local files: no data directory given (data_dir= or ${DATA_DIR_ENV})")
+    tried += [f"local files: {line}" for line in search.tried]
   if source in ("auto", "tfds"):
     try:
       pool, test = read_tfds(

@@ -1,68 +1,184 @@
 """Datasets from local files in a data directory (no network, no TFDS).
 
-Layout of a data directory ``D`` (given as ``data_dir=`` or ``$ALTMIN_JAX_DATA_DIR``), one
-entry per dataset name, the first found wins:
+Directories searched, in order, the first complete set of files wins:
 
-- ``mnist``, ``fashion_mnist``: the four original IDX files in ``D/<name>/``
+1. the user's data directory: ``data_dir=`` or, when it is not given,
+   ``$ALTMIN_JAX_DATA_DIR``;
+2. the system data directories :data:`~altmin_jax.data.catalog.SYSTEM_DATA_DIRS`
+   (``/usr/share/datasets``, where Debian's ``dataset-fashion-mnist`` package installs
+   ``fashion-mnist/``), read only.
+
+Layout of a searched directory ``D``, one entry per dataset name; ``<folder>`` is the
+dataset's name or its hyphenated form (``fashion_mnist`` or ``fashion-mnist``):
+
+- ``mnist``, ``fashion_mnist``: the four original IDX files in ``D/<folder>/``
   (``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
   ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``; uncompressed files without
-  ``.gz`` work too).
+  ``.gz`` work too), or, in the user's directory only, directly in ``D`` (unless ``D``'s own
+  name is that of the other dataset: ``data_dir=".../fashion-mnist"`` never loads as
+  ``mnist``). A folder holding only some of the four files is reported with the missing
+  ones named.
 - ``higgs``: ``D/higgs/HIGGS.csv.gz`` or ``D/HIGGS.csv.gz`` (or ``HIGGS.csv``), the UCI file:
   no header, the label (``0.0`` / ``1.0``) in the first column, then the 28 features.
-- any of ``mnist``, ``fashion_mnist``, ``cifar10``: ``D/<name>.npz`` or ``D/<name>/<name>.npz``
-  with integer pixel arrays ``x_train`` ``(N, H, W)`` or ``(N, H, W, C)`` in ``0..255``,
-  integer labels ``y_train`` ``(N,)``, and ``x_test`` / ``y_test`` likewise (the official
-  splits; ``keras.datasets`` arrays saved with ``np.savez`` have this form).
+- any of ``mnist``, ``fashion_mnist``, ``cifar10``: ``D/<name>.npz`` or
+  ``D/<folder>/<name>.npz`` with integer pixel arrays ``x_train`` ``(N, H, W)`` or
+  ``(N, H, W, C)`` in ``0..255``, integer labels ``y_train`` ``(N,)``, and ``x_test`` /
+  ``y_test`` likewise (the official splits; ``keras.datasets`` arrays saved with
+  ``np.savez`` have this form). Float labels are rejected, not rounded.
 - ``higgs`` as ``.npz``: arrays ``x`` ``(N, 28)`` and ``y`` ``(N,)`` holding the table rows
   in the CSV's order (the test set is carved from the end as for the CSV).
+
+Unreadable files (a truncated or non-gzip ``.gz``, a corrupt ``.npz``, an invalid IDX
+header) raise ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
+import warnings
+import zipfile
+import zlib
 
 import numpy as np
 
+from altmin_jax.data import catalog
 from altmin_jax.data.catalog import (
   HIGGS_CSV,
   HIGGS_FEATURES,
   IDX_FILES,
   NPZ_IMAGE_KEYS,
   NPZ_TABLE_KEYS,
+  folder_names,
   get_spec,
 )
 from altmin_jax.data.idx import read_idx
 
 Arrays = tuple[np.ndarray, np.ndarray]
+IDX_DATASETS = ("mnist", "fashion_mnist")
+# Errors of a truncated, corrupt or mislabelled compressed file (gzip.BadGzipFile is an
+# OSError; zipfile reports a bad archive or a bad CRC as BadZipFile).
+_CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSearch:
+  """What :func:`search_local_files` found.
+
+  Attributes:
+    path: the directory of IDX files, the CSV or the ``.npz`` to read, or ``None``.
+    tried: one line per searched place without a complete set (partial IDX sets name
+      their missing files), for the error message.
+  """
+
+  path: str | None
+  tried: tuple[str, ...]
+
+
+def search_directories(data_dir: str | None) -> list[tuple[str, bool]]:
+  """``(directory, is_users)`` in search order: the user's ``data_dir`` (if any), then the
+  system data directories of :data:`~altmin_jax.data.catalog.SYSTEM_DATA_DIRS`."""
+  dirs = [] if data_dir is None else [(data_dir, True)]
+  return dirs + [(root, False) for root in catalog.SYSTEM_DATA_DIRS]
+
+
+def search_local_files(name: str, data_dir: str | None) -> LocalSearch:
+  """Finds dataset ``name`` in ``data_dir``, then in the system data directories.
+
+  The first complete set of files wins. A folder with some but not all of the four IDX
+  files is skipped with a warning when a complete set is found later, and reported with the
+  missing files named otherwise.
+  """
+  tried, partial = [], []
+  for directory, users in search_directories(data_dir):
+    if not users and not os.path.isdir(directory):
+      tried.append(f"{directory} (system data directory): not present")
+      continue
+    path, lines, partial_here = _search_directory(name, directory, users)
+    partial += partial_here
+    if path is not None:
+      for line in partial:
+        warnings.warn(f"{line}; reading the complete set in {path} instead", stacklevel=3)
+      return LocalSearch(path, tuple(tried))
+    tried += lines
+  return LocalSearch(None, tuple(tried))
+
+
+def _search_directory(name: str, directory: str, users: bool):
+  """``(path or None, tried lines, partial-set lines)`` for one directory."""
+  lines, partial = [], []
+  kind = "data_dir" if users else "system data directory"
+  folders = []
+  if name in IDX_DATASETS:
+    folders = [os.path.join(directory, f) for f in folder_names(name)]
+    if users:
+      other = _other_idx_dataset(name, directory)
+      if other is None:
+        folders.append(directory)
+      elif any(_existing(os.path.join(directory, f)) for f in IDX_FILES.values()):
+        lines.append(
+          f"{directory}: its IDX files are not read as {name!r}: the folder's name says they"
+          f" hold {other!r}"
+        )
+    for folder in folders:
+      present = [f for f in IDX_FILES.values() if _existing(os.path.join(folder, f))]
+      if len(present) == len(IDX_FILES):
+        return folder, lines, partial
+      if present:
+        missing = [f for f in IDX_FILES.values() if f not in present]
+        partial.append(
+          f"{folder} holds {', '.join(present)} but lacks {', '.join(missing)}"
+          " (or the same names without .gz)"
+        )
+  if name == "higgs":
+    for folder in (os.path.join(directory, "higgs"), directory):
+      if path := _existing(os.path.join(folder, HIGGS_CSV)):
+        return path, lines, partial
+  if get_spec(name).name != "bundled_mnist":
+    npz = [os.path.join(directory, f"{name}.npz")]
+    npz += [os.path.join(directory, f, f"{name}.npz") for f in folder_names(name)]
+    for path in npz:
+      if os.path.isfile(path):
+        return path, lines, partial
+  if partial:
+    lines += [f"{line} ({kind})" for line in partial]
+  else:
+    direct = users and name in IDX_DATASETS and directory in folders
+    lines.append(f"{directory} ({kind}): no {name} files ({_layouts(name, direct)})")
+  return None, lines, partial
+
+
+def _layouts(name: str, direct: bool) -> str:
+  """The layouts looked for, in words (``direct``: IDX files at the top too)."""
+  folders = " or ".join(f"{f}/" for f in folder_names(name))
+  if name in IDX_DATASETS:
+    top = " or at the top" if direct else ""
+    return f"looked for the four IDX files in {folders}{top}, and {name}.npz"
+  if name == "higgs":
+    return f"looked for {HIGGS_CSV} in higgs/ or at the top, and higgs.npz"
+  return f"looked for {name}.npz at the top or in {folders}"
+
+
+def _other_idx_dataset(name: str, directory: str) -> str | None:
+  """The other IDX dataset whose folder name ``directory`` has (``None`` when none)."""
+  base = os.path.basename(os.path.normpath(directory)).lower()
+  for other in IDX_DATASETS:
+    if other != name and base in folder_names(other):
+      return other
+  return None
 
 
 def find_local_files(name: str, data_dir: str) -> str | None:
-  """The path (a directory of IDX files, a CSV or an ``.npz``) holding ``name`` in ``data_dir``.
-
-  Returns ``None`` when none of the layouts in this module's docstring is present.
-  """
-  spec = get_spec(name)
-  sub = os.path.join(data_dir, name)
-  if name in ("mnist", "fashion_mnist") and all(
-    _existing(os.path.join(sub, f)) for f in IDX_FILES.values()
-  ):
-    return sub
-  if name == "higgs":
-    for folder in (sub, data_dir):
-      if path := _existing(os.path.join(folder, HIGGS_CSV)):
-        return path
-  if spec.name != "bundled_mnist":
-    for path in (os.path.join(data_dir, f"{name}.npz"), os.path.join(sub, f"{name}.npz")):
-      if os.path.isfile(path):
-        return path
-  return None
+  """The path (a directory of IDX files, a CSV or an ``.npz``) holding ``name`` in
+  ``data_dir`` or a system data directory; ``None`` when no complete set is found."""
+  return search_local_files(name, data_dir).path
 
 
 def read_local_files(
   name: str, path: str, *, max_rows: int | None = None
 ) -> tuple[Arrays, Arrays | None]:
-  """Reads what :func:`find_local_files` found.
+  """Reads what :func:`search_local_files` found.
 
   Returns:
     ``(pool, test)``: the official training split and test split as raw arrays (images
@@ -70,7 +186,8 @@ def read_local_files(
     (features ``float32 (N, 28)``) and ``test`` is ``None``.
 
   Raises:
-    ValueError: if the files do not have the shapes or values the dataset needs.
+    ValueError: if the files are unreadable or do not have the shapes, dtypes or values the
+      dataset needs (the message names the file).
   """
   spec = get_spec(name)
   if path.endswith(".npz"):
@@ -80,9 +197,12 @@ def read_local_files(
   if name == "higgs":
     return read_higgs_csv(path, max_rows=max_rows), None
   files = {k: _existing(os.path.join(path, f)) for k, f in IDX_FILES.items()}
-  train = image_arrays(name, path, read_idx(files["train_images"]), read_idx(files["train_labels"]))
-  test = image_arrays(name, path, read_idx(files["test_images"]), read_idx(files["test_labels"]))
-  return train, test
+  parts = []
+  for split in ("train", "test"):
+    images, labels = files[f"{split}_images"], files[f"{split}_labels"]
+    what = f"{images} and {labels}"
+    parts.append(image_arrays(name, what, read_idx(images), read_idx(labels)))
+  return parts[0], parts[1]
 
 
 def read_higgs_csv(path: str | os.PathLike, *, max_rows: int | None = None) -> Arrays:
@@ -107,8 +227,13 @@ def read_higgs_csv(path: str | os.PathLike, *, max_rows: int | None = None) -> A
   """
   path = os.fspath(path)
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt") as f:
-    table = np.loadtxt(f, delimiter=",", dtype=np.float32, max_rows=max_rows, ndmin=2)
+  try:
+    with opener(path, "rt") as f:
+      table = np.loadtxt(f, delimiter=",", dtype=np.float32, max_rows=max_rows, ndmin=2)
+  except _CORRUPT as err:
+    raise ValueError(f"{path} is not a complete gzip file (truncated or not gzip): {err}") from err
+  except ValueError as err:
+    raise ValueError(f"{path}: rows must be comma-separated numbers: {err}") from err
   width = 1 + len(HIGGS_FEATURES)
   if table.shape[1] != width:
     raise ValueError(
@@ -117,62 +242,112 @@ def read_higgs_csv(path: str | os.PathLike, *, max_rows: int | None = None) -> A
   return table[:, 1:], binary_labels(table[:, 0], path)  # a view: avoids a 1.2 GB copy
 
 
-def binary_labels(labels: np.ndarray, what: str) -> np.ndarray:
-  """``0.0`` / ``1.0`` HIGGS labels as ``int32``; ``ValueError`` for anything else."""
-  y = np.rint(np.asarray(labels, np.float64)).astype(np.int32)
-  if y.size and (y.min() < 0 or y.max() > 1):
-    raise ValueError(f"{what}: HIGGS labels must be 0 or 1, got values in [{y.min()}, {y.max()}]")
-  return y
+def binary_labels(labels: np.ndarray, what: str, *, exact: bool = True) -> np.ndarray:
+  """``0`` / ``1`` HIGGS labels (integers or the CSV's ``0.0`` / ``1.0``) as ``int32``.
+
+  ``exact=True`` rejects any other value (``0.6`` is an error, not rounded); ``exact=False``
+  rounds to the nearest integer first (TFDS's float ``class_label`` feature, which
+  ``tfds.testing.mock_data`` fills with random floats). Values outside ``{0, 1}`` after
+  rounding are always a ``ValueError``.
+  """
+  labels = np.asarray(labels)
+  if not exact:
+    labels = np.rint(labels.astype(np.float64))
+  if labels.size and not np.all((labels == 0) | (labels == 1)):
+    bad = labels[(labels != 0) & (labels != 1)].ravel()[0]
+    raise ValueError(f"{what}: HIGGS labels must be 0 or 1, got the value {bad!r}")
+  return labels.astype(np.int32)
 
 
-def image_arrays(name: str, what: str, images: np.ndarray, labels: np.ndarray) -> Arrays:
+def image_arrays(
+  name: str, what: str, images: np.ndarray, labels: np.ndarray, keys: tuple[str, str] = ("", "")
+) -> Arrays:
   """Checks raw images and labels of dataset ``name``; returns ``uint8 (N, H, W, C)``, ``int32``.
 
+  Args:
+    name: the dataset.
+    what: where the arrays come from (file names), for messages.
+    images, labels: the raw arrays.
+    keys: the arrays' names in ``what`` (``.npz`` keys), for messages.
+
   Raises:
-    ValueError: on a wrong shape, a non-integer pixel array, or labels out of range.
+    ValueError: on a wrong shape, non-integer pixels or labels (float labels are never
+      truncated), or values out of range.
   """
   spec = get_spec(name)
+  x_key, y_key = (f" {k}" if k else "" for k in keys)
   images, labels = np.asarray(images), np.asarray(labels)
   if images.ndim == 3 and spec.example_shape[-1] == 1:
     images = images[..., None]
   if images.shape[1:] != spec.example_shape or labels.shape != images.shape[:1]:
     raise ValueError(
-      f"{what}: {name} needs images of shape (N, *{spec.example_shape}) and"
-      f" labels of shape (N,), got shapes {images.shape} and {labels.shape}"
+      f"{what}: {name} needs images{x_key} of shape (N, *{spec.example_shape}) and"
+      f" labels{y_key} of shape (N,), got shapes {images.shape} and {labels.shape}"
     )
   if not np.issubdtype(images.dtype, np.integer):
     raise ValueError(
-      f"{what}: {name} images must hold integer pixels 0..255, got dtype {images.dtype}"
+      f"{what}: {name} images{x_key} must hold integer pixels 0..255, got dtype {images.dtype}"
     )
   if images.size and (images.min() < 0 or images.max() > 255):
-    raise ValueError(f"{what}: {name} pixels must lie in 0..255")
+    raise ValueError(f"{what}: {name} pixels{x_key} must lie in 0..255")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+      f"{what}: {name} labels{y_key} must be integers 0..{spec.num_classes - 1}, got dtype"
+      f" {labels.dtype} (float labels are not rounded or truncated)"
+    )
   if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
-    raise ValueError(f"{what}: {name} labels must lie in 0..{spec.num_classes - 1}")
+    raise ValueError(
+      f"{what}: {name} labels{y_key} must lie in 0..{spec.num_classes - 1}, got values in"
+      f" [{labels.min()}, {labels.max()}]"
+    )
   return images.astype(np.uint8, copy=False), labels.astype(np.int32)
 
 
+def load_npz(path: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """The arrays ``keys`` of the ``.npz`` archive ``path``.
+
+  Raises:
+    ValueError: naming ``path``, when it is not a readable ``.npz`` archive (corrupt,
+      truncated, a plain ``.npy``, pickled objects) or lacks one of ``keys``.
+  """
+  # The file is opened here, not by np.load, which leaks its handle when the zip is bad.
+  with open(path, "rb") as handle:
+    try:
+      archive = np.load(handle, allow_pickle=False)
+    except (*_CORRUPT, ValueError, OSError) as err:
+      message = f"{path} is not a readable .npz archive (corrupt or truncated): {err}"
+      raise ValueError(message) from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+      raise ValueError(f"{path} holds a single array, not an .npz archive with keys {list(keys)}")
+    with archive:
+      missing = [k for k in keys if k not in archive.files]
+      if missing:
+        raise ValueError(f"{path} lacks arrays {missing}; expected keys {list(keys)}")
+      try:
+        return {k: archive[k] for k in keys}
+      except (*_CORRUPT, ValueError, OSError) as err:
+        message = f"{path}: cannot read its arrays (corrupt or truncated): {err}"
+        raise ValueError(message) from err
+
+
 def _read_image_npz(name: str, path: str) -> tuple[Arrays, Arrays]:
-  with np.load(path, allow_pickle=False) as f:
-    missing = [k for k in NPZ_IMAGE_KEYS if k not in f]
-    if missing:
-      raise ValueError(f"{path} lacks arrays {missing}; expected keys {list(NPZ_IMAGE_KEYS)}")
-    train = image_arrays(name, path, f["x_train"], f["y_train"])
-    test = image_arrays(name, path, f["x_test"], f["y_test"])
+  f = load_npz(path, NPZ_IMAGE_KEYS)
+  train = image_arrays(name, path, f["x_train"], f["y_train"], ("x_train", "y_train"))
+  test = image_arrays(name, path, f["x_test"], f["y_test"], ("x_test", "y_test"))
   return train, test
 
 
 def _read_table_npz(path: str, max_rows: int | None) -> Arrays:
-  with np.load(path, allow_pickle=False) as f:
-    missing = [k for k in NPZ_TABLE_KEYS if k not in f]
-    if missing:
-      raise ValueError(f"{path} lacks arrays {missing}; expected keys {list(NPZ_TABLE_KEYS)}")
-    x, y = f["x"][:max_rows], f["y"][:max_rows]
+  f = load_npz(path, NPZ_TABLE_KEYS)
+  x, y = f["x"][:max_rows], f["y"][:max_rows]
   if x.ndim != 2 or x.shape[1] != len(HIGGS_FEATURES) or y.shape != x.shape[:1]:
     raise ValueError(
       f"{path}: higgs needs x of shape (N, 28) and y of shape (N,), got shapes"
       f" {x.shape} and {y.shape}"
     )
-  return x.astype(np.float32), binary_labels(y, path)
+  if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+    raise ValueError(f"{path}: higgs features x must be real numbers, got dtype {x.dtype}")
+  return x.astype(np.float32), binary_labels(y, f"{path} (y)")
 
 
 def _existing(path: str) -> str | None:

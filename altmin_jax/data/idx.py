@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
@@ -14,12 +15,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   """Reads an IDX file (optionally gzip-compressed) into a numpy array.
 
   Raises:
-    ValueError: if the file is not a valid IDX file.
+    ValueError: naming the file, if it is not a valid IDX file or a ``.gz`` file is not a
+      complete gzip stream (truncated, or not compressed at all).
   """
   path = os.fspath(path)
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+    raise ValueError(f"{path} is not a complete gzip file (truncated or not gzip): {err}") from err
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
     raise ValueError(f"{path} is not an IDX file (bad magic number)")
   dtype, ndim = np.dtype(_DTYPES[data[2]]), data[3]
