@@ -9,7 +9,36 @@ reads and resolves to optimizers and networks (``experiments/runners``,
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
+
 import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config, option string or override that breaks a rule; the message is one line that
+  names the field, the value and the rule (the binary prints it instead of a traceback)."""
+
+
+# ------------------------------------------------------------- fields of every run
+
+
+def run_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the workdir fields every config has (``experiments/workdir.py`` reads them):
+
+  * ``resume``: continue the interrupted run in the workdir from its checkpoints;
+  * ``overwrite``: delete the results of an earlier run in the workdir and start afresh
+    (without either, a workdir holding results is refused).
+  """
+  config.resume = False
+  config.overwrite = False
+  return config
+
+
+# The training metrics recorded beside the held-out ones are measured on the first this many
+# training samples (0: all of them), so that a full-size run does not spend a pass over the
+# whole training set per evaluation.
+NUM_TRAIN_EVAL = 10000
 
 # ------------------------------------------------- fully connected AM nets (am_fc)
 
@@ -104,10 +133,11 @@ def am_fc(
   config.zoom_batches = zoom_batches
   config.eval_every = 0  # evaluate every this many minibatches (0: once per epoch)
   config.seeds = seeds
-  config.progress = True
+  config.progress = True  # False: one printed line per epoch instead of progress bars
+  config.num_train_eval = NUM_TRAIN_EVAL
   config.method_list = method_list
   config.methods = ml_collections.ConfigDict(methods)
-  return config
+  return run_options(config)
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -191,10 +221,11 @@ def am_arch(
   config.epochs = epochs
   config.eval_every = 0  # evaluate every this many minibatches (0: once per epoch)
   config.seeds = seeds
-  config.progress = True
+  config.progress = True  # False: one printed line per epoch instead of progress bars
+  config.num_train_eval = NUM_TRAIN_EVAL
   config.method_list = method_list
   config.methods = ml_collections.ConfigDict(methods)
-  return config
+  return run_options(config)
 
 
 def am_arch_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -271,10 +302,11 @@ def distributed(*, dataset: str, model: str, runs: dict, rounds: int) -> ml_coll
   config.eval_every = max(1, rounds // 20)
   config.delay = "round_robin"
   config.seeds = (0, 1, 2)
-  config.progress = True
+  config.progress = True  # False: one printed line per evaluation instead of progress bars
+  config.num_train_eval = NUM_TRAIN_EVAL
   config.run_list = tuple(runs)
   config.runs = ml_collections.ConfigDict(runs)
-  return config
+  return run_options(config)
 
 
 def run_spec(method: str, lr: float, num_workers: int = 1, **hyperparameters) -> dict:
@@ -298,10 +330,171 @@ def distributed_smoke(config: ml_collections.ConfigDict) -> ml_collections.Confi
 # ---------------------------------------------------------------------- options
 
 
-def parse_arg(arg: str | None, allowed: set[str]) -> set[str]:
-  """Comma-separated config options (``"500,zoom,smoke"``), validated."""
+def parse_arg(arg: str | None, allowed: Collection[str]) -> set[str]:
+  """Comma-separated config options (``"500,zoom,smoke"``), validated.
+
+  Raises:
+    ConfigError: an option not in ``allowed`` (the message lists the allowed ones).
+  """
   tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
-  unknown = tokens - allowed
+  unknown = tokens - set(allowed)
   if unknown:
-    raise ValueError(f"unknown config options {sorted(unknown)}; allowed: {sorted(allowed)}")
+    raise ConfigError(
+      f"unknown config options {sorted(unknown)} in {arg!r}; allowed (comma separated):"
+      f" {sorted(allowed)}"
+    )
   return tokens
+
+
+# ------------------------------------------------------------------- validation
+#
+# The runners call these on the final config (after the command line's overrides), before
+# the workdir is touched or any data is read.
+
+
+def _value(config: ml_collections.ConfigDict, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def check_int(config: ml_collections.ConfigDict, key: str, *, minimum: int) -> int:
+  """``config.<key>`` is an integer (not a bool) of at least ``minimum``."""
+  value = _value(config, key)
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ConfigError(f"config.{key} must be an integer >= {minimum}, got {value!r}")
+  return value
+
+
+def check_int_list(
+  config: ml_collections.ConfigDict, key: str, *, minimum: int, empty: bool = False
+) -> list[int]:
+  """``config.<key>`` is a list of integers of at least ``minimum`` (non-empty unless
+  ``empty``)."""
+  value = _value(config, key)
+  items = list(value) if isinstance(value, (tuple, list)) else [value]
+  ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in items)
+  if not ok or (not items and not empty):
+    rule = "" if empty else "a non-empty list of "
+    raise ConfigError(f"config.{key} must be {rule}integers >= {minimum}, got {value!r}")
+  return items
+
+
+def check_number(
+  config: ml_collections.ConfigDict,
+  key: str,
+  *,
+  positive: bool = False,
+  minimum: float | None = None,
+) -> float:
+  """``config.<key>`` is a finite real number (``positive``: > 0; ``minimum``: >= it)."""
+  value = _value(config, key)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if ok and positive and value <= 0:
+    ok = False
+  if ok and minimum is not None and value < minimum:
+    ok = False
+  if not ok:
+    rule = "> 0" if positive else (f">= {minimum}" if minimum is not None else "finite")
+    raise ConfigError(f"config.{key} must be a finite number {rule}, got {value!r}")
+  return float(value)
+
+
+def check_bool(config: ml_collections.ConfigDict, key: str) -> bool:
+  """``config.<key>`` is ``True`` or ``False``."""
+  value = _value(config, key)
+  if not isinstance(value, bool):
+    raise ConfigError(f"config.{key} must be True or False, got {value!r}")
+  return value
+
+
+def check_choice(config: ml_collections.ConfigDict, key: str, choices: Collection[str]) -> str:
+  """``config.<key>`` is one of ``choices``."""
+  value = _value(config, key)
+  if value not in choices:
+    raise ConfigError(f"config.{key} must be one of {sorted(choices)}, got {value!r}")
+  return value
+
+
+def names(config: ml_collections.ConfigDict, key: str) -> list[str]:
+  """A list field of names as a list: ``--config.method_list=adam,am_adam`` arrives as one
+  comma-separated string."""
+  value = _value(config, key)
+  if isinstance(value, str):
+    value = (value,)
+  return [t.strip() for m in value for t in str(m).split(",") if t.strip()]
+
+
+def check_names(config: ml_collections.ConfigDict, key: str, known: Collection[str]) -> list[str]:
+  """``config.<key>`` (see :func:`names`) is a non-empty list of distinct names in ``known``."""
+  listed = names(config, key)
+  if not listed:
+    raise ConfigError(f"config.{key} must name at least one of {sorted(known)}, got nothing")
+  unknown = [n for n in listed if n not in known]
+  if unknown:
+    raise ConfigError(f"config.{key} has unknown names {unknown}; known: {sorted(known)}")
+  if len(set(listed)) != len(listed):
+    raise ConfigError(f"config.{key} lists a name twice: {listed}")
+  return listed
+
+
+def check_seeds(config: ml_collections.ConfigDict) -> list[int]:
+  """``config.seeds`` is a non-empty list of distinct non-negative integers (``--config.seeds=3``
+  and ``--config.seeds=0,1`` are accepted)."""
+  value = config.seeds
+  items = value if isinstance(value, (tuple, list)) else (value,)
+  seeds = []
+  for item in items:
+    for token in item.split(",") if isinstance(item, str) else (item,):
+      token = token.strip() if isinstance(token, str) else token
+      if token == "":
+        continue
+      if isinstance(token, str) and token.isdigit():
+        token = int(token)
+      if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+        raise ConfigError(
+          f"config.seeds must be non-negative integers (for example --config.seeds=0,1,2),"
+          f" got {value!r}"
+        )
+      seeds.append(token)
+  if not seeds:
+    raise ConfigError("config.seeds must list at least one seed, got an empty list")
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError(f"config.seeds lists a seed twice: {seeds}")
+  return seeds
+
+
+def check_hyperparameters(config: ml_collections.ConfigDict, key: str) -> None:
+  """Every method entry under ``config.<key>``: numbers finite, learning rates (names ending in
+  ``lr``) positive, iteration counts (names ending in ``steps``) integers >= 1."""
+  for name, entry in _value(config, key).items():
+    if not isinstance(entry, ml_collections.ConfigDict):
+      continue
+    for field, value in entry.items():
+      path = f"{key}.{name}.{field}"
+      if field.endswith("steps"):
+        check_int(config, path, minimum=1)
+      elif field.endswith("lr"):
+        check_number(config, path, positive=True)
+      elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        check_number(config, path)
+
+
+def check_run_fields(config: ml_collections.ConfigDict) -> None:
+  """The fields every runner shares, where the config has them: ``seeds``, ``batch_size``,
+  ``epochs``, ``progress``, ``resume`` / ``overwrite`` (not both), ``num_train_eval``,
+  ``data_dir``, ``download``, ``eval_split``."""
+  check_seeds(config)
+  for key, minimum in (("batch_size", 1), ("num_train_eval", 0), ("eval_every", 0)):
+    if key in config:
+      check_int(config, key, minimum=minimum)
+  for key in ("progress", "resume", "overwrite", "download"):
+    if key in config:
+      check_bool(config, key)
+  if config.get("resume") and config.get("overwrite"):
+    raise ConfigError("config.resume and config.overwrite are both True: choose one")
+  if "data_dir" in config and not isinstance(config.data_dir, str):
+    raise ConfigError(f"config.data_dir must be a path string, got {config.data_dir!r}")
+  if "eval_split" in config:
+    check_choice(config, "eval_split", ("test", "validation"))

@@ -68,4 +68,4 @@ def get_config(arg: str | None = None):
     config.epochs = 2
     config.report_epochs = (1, 2)
     config.progress = False
-  return config
+  return common.run_options(config)

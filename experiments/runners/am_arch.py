@@ -12,18 +12,23 @@ built by ``experiments/models.py``):
 Each entry of ``config.methods`` is a labelled method whose ``kind`` is ``sgd``, ``adam``
 (backprop; on the binary net through the straight-through or tanh' surrogate given by its
 ``surrogate``) or ``am_adam`` (:func:`altmin_jax.am_adam`, or
-:func:`altmin_jax.am.am_adam_rnn` for the RNN). Writes ``metrics.json`` and
-``accuracy.png`` to the workdir and prints a table.
+:func:`altmin_jax.am.am_adam_rnn` for the RNN). Records the training accuracy and loss
+beside the held-out ones; writes ``metrics.json`` after every evaluation, checkpoints every
+epoch (``--config.resume=True`` continues an interrupted run) and at the end
+``accuracy.png`` and a printed table.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import jax
 import ml_collections
 import optax
 
 import altmin_jax as amj
-from experiments import models
+from experiments import models, workdir
+from experiments.configs import common
 from experiments.runners import _training
 from experiments.runners.am_fc import mu_schedule
 
@@ -81,12 +86,16 @@ def build_method(config, m: ml_collections.ConfigDict, net, steps_per_epoch: int
   return amj.am_adam(net, **kwargs), False
 
 
-def train_one(config, data, label: str, seed: int) -> dict:
-  """One method, one seed: accuracy and loss curves and wall times (evaluation excluded)."""
+def train_one(config, data, label: str, seed: int, hooks: workdir.RunHooks | None = None) -> dict:
+  """One method, one seed: held-out and training accuracy and loss curves and wall times
+  (evaluation excluded; ``hooks``: see ``_training.train_and_record``)."""
   m = config.methods[label]
   x_train, y_train = data.train
-  x_eval, y_eval = _training.eval_data(config, data)
   steps_per_epoch = len(x_train) // config.batch_size
+  if steps_per_epoch < 1:
+    raise common.ConfigError(
+      f"config.batch_size={config.batch_size} exceeds the {len(x_train)} training samples"
+    )
   net = models.am_architecture(
     config.architecture,
     data.input_shape,
@@ -103,16 +112,17 @@ def train_one(config, data, label: str, seed: int) -> dict:
     step,
     params,
     tx.init(params),
-    epoch_batches=lambda epoch: amj.data.iterate_batches(
-      x_train, y_train, batch, seed=seed, epoch=epoch
+    epoch_batches=lambda epoch, start: itertools.islice(
+      amj.data.iterate_batches(x_train, y_train, batch, seed=seed, epoch=epoch), start, None
     ),
     epochs=config.epochs,
     calls_per_epoch=steps_per_epoch,
-    evaluate=lambda p: amj.training.evaluate(net.apply, p, x_eval, y_eval, loss=loss),
+    evaluate=_training.evaluator(net.apply, config, data),
     warmup_batch=(x_train[:batch], y_train[:batch]),
     eval_every=config.eval_every,
     desc=f"{label} seed {seed}",
     progress=config.progress,
+    hooks=hooks,
   )
 
 
@@ -122,29 +132,36 @@ def _title(config, data) -> str:
     arch = f"RNN-{config.hidden[0]}, T={data.input_shape[0]}"
   elif arch == "binary_mlp":
     arch = f"binary {'-'.join(map(str, (data.input_shape[0], *config.hidden, 10)))}"
-  return f"{arch}, {config.dataset}, {len(config.seeds)} seed(s)"
+  return f"{arch}, {config.dataset}, {len(common.check_seeds(config))} seed(s)"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the config's fields before any data is read (``common.ConfigError``): the shared
+  ones, ``architecture``, ``downsample``, and every listed method's ``kind``."""
+  _training.validate(config, list(config.methods))
+  common.check_choice(config, "architecture", models.ARCHITECTURES)
+  if "downsample" in config:
+    common.check_int(config, "downsample", minimum=1)
+  for label in _training.method_labels(config):
+    common.check_choice(config, f"methods.{label}.kind", KINDS)
+
+
+def run(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
+  """Every method and seed of ``config`` (resuming from ``workdir_path`` with
+  ``config.resume``); writes the report there and returns the metrics."""
+  validate(config)
   labels = _training.method_labels(config)
-  unknown = [m for m in labels if m not in config.methods]
-  if unknown:
-    raise ValueError(f"unknown methods {unknown}; known methods: {', '.join(config.methods)}")
-  if config.architecture not in models.ARCHITECTURES:
-    raise ValueError(
-      f"unknown architecture {config.architecture!r}; known: {', '.join(models.ARCHITECTURES)}"
-    )
   data = load_data(config)
-  runs = {m: [train_one(config, data, m, seed) for seed in config.seeds] for m in labels}
   header = {
     "experiment": "am_arch",
     "architecture": config.architecture,
     "dataset": config.dataset,
     "source": data.source,
   }
+  log = workdir.RunLog(workdir_path, config, header)
+  runs = log.run_all(labels, lambda m, seed, hooks: train_one(config, data, m, seed, hooks))
   return _training.write_report(
-    workdir,
-    header,
+    log,
     config,
     runs,
     steps_per_epoch=len(data.train[0]) // config.batch_size,

@@ -5,18 +5,23 @@ held-out accuracy per epoch, or after every minibatch in the zoom on the first
 ``config.zoom_batches`` minibatches, or every ``config.eval_every`` minibatches, with
 wall time. Methods: ``sgd``, ``adam``,
 ``am_adam``, ``am_mem``, ``am_adam_offline``, ``am_mem_offline`` and ``admm``
-(Taylor et al. 2016, :func:`altmin_jax.am.taylor_admm`). Writes ``metrics.json`` and
-``accuracy.png`` to the workdir and prints a table.
+(Taylor et al. 2016, :func:`altmin_jax.am.taylor_admm`). Records the training accuracy and loss
+beside the held-out ones; writes ``metrics.json`` after every evaluation, checkpoints every
+epoch (``--config.resume=True`` continues an interrupted run) and at the end
+``accuracy.png`` and a printed table.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import jax
 import ml_collections
 import optax
 
 import altmin_jax as amj
-from experiments import models
+from experiments import models, workdir
+from experiments.configs import common
 from experiments.runners import _training
 
 ONLINE = ("sgd", "adam", "am_adam", "am_mem")
@@ -74,12 +79,16 @@ def build_method(
   raise ValueError(f"unknown method {name!r}; known methods: {', '.join(ONLINE + OFFLINE)}")
 
 
-def train_one(config, data, name: str, seed: int) -> dict:
-  """One method, one seed: accuracy curve, loss curve and wall times."""
+def train_one(config, data, name: str, seed: int, hooks: workdir.RunHooks | None = None) -> dict:
+  """One method, one seed: held-out and training accuracy and loss curves and wall times
+  (``hooks``: metrics publishing and checkpoints, see ``_training.train_and_record``)."""
   x_train, y_train = data.train
-  x_eval, y_eval = _training.eval_data(config, data)
   net = models.mlp(data.input_shape, config.hidden, data.num_classes, config.activation)
   steps_per_epoch = len(x_train) // config.batch_size
+  if steps_per_epoch < 1:
+    raise common.ConfigError(
+      f"config.batch_size={config.batch_size} exceeds the {len(x_train)} training samples"
+    )
   tx, uses_grads = build_method(
     name, config.methods[name], net, steps_per_epoch=steps_per_epoch, num_train=len(x_train)
   )
@@ -90,10 +99,10 @@ def train_one(config, data, name: str, seed: int) -> dict:
   zoom = config.zoom_batches if not offline else 0
   batch = config.batch_size
   if offline:  # one AM iteration is one pass over the whole training set
-    epoch_batches = lambda epoch: [data.train]
+    epoch_batches = lambda epoch, start: [data.train][start:]
   else:
-    epoch_batches = lambda epoch: amj.data.iterate_batches(
-      x_train, y_train, batch, seed=seed, epoch=epoch
+    epoch_batches = lambda epoch, start: itertools.islice(
+      amj.data.iterate_batches(x_train, y_train, batch, seed=seed, epoch=epoch), start, None
     )
   return _training.train_and_record(
     step,
@@ -102,7 +111,7 @@ def train_one(config, data, name: str, seed: int) -> dict:
     epoch_batches=epoch_batches,
     epochs=-(-zoom // steps_per_epoch) if zoom else config.epochs,
     calls_per_epoch=1 if offline else steps_per_epoch,
-    evaluate=lambda p: amj.training.evaluate(net.apply, p, x_eval, y_eval, loss=loss),
+    evaluate=_training.evaluator(net.apply, config, data),
     warmup_batch=data.train if offline else (x_train[:batch], y_train[:batch]),
     steps_per_call=steps_per_epoch if offline else 1,
     max_steps=zoom,
@@ -110,28 +119,35 @@ def train_one(config, data, name: str, seed: int) -> dict:
     per_call_eval=bool(zoom),
     desc=f"{name} seed {seed}",
     progress=config.progress,
+    hooks=hooks,
   )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  methods = _training.method_labels(config)
-  unknown = [m for m in methods if m not in ONLINE + OFFLINE]
-  if unknown:
-    raise ValueError(f"unknown methods {unknown}; known methods: {', '.join(ONLINE + OFFLINE)}")
-  data = load_data(config)
-  runs = {m: [train_one(config, data, m, seed) for seed in config.seeds] for m in methods}
-  header = {
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the config's fields before any data is read (``common.ConfigError``)."""
+  _training.validate(config, ONLINE + OFFLINE)
+
+
+def header(config: ml_collections.ConfigDict) -> dict:
+  """The fields ``metrics.json`` starts with."""
+  return {
     "experiment": "am_fc",
     "dataset": config.dataset,
-    "source": data.source,
     "hidden": list(config.hidden),
   }
-  title = (
-    f"{config.dataset}, {'-'.join(map(str, config.hidden))} hidden, {len(config.seeds)} seed(s)"
-  )
+
+
+def run(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
+  """Every method and seed of ``config`` (resuming from ``workdir_path`` with
+  ``config.resume``); writes the report there and returns the metrics."""
+  validate(config)
+  methods = _training.method_labels(config)
+  data = load_data(config)
+  log = workdir.RunLog(workdir_path, config, {**header(config), "source": data.source})
+  runs = log.run_all(methods, lambda m, seed, hooks: train_one(config, data, m, seed, hooks))
+  title = f"{config.dataset}, {'-'.join(map(str, config.hidden))} hidden, {len(log.seeds)} seed(s)"
   return _training.write_report(
-    workdir,
-    header,
+    log,
     config,
     runs,
     steps_per_epoch=len(data.train[0]) // config.batch_size,

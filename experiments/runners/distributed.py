@@ -17,8 +17,11 @@ images, ``lr_decay_epochs`` and ``lr_decay_factor`` (the learning rate is multip
 factor after each of these epochs), ``eval_every``, ``delay`` (``round_robin`` or
 ``random``), ``seeds``, ``run_list`` and ``runs`` (name -> ``method``, ``num_workers``,
 ``lr`` and the method's hyperparameters). One round draws ``num_workers * batch_size``
-training images, so an epoch is ``num_train / (num_workers * batch_size)`` rounds. Writes
-``metrics.json`` and ``accuracy.png`` to the workdir and prints a table.
+training images, so an epoch is ``num_train / (num_workers * batch_size)`` rounds. The
+centre variable's accuracy and loss on the first ``num_train_eval`` training images are
+recorded beside the held-out ones. Writes ``metrics.json`` after every evaluation and
+checkpoints (``--config.resume=True`` continues an interrupted run), and at the end
+``accuracy.png`` and a printed table.
 
 Image preprocessing with ``crop = c`` (EASGD supplement, section 9.1, for CIFAR: random
 crops of 3 x 28 x 28 and their horizontal flips for training; losses and errors computed
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +44,9 @@ import optax
 
 import altmin_jax as amj
 import altmin_jax.distributed as dist
-from experiments import models, reporting
+from experiments import models, reporting, workdir
+from experiments.configs import common
+from experiments.runners import _training
 
 P_WORKER = {
   "easgd": dist.easgd,
@@ -187,7 +191,11 @@ def workers_of(spec) -> int:
 # ------------------------------------------------------------------- training
 
 
-def train_one(config, data, name: str, seed: int) -> dict:
+def train_one(config, data, name: str, seed: int, hooks: workdir.RunHooks | None = None) -> dict:
+  """One run, one seed: the centre variable's held-out and training accuracy and loss every
+  ``config.eval_every`` rounds, with wall time (``hooks``: metrics publishing and
+  checkpoints, see ``_training.train_and_record``; the batch and crop generators are
+  checkpointed too, so a resumed run draws the same batches)."""
   spec = config.runs[name]
   x_train, y_train = data.train
   x_test, y_test = data.test
@@ -197,8 +205,9 @@ def train_one(config, data, name: str, seed: int) -> dict:
   crop = config.get("crop", 0)
   check_crop(crop, data.input_shape)
   input_shape = data.input_shape
-  if crop:
-    x_test = centre_crops(x_test, crop)  # evaluation on the centre patch
+  x_fit, y_fit = _training.training_subset(config, data)
+  if crop:  # evaluation on the centre patch
+    x_test, x_fit = centre_crops(x_test, crop), centre_crops(x_fit, crop)
     input_shape = x_test.shape[1:]
   crop_rng = np.random.default_rng([seed, 1])  # own stream: the batch indices ignore crop
   init, apply = build_model(config, input_shape, data.num_classes)
@@ -233,76 +242,85 @@ def train_one(config, data, name: str, seed: int) -> dict:
     c = dist.centre(state)
     return jax.tree.map(lambda a: a[0], c) if spec.method in SINGLE else c
 
-  record = {"round": [], "samples": [], "accuracy": [], "loss": [], "time": []}
-  elapsed = 0.0
+  def evaluate(params, state):
+    model = centre(params, state)
+    held_out = amj.training.evaluate(apply, model, x_test, y_test, loss=loss_fn)
+    train = amj.training.evaluate(apply, model, x_fit, y_fit, loss=loss_fn)
+    return {**held_out, **{f"train_{k}": v for k, v in train.items()}}
 
-  def log(r):
-    metrics = amj.training.evaluate(apply, centre(params, state), x_test, y_test, loss=loss_fn)
-    record["round"].append(r)
-    record["samples"].append(r * p * config.batch_size)
-    record["accuracy"].append(metrics["accuracy"])
-    record["loss"].append(metrics["loss"])
-    record["time"].append(elapsed)
+  def rounds_from(epoch, start):  # one "epoch" holds every round; batches drawn lazily
+    for r in range(start, rounds):
+      x, y = batch(rng.integers(0, len(x_train), size=(p, config.batch_size)))
+      yield x, y, order[r], active[r]
 
-  log(0)
-  # Compile outside the timed region: the step is pure, so a discarded call is harmless.
-  idx = rng.integers(0, len(x_train), size=(p, config.batch_size))
-  jax.block_until_ready(step(params, state, *batch(idx), order[0], active[0]))
-  bar = reporting.progress(range(rounds), desc=f"{name} seed {seed}", enabled=config.progress)
-  for r in bar:
-    x, y = batch(rng.integers(0, len(x_train), size=(p, config.batch_size)))
-    start = time.perf_counter()
-    params, state = step(params, state, x, y, order[r], active[r])
-    jax.block_until_ready(params)
-    elapsed += time.perf_counter() - start
-    if (r + 1) % config.eval_every == 0 or r + 1 == rounds:
-      log(r + 1)
+  # The compilation call's batch is drawn first from both generators (a resumed run
+  # restores their states from its checkpoint afterwards).
+  warmup = (*batch(rng.integers(0, len(x_train), size=(p, config.batch_size))), order[0], active[0])
+  record = _training.train_and_record(
+    step,
+    params,
+    state,
+    epoch_batches=rounds_from,
+    epochs=1,
+    calls_per_epoch=rounds,
+    evaluate=evaluate,
+    warmup_batch=warmup,
+    eval_every=config.eval_every,
+    desc=f"{name} seed {seed}",
+    progress=config.progress,
+    line_per_eval=True,
+    hooks=hooks,
+    host_rngs=(rng, crop_rng),
+  )
+  record["round"] = list(record["step"])
+  record["samples"] = [r * p * config.batch_size for r in record["step"]]
   return record
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  names = [t.strip() for n in config.run_list for t in str(n).split(",") if t.strip()]
-  unknown = [n for n in names if n not in config.runs]
-  if unknown:
-    raise ValueError(f"unknown runs {unknown}; known runs: {', '.join(config.runs)}")
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the config's fields before any data is read (``common.ConfigError``)."""
+  common.check_run_fields(config)
+  for key, minimum in (("rounds", 1), ("epochs", 0), ("num_train", 0), ("mock_data", 0)):
+    common.check_int(config, key, minimum=minimum)
+  common.check_int(config, "eval_every", minimum=1)
+  common.check_int(config, "crop", minimum=0)
+  common.check_choice(config, "model", models.CLASSIFIERS)
+  common.check_choice(config, "delay", ("round_robin", "random"))
+  common.check_choice(config, "normalization", ("standard", "none"))
+  names = common.check_names(config, "run_list", list(config.runs))
+  known = sorted({**P_WORKER, **SINGLE})
+  for name in names:
+    common.check_choice(config, f"runs.{name}.method", known)
+    common.check_number(config, f"runs.{name}.lr", positive=True)
+    common.check_int(config, f"runs.{name}.num_workers", minimum=1)
+
+
+def run(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
+  """Every run and seed of ``config`` (resuming from ``workdir_path`` with
+  ``config.resume``); writes the report there and returns the metrics."""
+  validate(config)
+  names = common.names(config, "run_list")
   data = load_data(config)
-  runs = {n: [train_one(config, data, n, seed) for seed in config.seeds] for n in names}
-  curves = {}
-  rows = []
-  for n in names:
-    curves[n] = reporting.summarize_curves({n: [r["accuracy"] for r in runs[n]]})[n]
-    curves[n]["x"] = runs[n][0]["round"]
-    mean, spread = reporting.mean_and_spread([r["accuracy"][-1] for r in runs[n]])
-    loss, _ = reporting.mean_and_spread([r["loss"][-1] for r in runs[n]])
-    spec = config.runs[n]
-    rows.append(
-      {
-        "run": n,
-        "method": spec.method,
-        "workers": workers_of(spec),
-        "accuracy": mean,
-        "spread": spread,
-        "loss": loss,
-        "train time (s)": float(np.mean([r["time"][-1] for r in runs[n]])),
-      }
-    )
-  metrics = {
+  header = {
     "experiment": "distributed",
     "dataset": config.dataset,
     "source": data.source,
     "model": config.model,
-    "x_axis": "rounds",
-    "seeds": list(config.seeds),
-    "summary": rows,
-    "curves": curves,
-    "runs": runs,
-    "config": config.to_dict(),
   }
-  title = f"{config.dataset}, {config.model}, centre variable, {len(config.seeds)} seed(s)"
+  log = workdir.RunLog(workdir_path, config, header)
+  runs = log.run_all(names, lambda n, seed, hooks: train_one(config, data, n, seed, hooks))
+  curves = _training.curves_of(runs, list)
+  rows = []
+  for n in names:
+    spec = config.runs[n]
+    row = _training.final_row(runs[n])
+    rows.append({"run": n, "method": spec.method, "workers": workers_of(spec), **row})
+  metrics = log.payload({"x_axis": "rounds", "summary": rows, **curves}, complete=True)
+  title = f"{config.dataset}, {config.model}, centre variable, {len(log.seeds)} seed(s)"
   return reporting.write_report(
-    workdir,
+    workdir_path,
     metrics,
-    ["run", "workers", "accuracy", "spread", "loss", "train time (s)"],
+    ["run", "workers", "accuracy", "spread", "loss", "train accuracy", "train time (s)"],
     xlabel="rounds",
     ylabel="test accuracy",
     title=title,

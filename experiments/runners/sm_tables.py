@@ -14,8 +14,6 @@ epoch) and ``train_loss_<L>layers.png``; prints the tables.
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,7 +22,9 @@ import optax
 
 import altmin_jax as amj
 from altmin_jax import sm
-from experiments import models, reporting
+from experiments import models, reporting, workdir
+from experiments.configs import common
+from experiments.runners import _training
 
 N_METHODS = ("sm", "cg_block", "cg_block_armijo", "sso")
 ALL_METHODS = (*N_METHODS, "gd_armijo", "ddg")
@@ -87,8 +87,22 @@ def runs_of(config) -> list[tuple[str, int | None]]:
   return out
 
 
-def train_one(config, data, layers: int, name: str, inner_steps: int | None, seed: int) -> dict:
-  """One run: training loss, held-out accuracy and wall time after every epoch."""
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the config's fields before any data is read (``common.ConfigError``)."""
+  common.check_run_fields(config)
+  for key in ("epochs", "width", "num_train"):
+    common.check_int(config, key, minimum=1)
+  common.check_choice(config, "activation", models.ACTIVATIONS)
+  common.check_names(config, "method_list", ALL_METHODS)
+  common.check_hyperparameters(config, "methods")
+  for key in ("layers", "inner_steps", "report_epochs"):
+    common.check_int_list(config, key, minimum=1)
+
+
+def train_one(config, data, layers: int, name: str, inner_steps: int | None, seed: int, hooks=None):
+  """One run: training loss and accuracy, held-out accuracy and loss and wall time after
+  every epoch (``hooks``: metrics publishing and checkpoints, see
+  ``_training.train_and_record``)."""
   x, y = (jnp.asarray(a) for a in data.train)
   x_test, y_test = data.test
   hidden = [config.width] * (layers - 1)
@@ -104,26 +118,28 @@ def train_one(config, data, layers: int, name: str, inner_steps: int | None, see
     return optax.apply_updates(params, updates), state
 
   train_loss = jax.jit(lambda p: jnp.mean(loss(net.apply(p, x), y)))
+
+  def evaluate(params, state):
+    held_out = amj.training.evaluate(net.apply, params, x_test, y_test, loss=loss)
+    train_accuracy = amj.training.evaluate(net.apply, params, x, y)["accuracy"]
+    return {"train_loss": float(train_loss(params)), "train_accuracy": train_accuracy, **held_out}
+
   params = net.init(jax.random.key(seed))
-  state = tx.init(params)
-  record = {"epoch": [], "train_loss": [], "accuracy": [], "time": []}
-  elapsed = 0.0
-
-  def log(epoch):
-    record["epoch"].append(epoch)
-    record["train_loss"].append(float(train_loss(params)))
-    record["accuracy"].append(amj.training.evaluate(net.apply, params, x_test, y_test)["accuracy"])
-    record["time"].append(elapsed)
-
-  log(0)
-  jax.block_until_ready(step(params, state, x, y))  # compile outside the timed region
   label = f"L{layers} {name}" + (f" N={inner_steps}" if inner_steps else "") + f" seed {seed}"
-  for epoch in reporting.progress(range(1, config.epochs + 1), desc=label, enabled=config.progress):
-    start = time.perf_counter()
-    params, state = step(params, state, x, y)
-    jax.block_until_ready(params)
-    elapsed += time.perf_counter() - start
-    log(epoch)
+  record = _training.train_and_record(
+    step,
+    params,
+    tx.init(params),
+    epoch_batches=lambda epoch, start: [(x, y)][start:],
+    epochs=config.epochs,
+    calls_per_epoch=1,
+    evaluate=evaluate,
+    warmup_batch=(x, y),
+    desc=label,
+    progress=config.progress,
+    hooks=hooks,
+  )
+  record["epoch"] = list(record["step"])
   return record
 
 
@@ -205,54 +221,55 @@ def make_tables(config, curves: dict, pairs: list) -> str:
   return "\n\n".join(blocks) + "\n"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
+  validate(config)
   pairs = runs_of(config)
   data = load_data(config)
-  curves, runs, summary = {}, {}, []
-  for layers in config.layers:
-    for name, n in pairs:
-      key = _key(layers, name, n)
-      records = [train_one(config, data, layers, name, n, seed) for seed in config.seeds]
-      runs[key] = records
-      curves[key] = {
-        metric: reporting.summarize_curves({key: [r[metric] for r in records]})[key]
-        for metric in ("train_loss", "accuracy")
-      }
-      summary.append(
-        {
-          "layers": layers,
-          "method": LABELS[name],
-          "N": n if n else "-",
-          "train loss": curves[key]["train_loss"]["mean"][-1],
-          "accuracy": curves[key]["accuracy"]["mean"][-1],
-          "time (s)": float(np.mean([r["time"][-1] for r in records])),
-        }
-      )
-    keys = {(m, n): _key(layers, m, n) for m, n in pairs}
-    plot_depth(
-      f"{workdir}/train_loss_{layers}layers.png",
-      {mn: (runs[k][0]["epoch"], curves[k]) for mn, k in keys.items()},
-      title=f"{config.dataset}, {layers}-layer {config.activation} MLP",
-    )
-  tables = make_tables(config, curves, pairs)
-  with open(f"{workdir}/tables.md", "w") as f:
-    f.write(tables)
-  metrics = {
+  header = {
     "experiment": "sm_tables",
     "dataset": config.dataset,
     "source": data.source,
     "num_train": len(data.train[0]),
     "num_test": len(data.test[0]),
-    "summary": summary,
-    "tables_markdown": tables,
-    "curves": curves,
-    "runs": runs,
-    "config": config.to_dict(),
   }
-  reporting.save_json(workdir, "metrics.json", metrics)
+  log = workdir.RunLog(workdir_path, config, header)
+  jobs = {_key(layers, name, n): (layers, name, n) for layers in config.layers for name, n in pairs}
+  runs = log.run_all(
+    jobs, lambda key, seed, hooks: train_one(config, data, *jobs[key], seed, hooks)
+  )
+  curves, summary = {}, []
+  for key, (layers, name, n) in jobs.items():
+    records = runs[key]
+    curves[key] = {
+      metric: reporting.summarize_curves({key: [r[metric] for r in records]})[key]
+      for metric in ("train_loss", "accuracy")
+    }
+    summary.append(
+      {
+        "layers": layers,
+        "method": LABELS[name],
+        "N": n if n else "-",
+        "train loss": curves[key]["train_loss"]["mean"][-1],
+        "accuracy": curves[key]["accuracy"]["mean"][-1],
+        "time (s)": float(np.mean([r["time"][-1] for r in records])),
+      }
+    )
+  for layers in config.layers:
+    keys = {(m, n): _key(layers, m, n) for m, n in pairs}
+    plot_depth(
+      f"{workdir_path}/train_loss_{layers}layers.png",
+      {mn: (runs[k][0]["epoch"], curves[k]) for mn, k in keys.items()},
+      title=f"{config.dataset}, {layers}-layer {config.activation} MLP",
+    )
+  tables = make_tables(config, curves, pairs)
+  with open(f"{workdir_path}/tables.md", "w") as f:
+    f.write(tables)
+  extra = {"summary": summary, "tables_markdown": tables, "curves": curves}
+  metrics = log.payload(extra, complete=True)
+  reporting.save_json(workdir_path, "metrics.json", metrics)
   print(
     reporting.format_table(summary, ["layers", "method", "N", "train loss", "accuracy", "time (s)"])
   )
   print(tables)
-  print(f"metrics: {workdir}/metrics.json  tables: {workdir}/tables.md")
+  print(f"metrics: {workdir_path}/metrics.json  tables: {workdir_path}/tables.md")
   return metrics
