@@ -5,11 +5,20 @@ wall time of one jitted training step of
 
 * ``adam``: backprop (``jax.value_and_grad``) plus ``optax.adam``, the baseline;
 * ``am_adam_k1`` / ``am_adam_k5``: AM-Adam with 1 and 5 code steps;
-* ``am_mem``: AM-mem with one block-coordinate sweep per layer;
+* ``am_mem``: AM-mem's default weight rule (one blocked block-coordinate sweep per layer);
 
 all in the same run, steps interleaved round-robin so that machine noise hits every
-method alike, and reports each method's ratio to Adam. Targets (issue 2): AM-Adam
-with 5 code steps at most 2.0x Adam, with 1 code step at most 1.3x Adam.
+method alike, and reports each method's ratio to Adam. Targets: AM-Adam with 5 code steps
+at most 2.0x Adam, with 1 code step at most 1.3x Adam (issue 2); AM-mem at most 2.0x Adam
+(issue 16).
+
+Beside the ratios, for each step: its multiply-adds (XLA's cost analysis of the compiled
+step, half its flop count), the achieved rate as a fraction of the rate of a dense
+``n x n x n`` float32 matmul with about as many multiply-adds (timed in the same
+interleaved run, so under the same load), XLA's peak memory of the compiled step and the
+bytes of the optimizer state (AM-mem: memories ``A`` of ``d x d`` per hidden layer). The
+``memory`` section repeats the peak memory at batch 1000 (compiled, not timed), to show how
+it grows with width and batch. The 1, 5 and 15 minute load averages are in the report.
 
 Usage::
 
@@ -28,51 +37,92 @@ import optax
 
 import altmin_jax as amj
 
-TARGETS = {"am_adam_k5": 2.0, "am_adam_k1": 1.3}
+TARGETS = {"am_adam_k5": 2.0, "am_adam_k1": 1.3, "am_mem": 2.0}
+BATCH, MEMORY_BATCHES = 200, (200, 1000)
 
 
-def make_steps(width: int, batch: int) -> dict:
-  net = amj.networks.mlp([784, width, width, 10], activation=jax.nn.relu)
-  loss = amj.losses.softmax_cross_entropy
-  methods = {
+def make_methods(net) -> dict:
+  """name -> (optax transformation, whether it uses the gradients of the loss)."""
+  return {
     "adam": (optax.adam(2e-3), True),
     "am_adam_k1": (amj.am_adam(net, code_steps=1, weight_optimizer=optax.adam(2e-3)), False),
     "am_adam_k5": (amj.am_adam(net, code_steps=5, weight_optimizer=optax.adam(2e-3)), False),
     "am_mem": (amj.am_mem(net, code_steps=5, output_optimizer=optax.adam(2e-3)), False),
   }
+
+
+def make_steps(width: int, batch: int) -> tuple[dict, dict]:
+  """``(steps, costs)``: for each method ``(run_once, jitted)`` for
+  :func:`common.time_steps`, and the compiled step's costs and state size."""
+  net = amj.networks.mlp([784, width, width, 10], activation=jax.nn.relu)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, 784)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
-  steps = {}
-  for name, (tx, uses_grads) in methods.items():
-    step = amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=uses_grads)
+  steps, costs = {}, {}
+  for name, (tx, uses_grads) in make_methods(net).items():
+    step = common.jit_train_step(
+      net.apply, tx, loss=amj.losses.softmax_cross_entropy, uses_gradients=uses_grads
+    )
     params = net.init(jax.random.key(0))
     carry = [params, tx.init(params)]
+    costs[name] = {
+      **common.compiled_costs(step, carry[0], carry[1], x, y),
+      "state_bytes": common.tree_bytes(carry[1]),
+    }
 
     def run_once(step=step, carry=carry):
       carry[0], carry[1], value = step(carry[0], carry[1], x, y)
       jax.block_until_ready(value)
 
     steps[name] = (run_once, step)
-  return steps
+  return steps, costs
+
+
+def peak_memory(width: int, batch: int) -> dict[str, int]:
+  """Peak memory of each method's compiled step (compiled only, not run)."""
+  net = amj.networks.mlp([784, width, width, 10], activation=jax.nn.relu)
+  x = jax.ShapeDtypeStruct((batch, 784), jnp.float32)
+  y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  peaks = {}
+  for name, (tx, uses_grads) in make_methods(net).items():
+    step = common.jit_train_step(
+      net.apply, tx, loss=amj.losses.softmax_cross_entropy, uses_gradients=uses_grads
+    )
+    params = net.init(jax.random.key(0))
+    peaks[name] = common.compiled_costs(step, params, tx.init(params), x, y)["peak_memory_bytes"]
+  return peaks
 
 
 def main() -> dict:
-  args = common.parse_args(__doc__.split("\n")[0], "fewer repeats (under 60 s)")
+  args = common.parse_args(__doc__.split("\n")[0], "fewer repeats (under 90 s)")
   repeats, inner = (7, 10) if args.quick else (25, 20)
-  results = []
+  results, memory = [], []
   for width in (100, 500):
-    medians = common.time_steps(make_steps(width, 200), repeats, inner)
-    for name, seconds in medians.items():
+    steps, costs = make_steps(width, BATCH)
+    timed, reference_of = common.with_matmul_references(steps, costs)
+    medians = common.time_steps(timed, repeats, inner)
+    for name in steps:
+      ref = reference_of[name]
       results.append(
         {
           "width": width,
-          "batch": 200,
+          "batch": BATCH,
           "method": name,
-          "median_step_ms": 1e3 * seconds,
-          "ratio_to_adam": seconds / medians["adam"],
+          "median_step_ms": 1e3 * medians[name],
+          "ratio_to_adam": medians[name] / medians["adam"],
+          **costs[name],
+          **common.matmul_fraction(costs[name]["multiply_adds"], medians[name], ref, medians[ref]),
         }
       )
+    for batch in MEMORY_BATCHES:
+      if batch == BATCH:
+        peaks = {name: c["peak_memory_bytes"] for name, c in costs.items()}
+      else:
+        peaks = peak_memory(width, batch)
+      memory += [
+        {"width": width, "batch": batch, "method": k, "peak_memory_bytes": v}
+        for k, v in peaks.items()
+      ]
   checks = {
     f"{r['method']}@{r['width']}": r["ratio_to_adam"] <= TARGETS[r["method"]]
     for r in results
@@ -83,13 +133,16 @@ def main() -> dict:
     **common.environment(),
     "quick": args.quick,
     "results": results,
+    "memory": memory,
     "targets": TARGETS,
     "targets_met": checks,
   }
   for r in results:
     print(
-      f"width {r['width']:4d}  {r['method']:11s} {r['median_step_ms']:8.3f} ms  "
-      f"{r['ratio_to_adam']:.2f}x adam"
+      f"width {r['width']:4d}  {r['method']:12s} {r['median_step_ms']:8.3f} ms  "
+      f"{r['ratio_to_adam']:5.2f}x adam  {r['multiply_adds'] / 1e6:7.1f} M mult-adds  "
+      f"{r['fraction_of_matmul_rate']:.2f} of matmul_{r['matmul_reference_n']}  "
+      f"peak {r['peak_memory_bytes'] / 2**20:6.1f} MiB"
     )
   return common.finish(report, args.out)
 

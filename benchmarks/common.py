@@ -1,15 +1,20 @@
-"""Shared by the benchmark scripts: interleaved step timing and the JSON report."""
+"""Shared by the benchmark scripts: interleaved step timing, what XLA says about a compiled
+step (multiply-adds, bytes, peak memory), the rate of a dense matmul of the same size timed
+beside it, and the JSON report."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
+import optax
 
 
 def parse_args(description: str, quick_help: str = "fewer repeats (under 60 s)"):
@@ -45,12 +50,119 @@ def time_steps(
   return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def jit_train_step(apply_fn: Callable, tx, *, loss: Callable, uses_gradients: bool) -> Callable:
+  """``jax.jit(step)`` with ``step(params, opt_state, x, y) -> (params, opt_state, loss)``.
+
+  The compiled part of ``altmin_jax.training.make_train_step`` alone (no host-side label
+  checks), so that what is timed is the XLA program that :func:`compiled_costs` analyses.
+  """
+  tx = optax.with_extra_args_support(tx)
+
+  def mean_loss(params, x, y):
+    return jnp.mean(loss(apply_fn(params, x), y))
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    if uses_gradients:
+      value, grads = jax.value_and_grad(mean_loss)(params, x, y)
+    else:
+      value, grads = mean_loss(params, x, y), None
+    updates, opt_state = tx.update(grads, opt_state, params, batch=(x, y))
+    return optax.apply_updates(params, updates), opt_state, value
+
+  return step
+
+
+def compiled_costs(jitted: Callable, *args) -> dict:
+  """What XLA reports for ``jitted`` compiled at ``args``.
+
+  ``multiply_adds`` is half of XLA's flop count (a multiply-add is two flops; elementwise
+  work adds a little). XLA counts the body of a ``while`` loop (``lax.fori_loop``,
+  ``lax.scan``) once, whatever its trip count: steps with such loops are undercounted.
+  ``peak_memory_bytes`` is XLA's buffer-assignment peak (arguments, outputs and
+  temporaries live at once); ``temp_bytes`` the temporaries alone.
+  """
+  compiled = jitted.lower(*args).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list | tuple):  # older JAX: one dict per computation
+    cost = cost[0]
+  memory = compiled.memory_analysis()
+  return {
+    "multiply_adds": float(cost.get("flops", 0.0)) / 2,
+    "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+    "peak_memory_bytes": int(memory.peak_memory_in_bytes),
+    "argument_bytes": int(memory.argument_size_in_bytes),
+    "temp_bytes": int(memory.temp_size_in_bytes),
+  }
+
+
+def tree_bytes(tree) -> int:
+  """Bytes held by the arrays of a pytree (an optimizer state, say)."""
+  return int(sum(jnp.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree)))
+
+
+def matmul_size(multiply_adds: float, multiple: int = 16) -> int:
+  """``n`` of the square ``n x n x n`` matmul with about ``multiply_adds`` (``n^3``)."""
+  return max(multiple, multiple * round(multiply_adds ** (1 / 3) / multiple))
+
+
+def matmul_reference(n: int, dtype=jnp.float32) -> tuple[Callable[[], None], Callable]:
+  """``(run_once, jitted)`` of a dense ``n x n`` by ``n x n`` product, for :func:`time_steps`.
+
+  Timed in the same run as the steps it is compared with, it gives the rate the machine
+  reaches on dense matmul work of the same size at that moment (load included).
+  """
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  jitted = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
+
+  def run_once():
+    jax.block_until_ready(jitted(a, b))
+
+  return run_once, jitted
+
+
+def with_matmul_references(
+  steps: dict[str, tuple[Callable[[], None], Callable]], costs: dict[str, dict]
+) -> tuple[dict, dict[str, str]]:
+  """``steps`` plus one :func:`matmul_reference` per distinct size ``n`` of
+  :func:`matmul_size` of the steps' multiply-adds (named ``matmul_<n>``), and the
+  name of each step's reference."""
+  reference_of = {name: f"matmul_{matmul_size(costs[name]['multiply_adds'])}" for name in steps}
+  timed = dict(steps)
+  for ref in sorted(set(reference_of.values())):
+    timed[ref] = matmul_reference(int(ref.split("_")[1]))
+  return timed, reference_of
+
+
+def matmul_fraction(multiply_adds: float, seconds: float, ref: str, ref_seconds: float) -> dict:
+  """A step's rate (multiply-adds per second) and its fraction of the reference matmul's."""
+  n = int(ref.split("_")[1])
+  rate, ref_rate = multiply_adds / seconds, n**3 / ref_seconds
+  return {
+    "multiply_adds_per_s": rate,
+    "matmul_reference_n": n,
+    "matmul_reference_multiply_adds_per_s": ref_rate,
+    "fraction_of_matmul_rate": rate / ref_rate,
+  }
+
+
+def load_average() -> list[float] | None:
+  """The 1, 5 and 15 minute load averages (``uptime``), where the platform has them."""
+  try:
+    return [round(v, 2) for v in os.getloadavg()]
+  except (AttributeError, OSError):
+    return None
+
+
 def environment() -> dict:
   """Where the numbers were measured."""
   return {
     "device": jax.devices()[0].device_kind,
     "platform": platform.platform(),
     "jax": jax.__version__,
+    "cpu_count": os.cpu_count(),
+    "load_average": load_average(),
   }
 
 
