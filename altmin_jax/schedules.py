@@ -21,7 +21,7 @@ def mu_schedule(
   batch_increment: float = 0.0,
   epoch_multiplier: float = 1.0,
   max_value: float = math.inf,
-  steps_per_epoch: int = 1,
+  steps_per_epoch: int | None = None,
 ) -> optax.Schedule:
   r"""The adaptive penalty schedule of online AM (Choromanska et al. 2019, sec. 4).
 
@@ -41,7 +41,14 @@ def mu_schedule(
     batch_increment: ``delta >= 0`` added after each minibatch.
     epoch_multiplier: ``r >= 1`` applied after each epoch.
     max_value: the cap ``mu_max >= mu_0`` (may be infinite).
-    steps_per_epoch: minibatches per epoch ``S >= 1``.
+    steps_per_epoch: minibatches per epoch ``S >= 1``; required unless
+      ``epoch_multiplier`` is 1 (then ``mu_t = min(mu_0 + t delta, mu_max)`` for every
+      ``S``). There is no default: with an epoch multiplier, an unstated ``S = 1`` would
+      multiply ``mu`` after every step.
+
+  Raises:
+    ValueError: for values outside the ranges above, or an ``epoch_multiplier`` other
+      than 1 (or traced) without ``steps_per_epoch``.
 
   Returns:
     An ``optax.Schedule`` mapping the step count to ``mu``.
@@ -58,6 +65,14 @@ def mu_schedule(
   cap, floor = concrete_scalar("max_value", max_value), concrete_scalar("init", init)
   if cap is not None and (math.isnan(cap) or (floor is not None and cap < floor)):
     raise ValueError(f"max_value must be a number >= init={init!r}, got max_value={max_value!r}")
+  if steps_per_epoch is None:
+    if concrete_scalar("epoch_multiplier", epoch_multiplier) != 1.0:
+      raise ValueError(
+        "steps_per_epoch must be given (an integer >= 1, minibatches per epoch) when "
+        f"epoch_multiplier={epoch_multiplier!r} is not 1: mu is multiplied once per epoch, "
+        "and without steps_per_epoch every step would be an epoch"
+      )
+    steps_per_epoch = 1  # r = 1: every S gives the same values
   steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
   # sum_{k=1..e} r^k = r (r^e - 1) / (r - 1), with r^e - 1 = expm1(e log1p(r - 1)) so that
   # multipliers close to 1 lose no precision (r - 1 is exact for a Python float r). Every

@@ -6,8 +6,10 @@
 * :func:`skip_nonfinite_updates`: wraps any transformation so that a step whose
   *output* updates hold NaN or inf is skipped and counted (``optax.apply_if_finite``
   checks the incoming gradients, which methods that set parameters never see).
-* :func:`all_finite`, :func:`save_checkpoint`, :func:`restore_checkpoint`: orbax
-  checkpoints that refuse to write diverged (NaN/inf) state.
+* :func:`all_finite`, :func:`step_is_finite`: whether a step diverged, in its updates
+  or in its state.
+* :func:`save_checkpoint`, :func:`restore_checkpoint`: orbax checkpoints that refuse to
+  write diverged (NaN/inf) state.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
+
+from altmin_jax import losses as losses_lib
 
 
 class TrainState(struct.PyTreeNode):
@@ -81,14 +86,29 @@ class TrainState(struct.PyTreeNode):
     )
 
 
-def all_finite(tree: Any) -> jax.Array:
-  """``True`` when every inexact leaf of ``tree`` is finite (no NaN or inf)."""
+def all_finite(*trees: Any) -> jax.Array:
+  """``True`` when every inexact leaf of every tree is finite (no NaN or inf).
+
+  To check a step, pass its updates **and** its new optimizer state,
+  ``all_finite(updates, state)``: a step can diverge in the state while its updates
+  stay finite (for example ``am_adam(code_lr=1e6)``, whose per-layer Adam second
+  moments overflow to inf at step 0 while the updates are exactly zero, so training
+  stalls). For states that hold NaN or inf on purpose, :func:`step_is_finite` compares
+  the new state with the old one.
+  """
   leaves = [
     jnp.all(jnp.isfinite(x))
-    for x in jax.tree.leaves(tree)
+    for x in jax.tree.leaves(trees)
     if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
   ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def step_is_finite(updates: Any, new_state: Any, old_state: Any) -> jax.Array:
+  """``True`` unless the step's ``updates`` hold a NaN or inf, or it wrote a NaN or inf
+  into a leaf of the state that was finite in ``old_state`` (the rule of
+  :func:`skip_nonfinite_updates`)."""
+  return all_finite(updates) & _no_new_nonfinite(new_state, old_state)
 
 
 def _no_new_nonfinite(new: Any, old: Any) -> jax.Array:
@@ -148,7 +168,7 @@ def skip_nonfinite_updates(
 
   def update_fn(updates, state, params=None, **extra_args):
     new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
-    finite = all_finite(new_updates) & _no_new_nonfinite(new_inner, state.inner_state)
+    finite = step_is_finite(new_updates, new_inner, state.inner_state)
     accept = finite
     if max_consecutive_errors is not None:
       accept = accept | (state.notfinite_count >= max_consecutive_errors)
@@ -201,6 +221,11 @@ def make_train_step(
 ) -> Callable:
   """A jitted ``step(params, opt_state, x, y) -> (params, opt_state, batch_loss)``.
 
+  Before each call of the jitted function, concrete labels ``y`` are checked against
+  ``loss``'s rule and the model's output shape (:func:`altmin_jax.losses.check_labels`:
+  class ids in ``[0, classes)``, no float ids, regression targets of the output
+  shape), so a bad label raises ``ValueError`` naming it instead of being traced.
+
   Args:
     apply_fn: ``apply_fn(params, x) -> outputs``.
     tx: any optax transformation; it receives ``batch=(x, y)`` as an extra arg when
@@ -215,13 +240,23 @@ def make_train_step(
     return jnp.mean(loss(apply_fn(params, x), y))
 
   @jax.jit
-  def step(params, opt_state, x, y):
+  def jitted(params, opt_state, x, y):
     if uses_gradients:
       value, grads = jax.value_and_grad(mean_loss)(params, x, y)
     else:
       value, grads = mean_loss(params, x, y), None
     updates, opt_state = tx.update(grads, opt_state, params, batch=(x, y))
     return optax.apply_updates(params, updates), opt_state, value
+
+  output_shapes: dict = {}
+
+  def step(params, opt_state, x, y):
+    key = (jnp.shape(x), jnp.result_type(x))
+    if key not in output_shapes:
+      output_shapes[key] = jax.eval_shape(apply_fn, params, x).shape[1:]
+    labels = y if hasattr(y, "shape") else np.asarray(y)
+    losses_lib.check_labels(labels, jnp.shape(x)[0], loss=loss, output_shape=output_shapes[key])
+    return jitted(params, opt_state, x, y)
 
   return step
 

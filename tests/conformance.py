@@ -31,6 +31,12 @@ class Problem:
     bad_extra_args: extra args holding a batch of the wrong feature size.
     nonfinite_extra_args: extra args holding a NaN in the batch.
     uses_grads: whether ``update`` consumes gradients (else ``None`` is passed).
+    num_classes: for a method whose ``update`` reads ``batch=(x, y)`` of a classifier:
+      its number of classes (labels are ids in ``[0, num_classes)``); the bad-input
+      suite (``test_bad_input.py``) builds bad labels from it.
+    num_workers: for the distributed methods: p, the workers of the leading axis of
+      ``params`` (1 for the single-worker baselines, whose params have no worker axis).
+    skips_workers: whether the method can skip a worker (``active`` extra arg).
   """
 
   tx: optax.GradientTransformationExtraArgs
@@ -40,6 +46,18 @@ class Problem:
   bad_extra_args: dict | None = None
   nonfinite_extra_args: dict | None = None
   uses_grads: bool = False
+  num_classes: int | None = None
+  num_workers: int | None = None
+  skips_workers: bool = False
+
+  @property
+  def reads_batch(self) -> bool:
+    """Whether ``update`` itself reads ``batch=(x, y)`` (and checks it)."""
+    return self.bad_extra_args is not None
+
+  def with_batch(self, x, y, step: int = 0) -> dict:
+    """The extra args of ``step`` with the batch replaced by ``(x, y)``."""
+    return {**self.extra_args(step), "batch": (x, y)}
 
   def grads(self, params, extra_args):
     if not self.uses_grads:

@@ -58,6 +58,7 @@ def _problem(build_net: Callable, factory: Callable, *, shape, bad_shape, **kwar
       loss=loss,
       bad_extra_args={"batch": (jnp.ones((16, *bad_shape), dtype), by)},
       nonfinite_extra_args={"batch": (bx.at[(0,) * bx.ndim].set(jnp.nan), by)},
+      num_classes=3,
     )
 
   return make

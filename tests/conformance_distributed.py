@@ -29,6 +29,10 @@ def _worker_batches(dtype):
   return [(x[i], y[i]) for i in range(4)]
 
 
+# The methods that can skip a worker (the ``active`` extra arg).
+SKIPS_WORKERS = (dist.dc_asgd, dist.dc_asgd_adaptive, dist.async_sgd, dist.mdownpour)
+
+
 def _problem(factory, *, stacked: bool = True, **kwargs):
   def make(dtype) -> Problem:
     # A linear softmax model: few leaves keep the many compilations of the suite cheap.
@@ -58,6 +62,8 @@ def _problem(factory, *, stacked: bool = True, **kwargs):
       loss=loss,
       nonfinite_extra_args={"batch": (bx.at[0, 0, 0].set(jnp.nan), by)},
       uses_grads=True,
+      num_workers=P if stacked else 1,
+      skips_workers=factory in SKIPS_WORKERS,
     )
 
   return make

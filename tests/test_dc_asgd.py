@@ -12,6 +12,7 @@ import optax
 import pytest
 from helpers import tree_allclose, tree_equal
 
+import altmin_jax as amj
 import altmin_jax.distributed as dist
 
 D = 5
@@ -293,15 +294,22 @@ def _direct_loop(tx, targets):
   ids=["ssgd", "dc_ssgd"],
 )
 def test_synchronous_methods_under_simulate_equal_their_update_loop(make):
-  """simulate drives SSGD and DC-SSGD exactly like a plain update loop, whatever the
-  schedule (the synchronous methods ignore order and active): equal params and state."""
+  """simulate drives SSGD and DC-SSGD exactly like a plain update loop under a schedule
+  where every worker is active, whatever the order (a synchronous step does not depend
+  on it): equal params and state. A schedule with an idle worker raises: a synchronous
+  method cannot skip one."""
   targets = _targets(8, 4, seed=5)
   params, state = _direct_loop(make(), targets)
   assert float(jnp.max(jnp.abs(params))) > 0.05  # the runs moved
-  for name in SCHEDULES:
-    out = _simulate(make(), targets, SCHEDULES[name](4, 8))
+  shuffled = SCHEDULES["random"](4, 8)
+  everyone = shuffled._replace(active=jnp.ones_like(shuffled.active))
+  for schedule in (SCHEDULES["round_robin"](4, 8), everyone):
+    out = _simulate(make(), targets, schedule)
     np.testing.assert_array_equal(out.params, params)
-    assert tree_equal(out.state, state), name
+    assert tree_equal(out.state, state)
+  first_idle = int(np.flatnonzero(~np.asarray(shuffled.active).all(axis=1))[0])
+  with pytest.raises(ValueError, match=rf"round {first_idle} .*cannot skip one"):
+    _simulate(make(), targets, shuffled)
 
 
 def test_orders_must_be_permutations():
@@ -318,9 +326,13 @@ def test_orders_must_be_permutations():
   easgd = dist.async_easgd(0.1, num_workers=3)  # the EASGD family checks its order too
   with pytest.raises(ValueError, match=r"order must be a permutation"):
     easgd.update(grads, easgd.init(params), params, order=[2, 2, 2])
-  # a valid permutation passes, also traced inside jit (unchecked there)
-  tx.update(grads, state, params, order=np.array([2, 0, 1]))
-  jax.jit(lambda o: tx.update(grads, state, params, order=o))(jnp.array([0, 0, 0]))
+  # a valid permutation passes; inside jit a non-permutation cannot raise, and makes
+  # the step's updates NaN instead (detectable, skipped by skip_nonfinite_updates)
+  updates, _ = tx.update(grads, state, params, order=np.array([2, 0, 1]))
+  assert bool(amj.training.all_finite(updates))
+  traced = jax.jit(lambda o: tx.update(grads, state, params, order=o)[0])
+  assert bool(amj.training.all_finite(traced(jnp.array([2, 0, 1]))))
+  assert not bool(amj.training.all_finite(traced(jnp.array([0, 0, 0]))))
   # simulate checks every round of a concrete schedule and names the round
   good = dist.round_robin(3, 4)
   bad = good._replace(order=good.order.at[2].set(jnp.array([1, 1, 0])))

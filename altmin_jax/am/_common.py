@@ -40,7 +40,15 @@ from altmin_jax.core.checks import (
   check_optimizer,
   check_unit_interval,
 )
-from altmin_jax.core.trees import cast_like, first_dtype, update_difference, where_tree
+from altmin_jax.core.states import checked_transformation
+from altmin_jax.core.trees import (
+  cast_like,
+  cast_tree,
+  compute_dtype,
+  first_dtype,
+  update_difference,
+  where_tree,
+)
 from altmin_jax.core.types import Array, Loss, ScalarOrSchedule
 from altmin_jax.networks import LayeredNetwork, as_arrays
 from altmin_jax.schedules import as_schedule
@@ -67,13 +75,25 @@ def check_dense(net: LayeredNetwork, num_stages: int, requirement: str) -> None:
       raise ValueError(f"{requirement}; stage {l} ({stage.name}) is not dense")
 
 
-def sized_batch(model: Any, batch: Any, size: int | None, rule: str) -> tuple[Array, Array]:
-  """:func:`~altmin_jax.core.unpack_batch`, and with ``size`` a batch of exactly ``size``
-  samples (``rule`` says why, for the error message)."""
-  x, y = unpack_batch(model, batch)
+def sized_batch(
+  model: Any, batch: Any, size: int | None, rule: str, loss: Loss | None = None
+) -> tuple[Array, Array]:
+  """:func:`~altmin_jax.core.unpack_batch` (with ``loss``'s label rule), and with ``size``
+  a batch of exactly ``size`` samples (``rule`` says why, for the error message)."""
+  x, y = unpack_batch(model, batch, loss)
   if size is not None and x.shape[0] != size:
     raise ValueError(f"{rule}, got a batch of {x.shape[0]}")
   return x, y
+
+
+def in_compute_dtype(tree: Any) -> tuple[Any, Any]:
+  """``(tree cast to its compute dtype, that dtype)``: at least float32
+  (:func:`~altmin_jax.core.trees.compute_dtype`). AM computes its codes, weight steps
+  and optimizer states in it, and the updates are cast back to the params' dtypes
+  (low-precision params would otherwise break the optimizers: Adam's ``eps=1e-8`` is 0
+  in float16, and its first step divides by zero)."""
+  dtype = compute_dtype(tree)
+  return cast_tree(tree, dtype), dtype
 
 
 def mean_loss(loss: Loss, outputs: Array, y: Array) -> Array:
@@ -251,7 +271,8 @@ def layered_am(
 
   def init_fn(params):
     stage_params = net.stage_params(params)
-    weight_states, memory = weights_lib.init_weights_state(cfg.weights, net, stage_params)
+    compute_params, _ = in_compute_dtype(stage_params)  # optimizer states in that dtype
+    weight_states, memory = weights_lib.init_weights_state(cfg.weights, net, compute_params)
     return state_type(
       count=jnp.zeros([], jnp.int32),
       batch_loss=jnp.zeros([], jnp.float32),
@@ -263,11 +284,12 @@ def layered_am(
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # AM does not use gradients; unknown extra args are ignored.
     params = as_arrays(require_params(params, "alternating minimization"))
-    x, y = sized_batch(net, batch, stored, size_rule)
-    stage_params = net.stage_params(params)
+    x, y = sized_batch(net, batch, stored, size_rule, cfg.loss)
+    stage_params, dtype = in_compute_dtype(net.stage_params(params))
+    x = x.astype(dtype)
     encoded, logits = net.forward_stages(stage_params, x)
     if resume:
-      start = where_tree(state.count > 0, state.codes, encoded)
+      start = where_tree(state.count > 0, cast_tree(state.codes, dtype), encoded)
       anchors = codes_lib.encode_anchors(net, stage_params, x, start)
     else:
       start = anchors = encoded
@@ -291,6 +313,6 @@ def layered_am(
       memory=memory,
       codes=cast_like(new_codes, state.codes),
     )
-    return update_difference(new_params, params), new_state
+    return update_difference(new_params, params), new_state  # in the params' dtypes
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("alternating minimization", init_fn, update_fn)

@@ -42,7 +42,14 @@ import optax
 
 from altmin_jax import losses as losses_lib
 from altmin_jax.am import weights as weights_lib
-from altmin_jax.am._common import check_dense, check_network, mean_loss, sized_batch, zero_codes
+from altmin_jax.am._common import (
+  check_dense,
+  check_network,
+  in_compute_dtype,
+  mean_loss,
+  sized_batch,
+  zero_codes,
+)
 from altmin_jax.core.batches import require_params
 from altmin_jax.core.checks import (
   check_int,
@@ -51,6 +58,7 @@ from altmin_jax.core.checks import (
   check_positive,
   is_traced,
 )
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.trees import cast_like, first_dtype, update_difference
 from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import (
@@ -195,8 +203,9 @@ def taylor_admm(
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # ADMM does not use gradients; unknown extra args are ignored.
     params = as_arrays(require_params(params, "Taylor ADMM"))
-    x, y = sized_batch(net, batch, num_samples, size_rule)
-    stage_params = list(net.stage_params(params))
+    x, y = sized_batch(net, batch, num_samples, size_rule, loss)
+    stage_params, dtype = in_compute_dtype(net.stage_params(params))  # at least float32
+    stage_params, x = list(stage_params), x.astype(dtype)
     codes, logits = net.forward_stages(stage_params, x)
     first = state.count == 0
     fresh_a = tuple(net.activation(l)(c) for l, c in enumerate(codes, start=1))
@@ -230,4 +239,4 @@ def taylor_admm(
     )
     return update_difference(new_params, params), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("Taylor ADMM", init_fn, update_fn)

@@ -45,10 +45,11 @@ import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
-from altmin_jax.am._common import code_step, mean_loss, optimizers_per_part
+from altmin_jax.am._common import code_step, in_compute_dtype, mean_loss, optimizers_per_part
 from altmin_jax.am.codes import minimize, squared_norm, with_proximal
 from altmin_jax.core.batches import require_params, unpack_batch
 from altmin_jax.core.checks import check_instance, check_int, check_loss
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.trees import update_difference
 from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
 from altmin_jax.loops import optimizer_steps
@@ -298,13 +299,17 @@ def am_adam_rnn(
     return RNNAMState(
       count=jnp.zeros([], jnp.int32),
       batch_loss=jnp.zeros([], jnp.float32),
-      weight_states=tuple(tx.init(params[part]) for tx, part in zip(txs, PARTS)),
+      weight_states=tuple(  # in the compute dtype, at least float32
+        tx.init(in_compute_dtype(params[part])[0]) for tx, part in zip(txs, PARTS)
+      ),
     )
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # AM does not use gradients; unknown extra args are ignored.
-    params = require_params(params, "alternating minimization")
-    x, y = unpack_batch(rnn, batch)
+    user_params = require_params(params, "alternating minimization")
+    x, y = unpack_batch(rnn, batch, loss)
+    params, dtype = in_compute_dtype(dict(user_params))  # at least float32
+    x = x.astype(dtype)
     mu_t = codes.schedule(state.count)
     start, logits = rnn.forward(params, x)
     c, z = update_rnn_codes(
@@ -334,6 +339,6 @@ def am_adam_rnn(
       batch_loss=mean_loss(loss, logits, y),
       weight_states=tuple(new_states),
     )
-    return update_difference(new_params, dict(params)), new_state
+    return update_difference(new_params, dict(user_params)), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("RNN alternating minimization", init_fn, update_fn)

@@ -44,6 +44,27 @@ def where_tree(flag, on_true: PyTree, on_false: PyTree) -> PyTree:
   return jax.tree.map(lambda a, b: jnp.where(flag, a, b).astype(b.dtype), on_true, on_false)
 
 
+def nan_unless(ok, tree: PyTree) -> PyTree:
+  """``tree`` where ``ok`` (a bool scalar), NaN in every inexact leaf otherwise.
+
+  The error path for a rule that only a traced argument can break (it cannot raise
+  under ``jit``): the step's updates become non-finite, which
+  :func:`altmin_jax.training.all_finite` detects and
+  :func:`altmin_jax.training.skip_nonfinite_updates` skips. ``ok=True`` (a Python bool,
+  the argument was checked when concrete) returns ``tree`` unchanged.
+  """
+  if ok is True:
+    return tree
+
+  def leaf(a):
+    a = jnp.asarray(a)
+    if not jnp.issubdtype(a.dtype, jnp.inexact):
+      return a
+    return jnp.where(ok, a, jnp.nan).astype(a.dtype)
+
+  return jax.tree.map(leaf, tree)
+
+
 def first_dtype(tree: PyTree) -> jnp.dtype:
   """The dtype of ``tree``'s first leaf (states stored in the params' precision)."""
   return jnp.asarray(jax.tree.leaves(tree)[0]).dtype

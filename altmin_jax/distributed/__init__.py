@@ -11,6 +11,25 @@
 * Execution: :mod:`~altmin_jax.distributed.workers` (stacked workers under ``vmap`` or
   workers on a mesh under ``shard_map``, multi-process helpers, :func:`centre`) and
   :mod:`~altmin_jax.distributed.async_sim` (delay schedules and :func:`simulate`).
+
+**The ``order`` / ``active`` extra args** (one rule for every method,
+:func:`~altmin_jax.distributed.async_sim.round_args`). Every method accepts them, so
+that :func:`simulate` and a jitted loop can drive any method with a delay schedule.
+``order`` must be an integer permutation of the p workers (shape ``(p,)``): it sets the
+order of the pushes or exchanges in DC-ASGD, ASGD, async EASGD, EAMSGD, DOWNPOUR and
+MDOWNPOUR, and has no effect in the synchronous methods (:func:`easgd`, :func:`ssgd`,
+:func:`dc_ssgd`), which apply all workers at once. ``active`` must be a boolean array of
+shape ``(p,)``; only DC-ASGD, ASGD and MDOWNPOUR can skip a worker, and the other
+methods raise ``ValueError`` for a concrete ``active`` with an inactive worker. Under
+``jit`` the values are traced: a traced ``order`` that is not a permutation makes the
+step's updates NaN (``training.all_finite`` is ``False``), and a traced ``active`` is
+ignored by the methods that cannot skip workers. Single-worker baselines accept
+``order=[0]``, ``active=[True]`` or ``None``.
+
+**Params** of the p-worker methods carry a leading worker axis; ``init`` requires the
+rows of concrete params to be equal (workers start at the centre; use
+:func:`replicate`), which rejects unreplicated params whose leaves happen to have a
+leading size p.
 """
 
 from altmin_jax.distributed import async_sim, processes, workers

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from altmin_jax.core import meshes
@@ -61,6 +62,35 @@ def check_like(grads: PyTree, params: PyTree, name: str = "grads") -> None:
       )
 
 
+def check_replicated(params: PyTree, num_workers: int) -> None:
+  """Raises ``ValueError`` unless the ``num_workers`` rows of every leaf of concrete
+  ``params`` are equal, as ``init`` requires.
+
+  Every p-worker method starts the workers at the centre (:math:`x^i = \\tilde x`, the
+  papers' initialisation) and takes worker 0's row as the centre. Unreplicated params
+  whose leaves all happen to have a leading size ``num_workers`` would pass the shape
+  check and give a malformed centre (a row of each leaf); their rows differ, which
+  this check reports. Traced params (``init`` inside ``jit``) and params not fully held
+  by this process are not checked. To start workers at different points, ``init``
+  from replicated params (:func:`~altmin_jax.distributed.replicate`) and pass the workers' own
+  params to ``update``.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if isinstance(leaf, jax.core.Tracer):
+      continue
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      continue
+    rows = np.asarray(leaf)
+    if num_workers > 1 and not np.array_equal(rows, np.broadcast_to(rows[:1], rows.shape)):
+      raise ValueError(
+        f"params{jax.tree_util.keystr(path)} has shape {rows.shape} but its "
+        f"num_workers={num_workers} rows differ: init takes replicated worker params "
+        "(altmin_jax.distributed.replicate(params, num_workers)), every worker starting "
+        "at the centre; unreplicated params whose leading sizes happen to equal "
+        "num_workers are rejected here"
+      )
+
+
 def check_update_args(grads: PyTree, params: PyTree, num_workers: int | None = None) -> None:
   """The arguments of every method's ``update(grads, state, params)``: ``params`` given,
   with a leading worker axis of size ``num_workers`` (unless ``None``: one worker), and
@@ -70,6 +100,13 @@ def check_update_args(grads: PyTree, params: PyTree, num_workers: int | None = N
   if num_workers is not None:
     check_workers(params, num_workers, "params")
   check_like(grads, params, "grads")
+
+
+def single_worker_round(order: Any, active: Any, method: str) -> Any:
+  """The ``order`` / ``active`` extra args of a single-worker method, checked as for p = 1
+  workers (:func:`~altmin_jax.distributed.async_sim.round_args`): ``None``, or ``order
+  = [0]`` and ``active = [True]``. Returns ``valid`` as ``round_args`` does."""
+  return async_sim.round_args(order, active, 1, uses_active=False, method=method)[2]
 
 
 # ------------------------------------------------------------------ hyperparameters
@@ -125,18 +162,23 @@ class WorkerLayout:
 
   def start(self, params: PyTree) -> PyTree:
     """The centre's starting point, worker 0's ``params``, after checking their worker
-    axis."""
+    axis (:func:`check_replicated`)."""
     check_workers(params, self.num_workers, "params")
+    check_replicated(params, self.num_workers)
     return first_worker(params)
 
   def check_update(self, grads: PyTree, params: PyTree) -> None:
     """:func:`check_update_args` for these workers."""
     check_update_args(grads, params, self.num_workers)
 
-  def round_args(self, order: Any, active: Any = None) -> tuple[Array, Array]:
-    """The ``order`` / ``active`` extra args, defaulted and checked
-    (:func:`~altmin_jax.distributed.async_sim.round_args`)."""
-    return async_sim.round_args(order, active, self.num_workers)
+  def round_args(
+    self, order: Any, active: Any, *, uses_active: bool, method: str
+  ) -> tuple[Array, Array, Any]:
+    """The ``order`` / ``active`` extra args, defaulted and checked, and whether a traced
+    order is a permutation (:func:`~altmin_jax.distributed.async_sim.round_args`)."""
+    return async_sim.round_args(
+      order, active, self.num_workers, uses_active=uses_active, method=method
+    )
 
   def run(self, fn: Callable, per_worker: PyTree, shared: PyTree) -> tuple[Any, Any, Any]:
     """:func:`~altmin_jax.distributed.workers.run_workers` on these workers."""

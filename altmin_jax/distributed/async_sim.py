@@ -23,8 +23,9 @@ Delay models:
   ``1 / participation`` rounds on average while the others push ``(p - 1) *
   participation`` times per round, so the rate cancels.
 
-:func:`simulate` runs any DC-ASGD family method (DC-ASGD-c / -a, ASGD, SSGD,
-MDOWNPOUR; the EASGD family uses ``order`` for its exchanges) for a number of rounds in
+:func:`simulate` runs any p-worker method (the push-based DC-ASGD-c / -a, ASGD and
+MDOWNPOUR use ``order`` and ``active``; async EASGD, EAMSGD and DOWNPOUR use ``order``
+for their exchanges; EASGD, SSGD and DC-SSGD are synchronous) for a number of rounds in
 one ``lax.scan``: per round it computes every worker's gradient at its stale copy
 (``params[m]``, vmapped), then calls ``tx.update(grads, state, params, order=...,
 active=...)``. The p-worker methods take these two extra args directly, so a training
@@ -158,10 +159,32 @@ def check_permutations(order: Any, name: str = "order") -> None:
     )
 
 
-def round_args(order: Any, active: Any, num_workers: int) -> tuple[Array, Array]:
+def round_args(
+  order: Any,
+  active: Any,
+  num_workers: int,
+  *,
+  uses_active: bool = True,
+  method: str = "this method",
+) -> tuple[Array, Array, Any]:
   """Defaults (round-robin order, everyone active) and checks for the ``order`` /
-  ``active`` extra args of a p-worker ``update``: static shapes always, and that a
-  concrete ``order`` is a permutation of ``0..p-1``."""
+  ``active`` extra args of a p-worker ``update``: the one rule of every method.
+
+  * ``order`` must be an integer array of shape ``(p,)`` and a permutation of
+    ``0..p-1``: checked when concrete (``ValueError``); a traced order that is not a
+    permutation makes ``valid`` False (the caller's updates become NaN,
+    :func:`altmin_jax.core.trees.nan_unless`).
+  * ``active`` must be a boolean array of shape ``(p,)``. A method that cannot skip
+    workers (``uses_active=False``: synchronous methods, the EASGD exchanges, DOWNPOUR)
+    raises for a concrete ``active`` with an inactive worker; a traced one cannot be
+    checked and is ignored (every worker steps), so that :func:`simulate` and jitted
+    loops can drive every p-worker method with the same schedule.
+
+  Returns:
+    ``(order, active, valid)``: int32 order, bool active and ``True`` (checked) or a
+    traced bool scalar.
+  """
+  checks = []
   if order is None:
     order = jnp.arange(num_workers, dtype=jnp.int32)
   else:
@@ -171,14 +194,35 @@ def round_args(order: Any, active: Any, num_workers: int) -> tuple[Array, Array]
         f"order must be an integer permutation of shape ({num_workers},), got shape "
         f"{order.shape} and dtype {order.dtype}"
       )
-    check_permutations(order)
+    if _known(order):
+      check_permutations(order)
+    else:
+      checks.append(jnp.all(jnp.sort(order) == jnp.arange(num_workers, dtype=order.dtype)))
   order = jnp.asarray(order)
   if active is None:
     active = jnp.ones(num_workers, bool)
+  else:
+    active = active if isinstance(active, jax.Array) else np.asarray(active)
+    if active.shape != (num_workers,) or active.dtype != bool:
+      raise ValueError(
+        f"active must be a boolean array of shape ({num_workers},), got shape "
+        f"{active.shape} and dtype {active.dtype}"
+      )
+    if not uses_active and _known(active) and not np.all(np.asarray(active)):
+      raise ValueError(
+        f"{method} steps every worker in every update and cannot skip one: active must "
+        f"be all True (or None), got active={np.asarray(active).tolist()}"
+      )
   active = jnp.asarray(active)
-  if active.shape != (num_workers,):
-    raise ValueError(f"active must have shape ({num_workers},), got shape {active.shape}")
-  return order.astype(jnp.int32), active.astype(bool)
+  valid = True if not checks else checks[0]
+  return order.astype(jnp.int32), active.astype(bool), valid
+
+
+def _known(x: Any) -> bool:
+  """Whether the values of ``x`` can be read here (not traced, fully held)."""
+  if isinstance(x, jax.core.Tracer):
+    return False
+  return not (isinstance(x, jax.Array) and not x.is_fully_addressable)
 
 
 def apply_in_order(
@@ -242,9 +286,24 @@ def simulate(
 ) -> SimulationResult:
   """Runs a p-worker method under a delay schedule, one ``lax.scan`` over rounds.
 
-  Per round r: ``grads = vmap(grad_fn)(params, batch_r)`` (every worker's gradient at
-  its own, possibly stale, copy), then ``tx.update(grads, state, params,
-  order=schedule.order[r], active=schedule.active[r])`` and ``apply_updates``.
+  Before the scan, a concrete schedule is checked: ``order`` and ``active`` of shape
+  ``(rounds, p)``, every round's ``order`` a permutation (``ValueError`` naming the
+  round), and, if some worker is inactive in some round, the first such round is traced
+  once through ``tx.update`` with its values known, so a method that cannot skip
+  workers (EASGD, async EASGD, EAMSGD, DOWNPOUR, SSGD, DC-SSGD) raises ``ValueError``
+  naming that round instead of ignoring ``active``.
+
+  Per round r: ``grads = vmap(grad_fn)(params, batch_r)``, the gradient of **every**
+  worker at its current copy (inactive ones included; the method discards theirs), then
+  ``tx.update(grads, state, params, order=schedule.order[r],
+  active=schedule.active[r])`` and ``apply_updates``, then ``metrics_fn`` of the
+  state's centre. What a round means is the method's: in DC-ASGD, ASGD and MDOWNPOUR
+  the active workers push in ``order`` and pull the server's parameters, and an inactive
+  worker keeps its stale copy, so its gradient at the next round it is active is stale
+  by the pushes in between; the EASGD family and DOWNPOUR take one local step of every
+  worker with their exchanges in ``order``; SSGD and DC-SSGD take one synchronous step.
+  ``staleness`` is computed from the schedule alone (:func:`staleness`): it is the
+  gradients' staleness for the push-based methods only.
 
   Args:
     tx: a p-worker method of :mod:`altmin_jax.distributed`.
@@ -281,6 +340,18 @@ def simulate(
   num_rounds = schedule.order.shape[0]
   if state is None:
     state = tx.init(params)
+  if _known(schedule.active) and _known(schedule.order):
+    all_active = np.asarray(schedule.active, bool)
+    idle = np.flatnonzero(~all_active.all(axis=1))
+    if idle.size:  # can the method skip workers? Trace one round with known values.
+      r = int(idle[0])
+      order_r, active_r = np.asarray(schedule.order)[r], all_active[r]
+      try:
+        jax.eval_shape(
+          lambda p, s: tx.update(p, s, p, order=order_r, active=active_r), params, state
+        )
+      except ValueError as error:
+        raise ValueError(f"simulate: round {r} of the schedule: {error}") from error
   rounds = jnp.arange(num_rounds)
   data = None if callable(batches) else batches
 

@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import optax
 
 from altmin_jax.core.checks import check_int, check_real, check_unit_interval
-from altmin_jax.core.trees import update_difference
+from altmin_jax.core.states import checked_transformation
+from altmin_jax.core.trees import nan_unless, update_difference
 from altmin_jax.core.types import Array, Scalar, ScalarOrSchedule
-from altmin_jax.distributed._common import check_update_args
+from altmin_jax.distributed._common import check_update_args, single_worker_round
 from altmin_jax.schedules import as_schedule
 
 
@@ -44,15 +45,16 @@ class MSGDState(NamedTuple):
   velocity: Any  # v, the Nesterov momentum
 
 
-def _averaging(lr_fn, rate_fn) -> optax.GradientTransformationExtraArgs:
+def _averaging(lr_fn, rate_fn, method: str) -> optax.GradientTransformationExtraArgs:
   def init_fn(params):
     return AveragedSGDState(
       count=jnp.zeros([], jnp.int32), centre=jax.tree.map(jnp.asarray, params)
     )
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
     check_update_args(updates, params)
+    valid = single_worker_round(order, active, method)
     lr = lr_fn(state.count)
     step = jax.tree.map(lambda g, p: (-lr * g).astype(p.dtype), updates, params)
     new_params = optax.apply_updates(params, step)  # x_{t+1} = x_t - eta g(x_t)
@@ -60,9 +62,11 @@ def _averaging(lr_fn, rate_fn) -> optax.GradientTransformationExtraArgs:
     z = jax.tree.map(
       lambda z_, x_: (z_ + a * (x_ - z_)).astype(z_.dtype), state.centre, new_params
     )  # z_{t+1} = (1 - a_t) z_t + a_t x_{t+1}
-    return step, AveragedSGDState(count=optax.safe_int32_increment(state.count), centre=z)
+    return nan_unless(valid, step), AveragedSGDState(
+      count=optax.safe_int32_increment(state.count), centre=z
+    )
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation(method, init_fn, update_fn)
 
 
 def averaged_sgd(
@@ -106,7 +110,7 @@ def averaged_sgd(
     n = (count - start + 1).astype(jnp.float32)
     return jnp.where(count >= start, 1.0 / jnp.maximum(n, 1.0), 1.0)
 
-  return _averaging(lr_fn, rate)
+  return _averaging(lr_fn, rate, "averaged_sgd")
 
 
 def mvasgd(
@@ -138,7 +142,7 @@ def mvasgd(
   """
   lr_fn = as_schedule(learning_rate, "learning_rate")
   moving_rate = check_real("moving_rate", moving_rate, low=0.0, high=1.0, low_open=True)
-  return _averaging(lr_fn, lambda count: jnp.asarray(moving_rate, jnp.float32))
+  return _averaging(lr_fn, lambda count: jnp.asarray(moving_rate, jnp.float32), "mvasgd")
 
 
 def msgd(
@@ -171,6 +175,7 @@ def msgd(
   """
   lr_fn = as_schedule(learning_rate, "learning_rate")
   delta = check_unit_interval("momentum", momentum)
+  method = "msgd"
 
   def init_fn(params):
     return MSGDState(
@@ -179,14 +184,15 @@ def msgd(
       velocity=jax.tree.map(jnp.zeros_like, params),
     )
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
     check_update_args(updates, params)
+    valid = single_worker_round(order, active, method)
     lr = lr_fn(state.count)
     v = jax.tree.map(lambda v_, g: (delta * v_ - lr * g).astype(v_.dtype), state.velocity, updates)
     x = jax.tree.map(lambda x_, v_: (x_ + v_).astype(x_.dtype), state.centre, v)
     y = jax.tree.map(lambda x_, v_, p: (x_ + delta * v_).astype(p.dtype), x, v, params)
     new_state = MSGDState(count=optax.safe_int32_increment(state.count), centre=x, velocity=v)
-    return update_difference(y, params), new_state
+    return nan_unless(valid, update_difference(y, params)), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("msgd", init_fn, update_fn)

@@ -41,7 +41,8 @@ import optax
 from jax.sharding import Mesh
 
 from altmin_jax.core.checks import check_nonnegative, check_positive, check_unit_interval, is_traced
-from altmin_jax.core.trees import update_difference
+from altmin_jax.core.states import checked_transformation
+from altmin_jax.core.trees import nan_unless, update_difference
 from altmin_jax.core.types import Array, Scalar, ScalarOrSchedule
 from altmin_jax.distributed import async_sim
 from altmin_jax.distributed import workers as workers_lib
@@ -167,19 +168,21 @@ def _async_transformation(
   def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
     layout.check_update(updates, params)
-    order, active = layout.round_args(order, active)
+    order, active, valid = layout.round_args(
+      order, active, uses_active=True, method="asynchronous SGD (DC-ASGD family)"
+    )
     shared = (state.count, state.centre, state.mean_square, order, active)
     _, (new_updates, backups), (server, mean_square) = layout.run(
       worker, (updates, params, state.backups), shared
     )
-    return new_updates, DCASGDState(
+    return nan_unless(valid, new_updates), DCASGDState(
       count=optax.safe_int32_increment(state.count),
       centre=server,
       backups=backups,
       mean_square=mean_square,
     )
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("asynchronous SGD (DC-ASGD family)", init_fn, update_fn)
 
 
 def dc_asgd(
@@ -330,6 +333,7 @@ def _sync_transformation(
   """SSGD (``lambda_0=None``) or supplement H's delay-compensated round (a number)."""
   lr_fn = as_schedule(learning_rate, "learning_rate")
   num_workers = layout.num_workers
+  method = "ssgd" if lambda_0 is None else "dc_ssgd"
 
   def init_fn(params):
     return SSGDState(count=jnp.zeros([], jnp.int32), centre=layout.start(params))
@@ -347,14 +351,18 @@ def _sync_transformation(
     rows = jax.tree.map(lambda w_, x_: jnp.broadcast_to(w_, x_.shape), w, x)
     return (), update_difference(rows, x), w
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
     layout.check_update(updates, params)
+    # The synchronous round does not depend on order (only checked) and steps everyone.
+    _, _, valid = layout.round_args(order, active, uses_active=False, method=method)
     mine, rows, server = layout.run(worker, (updates, params), (state.count, state.centre))
     new_updates = rows if lambda_0 is not None else mine
-    return new_updates, SSGDState(count=optax.safe_int32_increment(state.count), centre=server)
+    return nan_unless(valid, new_updates), SSGDState(
+      count=optax.safe_int32_increment(state.count), centre=server
+    )
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation(method, init_fn, update_fn)
 
 
 def _dc_sync_round(grads: Any, w0: Any, step: Array, lambda_0: Any) -> Any:
@@ -393,8 +401,10 @@ def ssgd(
      w \leftarrow w - \eta\, \frac1p \sum_{m=1}^p g_m(w)
 
   Every worker computes its gradient at the same :math:`w` (all ``params[m]`` equal the
-  server parameters) and all pull the result; the delay schedule does not matter (the
-  ``order`` / ``active`` extra args are ignored). In mesh mode the mean is one
+  server parameters) and all pull the result; the delay schedule does not matter: a
+  permutation ``order`` has no effect, and ``active`` must have every worker active
+  when concrete (a traced one is ignored; see :mod:`altmin_jax.distributed`). In mesh
+  mode the mean is one
   ``lax.psum`` over the mesh axis.
 
   Args:

@@ -20,7 +20,8 @@ import optax
 from jax.sharding import Mesh
 
 from altmin_jax.core.checks import check_unit_interval
-from altmin_jax.core.trees import update_difference, where_tree
+from altmin_jax.core.states import checked_transformation
+from altmin_jax.core.trees import nan_unless, update_difference, where_tree
 from altmin_jax.core.types import Array, Scalar, ScalarOrSchedule
 from altmin_jax.distributed import async_sim
 from altmin_jax.distributed import workers as workers_lib
@@ -78,7 +79,8 @@ def downpour(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``: ``update(grads, state, params, *,
-    order=None)``; the state is a :class:`DownpourState`.
+    order=None, active=None)`` (``active`` must be all True when concrete); the state
+    is a :class:`DownpourState`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -126,18 +128,18 @@ def downpour(
       where_tree(communicate, new_c, c),
     )
 
-  def update_fn(updates, state, params=None, *, order=None, **extra_args):
+  def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
     layout.check_update(updates, params)
-    order, _ = layout.round_args(order)
+    order, _, valid = layout.round_args(order, active, uses_active=False, method="downpour")
     _, (new_params, accumulated), c = layout.run(
       worker, (updates, params, state.accumulated), (state.count, state.centre, order)
     )
-    return update_difference(new_params, params), DownpourState(
+    return nan_unless(valid, update_difference(new_params, params)), DownpourState(
       count=optax.safe_int32_increment(state.count), centre=c, accumulated=accumulated
     )
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("downpour", init_fn, update_fn)
 
 
 def mdownpour(
@@ -210,12 +212,12 @@ def mdownpour(
   def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
     layout.check_update(updates, params)
-    order, active = layout.round_args(order, active)
+    order, active, valid = layout.round_args(order, active, uses_active=True, method="mdownpour")
     _, new_updates, (c, velocity) = layout.run(
       worker, (updates, params), (state.count, state.centre, state.velocity, order, active)
     )
-    return new_updates, MDownpourState(
+    return nan_unless(valid, new_updates), MDownpourState(
       count=optax.safe_int32_increment(state.count), centre=c, velocity=velocity
     )
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("mdownpour", init_fn, update_fn)

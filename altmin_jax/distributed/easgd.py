@@ -9,9 +9,13 @@ writes the synchronous update (eqs. 5-6) and its moving rate :math:`\alpha`. The
 asynchronous variants (:func:`async_easgd`, Algorithm 1; :func:`eamsgd`, Algorithm 2)
 exchange with the centre every :math:`\tau` local steps, *before* the local gradient
 step, and take the gradient at the pre-exchange point. Here all workers step in
-lockstep (one ``update`` = one local step of every worker) and the exchanges of a
-communication step are applied one worker at a time in the fixed order ``order``
-(round-robin by default), each seeing the centre left by the previous one.
+lockstep (one ``update`` = one local step of every worker). The synchronous
+:func:`easgd` applies every worker's exchange at once from the old values (eqs. 5-6;
+``order`` has no effect); in the asynchronous variants the exchanges of a communication
+step are applied one worker at a time in the fixed order ``order`` (round-robin by
+default), each seeing the centre left by the previous one. No method here can skip a
+worker: a concrete ``active`` extra arg must be all True (see
+:mod:`altmin_jax.distributed`).
 
 **How the p workers are passed** (see :mod:`altmin_jax.distributed.workers`): ``params``
 and ``grads`` carry a leading worker axis (``params[i]`` is :math:`x^i`, ``grads[i]`` the
@@ -36,7 +40,8 @@ import optax
 from jax.sharding import Mesh
 
 from altmin_jax.core.checks import check_unit_interval
-from altmin_jax.core.trees import update_difference, where_tree
+from altmin_jax.core.states import checked_transformation
+from altmin_jax.core.trees import nan_unless, update_difference, where_tree
 from altmin_jax.core.types import Array, Scalar, ScalarOrSchedule
 from altmin_jax.distributed import async_sim
 from altmin_jax.distributed import workers as workers_lib
@@ -97,8 +102,10 @@ def easgd(
     axis_name: the workers' vmap / mesh axis name.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``: ``update(grads, state, params)`` with
-    stacked ``grads`` / ``params``; the state is an :class:`EASGDState`.
+    An ``optax.GradientTransformationExtraArgs``: ``update(grads, state, params, *,
+    order=None, active=None)`` with stacked ``grads`` / ``params`` (``order``, a
+    permutation, has no effect; ``active`` must be all True when concrete); the state is
+    an :class:`EASGDState`.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -141,13 +148,17 @@ def easgd(
     )  # eq. 6
     return update_difference(new_x, x), (), new_c
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
     layout.check_update(updates, params)
+    # Eqs. 5-6 apply every worker's exchange at once: order is only checked.
+    _, _, valid = layout.round_args(order, active, uses_active=False, method="easgd")
     new_updates, _, c = layout.run(worker, (updates, params), (state.count, state.centre))
-    return new_updates, EASGDState(count=optax.safe_int32_increment(state.count), centre=c)
+    return nan_unless(valid, new_updates), EASGDState(
+      count=optax.safe_int32_increment(state.count), centre=c
+    )
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("easgd", init_fn, update_fn)
 
 
 def _elastic_exchange(x, c, alpha, order, exchange):
@@ -198,14 +209,15 @@ def async_easgd(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``: ``update(grads, state, params, *,
-    order=None)``; the state is an :class:`EASGDState`.
+    order=None, active=None)`` (``active`` must be all True when concrete); the state
+    is an :class:`EASGDState`.
 
   Example:
     >>> import jax.numpy as jnp
     >>> import altmin_jax.distributed as dist
     >>> tx = dist.async_easgd(0.1, num_workers=2, beta=1.0)  # alpha = 0.5
     >>> params = jnp.array([[0.0], [2.0]])
-    >>> state = tx.init(params)._replace(centre=jnp.array([1.0]))
+    >>> state = tx.init(dist.replicate(jnp.array([1.0]), 2))  # the centre starts at 1
     >>> updates, state = tx.update(jnp.zeros((2, 1)), state, params)
     >>> (params + updates)[:, 0].tolist(), state.centre.tolist()
     ([0.5, 1.25], [1.25])
@@ -247,7 +259,8 @@ def eamsgd(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``: ``update(grads, state, params, *,
-    order=None)``; the state is an :class:`EAMSGDState`.
+    order=None, active=None)`` (``active`` must be all True when concrete); the state
+    is an :class:`EAMSGDState`.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -274,6 +287,7 @@ def _async_elastic(learning_rate, num_workers, beta, rho, period, delta, mesh, a
   layout = WorkerLayout(num_workers, mesh, axis_name)
   alpha_fn = moving_rate(beta, rho, layout.num_workers)
   tau = check_period(period)
+  method = "async_easgd" if delta is None else "eamsgd"
 
   def init_fn(params):
     count = jnp.zeros([], jnp.int32)
@@ -301,17 +315,18 @@ def _async_elastic(learning_rate, num_workers, beta, rho, period, delta, mesh, a
     new_y = jax.tree.map(lambda x_, v_, y_: (x_ + delta * v_).astype(y_.dtype), new_x, v, y)
     return (), (update_difference(new_y, y), v), c
 
-  def update_fn(updates, state, params=None, *, order=None, **extra_args):
+  def update_fn(updates, state, params=None, *, order=None, active=None, **extra_args):
     del extra_args
     layout.check_update(updates, params)
-    order, _ = layout.round_args(order)
+    order, _, valid = layout.round_args(order, active, uses_active=False, method=method)
     velocity = params if delta is None else state.velocity  # placeholder when unused
     _, (new_updates, velocity), c = layout.run(
       worker, (updates, params, velocity), (state.count, state.centre, order)
     )
+    new_updates = nan_unless(valid, new_updates)
     count = optax.safe_int32_increment(state.count)
     if delta is None:
       return new_updates, EASGDState(count=count, centre=c)
     return new_updates, EAMSGDState(count=count, centre=c, velocity=velocity)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation(method, init_fn, update_fn)

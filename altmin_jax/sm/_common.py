@@ -116,11 +116,14 @@ class Prepared(NamedTuple):
   dtype: Any
 
 
-def prepare(net: LayeredNetwork, params: PyTree, batch: Any, method: str) -> Prepared:
-  """Checks ``params`` and ``batch`` and returns them ready for an update, upcast to at
-  least float32 (:func:`params_update` casts the result back to the params' dtypes)."""
+def prepare(
+  net: LayeredNetwork, params: PyTree, batch: Any, method: str, loss: Loss | None = None
+) -> Prepared:
+  """Checks ``params`` and ``batch`` (with ``loss``'s label rule,
+  :func:`~altmin_jax.core.unpack_batch`) and returns them ready for an update, upcast to
+  at least float32 (:func:`params_update` casts the result back to the params' dtypes)."""
   batches.require_params(params, method)
-  x, y = batches.unpack_batch(net, batch)
+  x, y = batches.unpack_batch(net, batch, loss)
   params = as_arrays(params)
   stage_params = net.stage_params(params)
   dtype = trees.compute_dtype(stage_params)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss, PyTree
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.numerics.line_search import ArmijoSearch
@@ -269,7 +270,7 @@ def surrogate_minimization(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # SM needs no gradients; unknown extra args are ignored.
-    prep = _common.prepare(cfg.net, params, batch, "surrogate minimization")
+    prep = _common.prepare(cfg.net, params, batch, "surrogate minimization", cfg.loss)
     new, value, curv, solves = iterate(prep.stage_params, prep.x, prep.y, state.step_size)
     new_state = SMState(
       count=optax.safe_int32_increment(state.count),
@@ -281,4 +282,4 @@ def surrogate_minimization(
     )
     return _common.params_update(cfg.net, new, prep.params), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("surrogate minimization", init_fn, update_fn)

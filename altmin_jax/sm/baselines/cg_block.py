@@ -10,6 +10,15 @@ regularisation (``damping``) slows it down. The plain step diverges to NaN withi
 iterations on small tanh networks. By default the combined step is therefore taken with a
 backtracking Armijo search on :math:`h` along it (no iteration increases the loss; one more
 forward pass per trial); ``line_search=None`` takes the plain step as in the paper.
+
+The Armijo search only guarantees a decrease on the batch the step is computed on. On
+minibatches smaller than a layer's parameter count the undamped blocks are singular and
+their Newton steps fit each minibatch exactly: on the 6-8-3 tanh network of the
+conformance suite with minibatches of 16, ``damping=0`` with the search takes the loss on
+all 64 samples from 1.33 to 10.8 in 30 steps (to 1e2-4e2 with ``damping=1e-3``), while
+``damping=1`` takes it to 0.28. The default is therefore ``damping=1.0``: where a damped
+block is positive definite its step is no longer than :math:`\|g_i\| / \lambda`, a
+gradient step of learning rate :math:`1/\lambda`.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import optax
 from altmin_jax import losses as losses_lib
 from altmin_jax import numerics
 from altmin_jax.core import checks
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
@@ -68,7 +78,7 @@ def cg_block(
   loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   inner_steps: int = 10,
-  damping: float = 0.0,
+  damping: float = 1.0,
   curvature_tol: float = 0.0,
   line_search: ArmijoSearch | None = NEWTON_SEARCH,
 ) -> optax.GradientTransformationExtraArgs:
@@ -92,7 +102,8 @@ def cg_block(
     net: a :class:`~altmin_jax.networks.LayeredNetwork`.
     loss: per-sample loss; ``h`` is its batch mean.
     inner_steps: N >= 1 CG steps per block.
-    damping: :math:`\lambda \ge 0` added to every block.
+    damping: :math:`\lambda \ge 0` added to every block (default 1: bounded steps on
+      minibatches, module docstring; 0 gives the paper's undamped blocks).
     curvature_tol: CG guard threshold.
     line_search: the :class:`~altmin_jax.numerics.ArmijoSearch` of the combined step
       (default: first trial :math:`\min(2\alpha_{t-1}, 1)`), or ``None`` for the
@@ -168,7 +179,7 @@ def cg_block(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = _common.prepare(net, params, batch, "cg_block")
+    prep = _common.prepare(net, params, batch, "cg_block", loss)
     new, value, models, iters, negs, step, failed = iterate(
       prep.stage_params, prep.x, prep.y, state.step_size
     )
@@ -183,4 +194,4 @@ def cg_block(
     )
     return _common.params_update(net, list(new), prep.params), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("cg_block", init_fn, update_fn)

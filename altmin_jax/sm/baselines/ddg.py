@@ -29,6 +29,7 @@ import optax
 
 from altmin_jax import losses as losses_lib
 from altmin_jax.core import checks
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork, as_arrays
 from altmin_jax.sm import _common
@@ -154,7 +155,7 @@ def ddg(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = _common.prepare(net, params, batch, "ddg")
+    prep = _common.prepare(net, params, batch, "ddg", loss)
     raw_params = tuple(net.stage_params(prep.params))
     new, value, buffers, inner_state = iterate(
       prep.stage_params, raw_params, prep.x, prep.y, state.buffers, state.inner_state
@@ -167,4 +168,4 @@ def ddg(
     )
     return _common.params_update(net, new, prep.params), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("ddg", init_fn, update_fn)

@@ -14,6 +14,7 @@ import optax
 from altmin_jax import losses as losses_lib
 from altmin_jax import numerics
 from altmin_jax.core import checks
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Loss
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
@@ -79,7 +80,7 @@ def gd_armijo(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = _common.prepare(net, params, batch, "gd_armijo")
+    prep = _common.prepare(net, params, batch, "gd_armijo", loss)
     res = iterate(prep.stage_params, prep.x, prep.y, state.step_size)
     new_state = GDArmijoState(
       count=optax.safe_int32_increment(state.count),
@@ -89,4 +90,4 @@ def gd_armijo(
     )
     return _common.params_update(net, res.x, prep.params), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("gd_armijo", init_fn, update_fn)

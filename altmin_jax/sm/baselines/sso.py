@@ -24,6 +24,7 @@ import optax
 from altmin_jax import losses as losses_lib
 from altmin_jax import numerics
 from altmin_jax.core import checks
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
@@ -126,7 +127,7 @@ def sso(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = _common.prepare(net, params, batch, "sso")
+    prep = _common.prepare(net, params, batch, "sso", loss)
     res, value = iterate(prep.stage_params, prep.x, prep.y, state.step_size)
     new_state = SSOState(
       count=optax.safe_int32_increment(state.count),
@@ -137,4 +138,4 @@ def sso(
     )
     return _common.params_update(net, res.x, prep.params), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("sso", init_fn, update_fn)
