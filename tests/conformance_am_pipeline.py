@@ -50,6 +50,7 @@ def _make(dtype) -> Problem:
     loss=loss,
     bad_extra_args={"batch": (jnp.ones((bx.shape[0], 5), dtype), by)},
     nonfinite_extra_args={"batch": (bx.at[0, 0].set(jnp.nan), by)},
+    num_classes=3,
   )
 
 

@@ -35,11 +35,10 @@ BY_NAME = {case.name: case for case in CASES}
 # label rule (``unpack_batch(net, batch, loss)``) or state check
 # (``core.checked_transformation``): strict xfails, so the fix shows as a failure here
 # until the marker is removed.
-_PIPELINE = ("pipelined_sm", "pipelined_gd_armijo", "pipelined_am_adam")
+_PIPELINE = ("pipelined_sm", "pipelined_gd_armijo")
 PENDING = {
   **{("concrete_labels", n): "pipeline calls unpack_batch without its loss" for n in _PIPELINE},
   **{("state", n): "pipeline update does not run core.check_state" for n in _PIPELINE},
-  ("traced_labels", "pipelined_am_adam"): "conformance_am_pipeline.py sets no num_classes",
 }
 
 

@@ -81,6 +81,7 @@ from altmin_jax.am import codes as codes_lib
 from altmin_jax.am import weights as weights_lib
 from altmin_jax.am._common import AMConfig, am_config, code_step, gradient_rule, mean_loss
 from altmin_jax.core import batches, meshes, trees
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
 from altmin_jax.loops import optimizer_steps
 from altmin_jax.networks import LayeredNetwork, as_arrays, identity
@@ -507,7 +508,7 @@ def pipelined_am_adam(
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # AM needs no gradients; unknown extra args are ignored.
     batches.require_params(params, METHOD)
-    x, y = batches.unpack_batch(net, batch)  # shape checks before tracing the step
+    x, y = batches.unpack_batch(net, batch, cfg.loss)  # checks before tracing the step
     return iterate(params, x, y, state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation(METHOD, init_fn, update_fn)
