@@ -240,6 +240,69 @@ def test_schedule_model_gpipe_sm_matches_hand_computed_timeline():
   assert s.ops[0][-1][1] == pytest.approx(s.ops[1][-1][1])
 
 
+def test_schedule_model_pipelined_am_matches_hand_computed_timeline():
+  """S = 2, M = 2, t_f = 1, a transfer of 0.5 per hop, input codes taking 3 on device 0
+  and 0.5 on device 1, code updates of 2 per micro-batch, weight steps of 1.5. Forwards:
+  device 0 0-1, 1-2; device 1 1.5-2.5, 2.5-3.5. Input codes: device 0 2-5, device 1
+  3.5-4, but device 1's lowest layer waits for device 0's code until 5.5. Code updates
+  top-down: device 1 5.5-7.5, 7.5-9.5; device 0 after each plus a hop, 8-10, 10-12.
+  Weights: device 1 9.5-11, device 0 12-13.5. Busy 10.5 and 8 of 13.5.
+
+  Lockstep: forward ticks of 1.5 end at 4.5; the input-code phase 4.5-7.5 plus a hop
+  (8); reverse ticks of 2.5: device 1 8-10 and 10.5-12.5, device 0 10.5-12.5 and 13-15,
+  ending at 15.5; weights 15.5-17."""
+  d = Durations(forward=1.0, input_code=(3.0, 0.5), code_update=2.0, weight_update=1.5, comm=0.5)
+  s = gpipe_schedule("am", 2, 2, d)
+  assert s.ops[0] == (
+    ("F0,0", 0.0, 1.0),
+    ("F0,1", 1.0, 2.0),
+    ("I0", 2.0, 5.0),
+    ("C0,0", 8.0, 10.0),
+    ("C0,1", 10.0, 12.0),
+    ("W0", 12.0, 13.5),
+  )
+  assert s.ops[1] == (
+    ("F1,0", 1.5, 2.5),
+    ("F1,1", 2.5, 3.5),
+    ("I1", 3.5, 4.0),
+    ("C1,0", 5.5, 7.5),
+    ("C1,1", 7.5, 9.5),
+    ("W1", 9.5, 11.0),
+  )
+  assert s.makespan == 13.5 and s.busy == (10.5, 8.0) and s.idle == (3.0, 5.5)
+  assert s.utilization == pytest.approx(18.5 / 27)
+  assert s.phase_busy == {
+    "forward": (2.0, 2.0),
+    "input_codes": (3.0, 0.5),
+    "code_update": (4.0, 4.0),
+    "weights": (1.5, 1.5),
+  }
+  assert s.idle_before_update == (0.0, 0.0) and s.idle_after_update == (0.0, 2.5)
+  assert s.fill_steps == (0, 0) and s.inner_steps == 1 and s.line_search_trials == 0
+  lock = gpipe_schedule("am", 2, 2, d, lockstep=True)
+  assert [op for op in lock.ops[0] if op[0][0] in "ICW"] == [
+    ("I0", 4.5, 7.5),
+    ("C0,0", 10.5, 12.5),
+    ("C0,1", 13.0, 15.0),
+    ("W0", 15.5, 17.0),
+  ]
+  assert [op for op in lock.ops[1] if op[0][0] in "ICW"] == [
+    ("I1", 4.5, 5.0),
+    ("C1,0", 8.0, 10.0),
+    ("C1,1", 10.5, 12.5),
+    ("W1", 15.5, 17.0),
+  ]
+  assert lock.makespan == 17.0 and lock.busy == s.busy
+  assert lock.idle_before_update == (0.5, 3.0) and lock.idle_after_update == (0.0, 0.0)
+  # AM uses neither the backward pass nor GD's update; GD (with Adam's update time as
+  # `update`) none of AM's operations
+  extra = d._replace(backward=5.0, update=7.0, jacobian=9.0)
+  assert gpipe_schedule("am", 2, 2, extra).ops == s.ops
+  gd_d = Durations(forward=1.0, backward=2.0, update=0.5)
+  am_parts = gd_d._replace(input_code=4.0, code_update=4.0, weight_update=4.0)
+  assert gpipe_schedule("gd", 2, 2, am_parts).ops == gpipe_schedule("gd", 2, 2, gd_d).ops
+
+
 def test_schedule_model_sm_fills_the_update_phase():
   """With S = 4, M = 4 and equal work per micro-batch, GPipe + GD is busy M/(M+S-1) of
   the time (4/7 when the update is free); SM's N local steps raise utilization towards

@@ -1,4 +1,4 @@
-r"""Modelled busy and idle time of every pipeline stage: GPipe + GD against GPipe + SM.
+r"""Modelled busy and idle time of every pipeline stage: GPipe + GD, GPipe + SM, pipelined AM.
 
 The SM paper (Asad et al., Figure 1) argues that plain GPipe (Huang et al. 2019) with
 one gradient update per pass leaves every device idle in the pipeline bubbles before and
@@ -26,6 +26,18 @@ One iteration, starting with every device free at time 0 (a flushed pipeline):
   (``R(s)`` after ``R(s-1)`` plus ``comm``) and one down (after ``R(s+1)`` plus ``comm``)
   on the full batch; then ``L(s)``, building and minimising its local losses with N inner
   steps (``solve_setup + N * inner_step``), with no communication.
+* **AM** (:mod:`altmin_jax.am.pipelined`, online AM-Adam): the same forward pass ``F``
+  (the encoding), no backward pass. ``I(s)``: device ``s`` recomputes its layers' codes
+  for every micro-batch after its own forwards and sends its top code to ``s + 1`` (one
+  more transfer ``comm``). ``C(s, j)``: the top-down code updates of micro-batch ``j``
+  through device ``s``'s layers (``code_steps`` steps of the code optimizer, each a
+  forward and backward pass through a layer), a reverse pass like the backward one:
+  after ``C(s+1, j)`` plus ``comm``, and after the input code of its lowest layer has
+  arrived (``I(s-1)`` plus ``comm``). Then ``W(s)``, ``weight_steps`` optimizer steps of
+  each of its layers on the full batch, with no communication.
+
+GPipe + backprop with Adam is ``"gd"`` with ``update`` set to the time of Adam's update of
+the device's layers (moments, bias correction and the step: elementwise, no collective).
 
 Two executions of that graph are modelled:
 
@@ -52,7 +64,7 @@ from typing import Any, NamedTuple
 
 from altmin_jax.core import checks
 
-METHODS = ("gd", "sm")
+METHODS = ("gd", "sm", "am")
 
 
 class Durations(NamedTuple):
@@ -66,6 +78,11 @@ class Durations(NamedTuple):
     rest: the device's round of one sweep (up or down) of the rest bounds (``R``, SM).
     inner_step: one inner CG / GD step on all of the device's local losses (SM).
     solve_setup: building the device's local losses before the inner steps (SM).
+    input_code: the codes of the device's layers for all micro-batches (``I``, AM).
+    code_update: one micro-batch's code updates through the device's layers (``C``,
+      AM: ``code_steps`` steps per layer).
+    weight_update: the weight steps of the device's layers on the full batch (``W``,
+      AM: ``weight_steps`` steps per layer).
     comm: one point-to-point transfer between neighbouring devices.
   """
 
@@ -76,6 +93,9 @@ class Durations(NamedTuple):
   rest: Any = 0.0
   inner_step: Any = 0.0
   solve_setup: Any = 0.0
+  input_code: Any = 0.0
+  code_update: Any = 0.0
+  weight_update: Any = 0.0
   comm: float = 0.0
 
 
@@ -84,15 +104,16 @@ class Schedule:
   """The modelled timeline of one iteration.
 
   Attributes:
-    method: ``"gd"`` or ``"sm"``.
+    method: ``"gd"``, ``"sm"`` or ``"am"``.
     lockstep: whether the phases are tick-synchronous (as implemented).
     num_stages, num_microbatches, inner_steps, line_search_trials: the configuration.
     stage_inner_steps: inner steps per device (``N`` each unless ``fill``).
     makespan: length of the iteration.
     busy, idle: per device, compute time and idle time within the makespan.
     phase_busy: per phase name, per device compute time.
-    idle_before_update: per device, idle time between its last backward and the start
-      of its update phase (GD: ``U``; SM: ``J``).
+    idle_before_update: per device, idle time between its last backward (AM: its last
+      code update ``C``) and the start of its update phase (GD: ``U``; SM: ``J``; AM:
+      ``W``), not counting GD's trial passes.
     idle_after_update: per device, idle time after its update phase ends.
     fill_steps: SM only, per device, inner steps that fit in ``idle_after_update``.
     ops: per device, the ``(name, start, end)`` of every operation in time order.
@@ -191,9 +212,14 @@ def _passes(tl: _Timeline, S, M, d, *, lockstep: bool, start: float = 0.0, label
   return max(end.values())
 
 
-def _backward(tl: _Timeline, S, M, d, *, lockstep: bool, start: float, kind="backward"):
-  """A reverse pass (the backward one, or the logits' Jacobians with ``kind="jacobian"``)."""
-  b, label = d[kind], "B" if kind == "backward" else "J"
+_REVERSE_LABELS = {"backward": "B", "jacobian": "J", "code_update": "C"}
+
+
+def _backward(tl: _Timeline, S, M, d, *, lockstep: bool, start: float, kind="backward", ready=None):
+  """A reverse pass: the backward one, the logits' Jacobians (``kind="jacobian"``) or AM's
+  code updates (``kind="code_update"``). ``ready[s]`` (dependency-driven only): the time
+  before which device ``s`` cannot start the pass."""
+  b, label = d[kind], _REVERSE_LABELS[kind]
   if lockstep:
     tick = max(b) + d["comm"]
     for t in range(M + S - 1):
@@ -206,9 +232,24 @@ def _backward(tl: _Timeline, S, M, d, *, lockstep: bool, start: float, kind="bac
   end = {}
   for j in range(M):
     for s in reversed(range(S)):
-      ready = end[(s + 1, j)] + d["comm"] if s < S - 1 else 0.0
-      end[(s, j)] = tl.run(s, f"{label}{s},{j}", kind, b[s], ready)
+      above = end[(s + 1, j)] + d["comm"] if s < S - 1 else 0.0
+      end[(s, j)] = tl.run(s, f"{label}{s},{j}", kind, b[s], max(above, ready[s] if ready else 0.0))
   return max(end.values())
+
+
+def _input_codes(tl: _Timeline, S, d, *, lockstep: bool, start: float):
+  """AM's input codes ``I(s)`` after the forward pass, then one hop up. Returns, per
+  device, when the input code of its lowest layer has arrived, and when the phase ends
+  on every device (lockstep: one phase of all devices and one transfer)."""
+  c = d["input_code"]
+  if lockstep:
+    for s in range(S):
+      tl.run(s, f"I{s}", "input_codes", c[s], start)
+    end = start + max(c) + d["comm"]
+    return [end] * S, end
+  done = [tl.run(s, f"I{s}", "input_codes", c[s]) for s in range(S)]
+  arrived = [done[0]] + [max(done[s], done[s - 1] + d["comm"]) for s in range(1, S)]
+  return arrived, max(arrived)
 
 
 def gpipe_schedule(
@@ -223,11 +264,14 @@ def gpipe_schedule(
   lockstep: bool = False,
   fill: bool = False,
 ) -> Schedule:
-  """The modelled timeline of one GPipe iteration with GD or SM updates.
+  """The modelled timeline of one GPipe iteration with GD, SM or AM updates.
 
   Args:
-    method: ``"gd"`` (one update per pass) or ``"sm"`` (the Jacobian pass and the rest
-      bounds, then N inner steps on every device's local losses).
+    method: ``"gd"`` (one update per pass; GPipe + Adam with Adam's update time as
+      ``durations.update``), ``"sm"`` (the Jacobian pass and the rest bounds, then N
+      inner steps on every device's local losses) or ``"am"`` (online AM: the input
+      codes, the top-down code updates as a reverse pass, then every device's weight
+      steps; the backward pass and ``update`` are not used).
     num_stages: S devices.
     num_microbatches: M.
     durations: per-device operation times.
@@ -249,6 +293,10 @@ def gpipe_schedule(
     >>> gd = gpipe_schedule("gd", 2, 2, Durations(forward=1, backward=2, update=0.5))
     >>> gd.makespan, gd.busy, round(gd.utilization, 4)
     (9.5, (6.5, 6.5), 0.6842)
+    >>> d = Durations(forward=1, input_code=0.5, code_update=2, weight_update=1.5)
+    >>> am = gpipe_schedule("am", 2, 2, d)
+    >>> am.makespan, am.busy, am.ops[0][-1]
+    (11.0, (8.0, 8.0), ('W0', 9.5, 11.0))
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
@@ -283,14 +331,20 @@ def _schedule(method, S, M, durations, N, steps, r, k, lockstep) -> Schedule:
   d["comm"] = _per_stage("comm", durations.comm, 1)[0]
   tl = _Timeline(S)
   t = _passes(tl, S, M, d, lockstep=lockstep)
-  t = _backward(tl, S, M, d, lockstep=lockstep, start=t)
+  if method == "am":
+    arrived, t = _input_codes(tl, S, d, lockstep=lockstep, start=t)
+    t = _backward(tl, S, M, d, lockstep=lockstep, start=t, kind="code_update", ready=arrived)
+    for s in range(S):  # weight steps where the layers live: no communication
+      tl.run(s, f"W{s}", "weights", d["weight_update"][s], t if lockstep else 0.0)
+  else:
+    t = _backward(tl, S, M, d, lockstep=lockstep, start=t)
   if method == "gd":
     for k in range(r):  # trial k needs every gradient and the previous trial's loss
       t = _passes(tl, S, M, d, lockstep=lockstep, start=t + d["comm"], label=f"T{k}:")
     ready = t if lockstep else (t + d["comm"] if r else 0.0)
     for s in range(S):
       tl.run(s, f"U{s}", "update", d["update"][s], ready)
-  else:
+  elif method == "sm":
     solve = [d["solve_setup"][s] + steps[s] * d["inner_step"][s] for s in range(S)]
     t = _backward(tl, S, M, d, lockstep=lockstep, start=t, kind="jacobian")
     t = _rest_sweeps(tl, S, d, k, t if lockstep else max(tl.free))
@@ -299,9 +353,10 @@ def _schedule(method, S, M, durations, N, steps, r, k, lockstep) -> Schedule:
   makespan = max(tl.free)
   busy = tuple(sum(e - b for _, b, e in ops) for ops in tl.ops)
   before, after = [], []
+  reverse, updates = ("C", "W") if method == "am" else ("B", "UJRL")
   for ops in tl.ops:
-    last_b = max(e for name, _, e in ops if name.startswith("B"))
-    update = [(b, e) for name, b, e in ops if name[0] in "UJRL"]
+    last_b = max(e for name, _, e in ops if name.startswith(reverse))
+    update = [(b, e) for name, b, e in ops if name[0] in updates]
     between = sum(e - b for name, b, e in ops if name.startswith("T"))
     before.append(update[0][0] - last_b - between)
     after.append(makespan - update[-1][1])
