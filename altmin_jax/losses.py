@@ -9,10 +9,13 @@ separable across samples, and averages them in the weight subproblems).
 ``(batch,)`` or rows ``(batch, classes)``, never float ids; :func:`squared_error` takes
 targets of exactly the outputs' shape (a ``(B,)`` target with ``(B, 1)`` outputs raises
 instead of broadcasting to ``(B, B)``). Class-id *values* are checked by
-:func:`check_labels` when they are concrete (every method calls it through
-:func:`altmin_jax.core.unpack_batch` before tracing its step). Inside ``jit`` the values
-are traced and cannot be checked; then a class id outside ``[0, classes)`` makes that
-sample's loss **and its gradient** NaN, so the step's updates are non-finite
+:func:`check_labels` when they are concrete: the AM, SM and baseline methods pass their
+loss to :func:`altmin_jax.core.unpack_batch`, which calls it before anything else in
+``update`` (so an eager ``update`` raises), and
+:func:`altmin_jax.training.make_train_step` calls it before its jitted step. Inside
+``jit`` the values are traced and cannot be checked; then a class id outside
+``[0, classes)`` makes that sample's loss **and its gradient** NaN, so the step's
+updates are non-finite
 (:func:`altmin_jax.training.all_finite` is ``False``,
 :func:`altmin_jax.training.skip_nonfinite_updates` skips the step) and the method's
 recorded batch loss is NaN. It is never read as another class (``-1`` is not the last
