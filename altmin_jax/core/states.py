@@ -37,8 +37,8 @@ def check_state(state: Any, init_fn: Callable[[PyTree], Any], params: PyTree, me
     extra = sorted(set(got_leaves) - set(want_leaves))
     detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
     raise ValueError(
-      f"{rule}, got a {got} of another structure ({detail}): a state of the same method "
-      "with other options or of another method?"
+      f"{rule}, got a state of type {got} with another structure ({detail}): a state of "
+      "the same method with other options, or of another method?"
     )
   for (path, leaf), want_leaf in zip(
     jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(expected)
