@@ -10,8 +10,9 @@ A config file's ``get_config(arg)`` receives the text after a colon, so
 Any config field can be overridden on the command line (``--config.seeds=0,1``).
 ``--config.resume=True`` continues an interrupted run in the workdir;
 ``--config.overwrite=True`` replaces the results already there. A bad option, override or
-workdir ends with one line on stderr (exit status 2); Ctrl-C with one line saying how to
-resume (exit status 130).
+workdir ends with one line on stderr (exit status 2), missing data with the loader's
+message on how to get it (exit status 1), Ctrl-C with one line saying how to resume (exit
+status 130).
 """
 
 import re
@@ -20,6 +21,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import altmin_jax as amj
 from experiments import train, workdir
 from experiments.configs import common
 
@@ -67,7 +69,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     config = _CONFIG.value
-  except OSError as err:  # ml_collections reports a missing config file on first access
+    config.get("experiment")  # a config file that failed to load raises on first access
+  except OSError as err:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     usage_error(f"--config: cannot load the config file: {lines[-1] if lines else err}")
   if not config or not _WORKDIR.value:
@@ -76,6 +79,8 @@ def main(argv):
     train.train_and_evaluate(config, _WORKDIR.value)
   except (common.ConfigError, workdir.WorkdirError) as err:
     usage_error(str(err))
+  except amj.data.DataNotAvailableError as err:  # its message says how to get the data
+    usage_error(str(err), 1)
   except KeyboardInterrupt:
     usage_error(
       f"interrupted; metrics so far are in {_WORKDIR.value}/metrics.json (complete: false);"

@@ -83,6 +83,12 @@ def _numbers(metrics: dict) -> str:
   return json.dumps(reporting.clean_json(runs), sort_keys=True)
 
 
+def _summary_numbers(metrics: dict) -> str:
+  """The final table without its wall times, as JSON text."""
+  rows = [{k: v for k, v in row.items() if "time" not in k} for row in metrics["summary"]]
+  return json.dumps(reporting.clean_json(rows))
+
+
 def _resume_matches_uninterrupted(config, tmp_path, monkeypatch, crashes) -> tuple[dict, int]:
   """Runs ``config`` uninterrupted, then crashed after each count of publishes in
   ``crashes`` and resumed, and checks that the numbers agree; returns the reference
@@ -111,12 +117,7 @@ def _resume_matches_uninterrupted(config, tmp_path, monkeypatch, crashes) -> tup
   resumed = train.train_and_evaluate(config, str(interrupted))
   assert resumed["complete"] is True
   assert _numbers(resumed) == _numbers(reference)
-  without_time = [
-    {k: v for k, v in row.items() if k != "train time (s)"} for row in reference["summary"]
-  ]
-  assert json.dumps(
-    [{k: v for k, v in row.items() if k != "train time (s)"} for row in resumed["summary"]]
-  ) == json.dumps(without_time)
+  assert _summary_numbers(resumed) == _summary_numbers(reference)
   on_disk = json.loads((interrupted / workdir.METRICS).read_text())
   assert on_disk["complete"] is True and _numbers(on_disk) == _numbers(reference)
   return reference, len(restored)
@@ -191,6 +192,24 @@ def test_distributed_resumes_with_its_batch_generators(tmp_path, monkeypatch):
   assert restored == 2
   for name, (record,) in reference["runs"].items():
     assert record["round"] == [0, 2, 4, 6], name
+
+
+def test_sm_tables_resumes_every_method_and_inner_step_count(tmp_path, monkeypatch):
+  """The SM tables runner (full-batch iterations, one per epoch): a crash in the second
+  epoch of every (method, N) run, each followed by a resume from its first epoch's
+  checkpoint, ends with the uninterrupted tables."""
+  config = _load("sm_mnist", "smoke")
+  config.num_train = 128
+  runs = len(config.method_list) * 2 - 2  # N in (1, 2) for all but GD+Armijo and DDG
+  reference, restored = _resume_matches_uninterrupted(
+    config, tmp_path, monkeypatch, crashes=(3,) + (5,) * (runs - 1)
+  )
+  stopped_early = [k for k, (r,) in reference["runs"].items() if r.get("diverged_at_step", 9) <= 1]
+  assert restored == runs - len(stopped_early)
+  assert (
+    json.loads((tmp_path / "interrupted" / "metrics.json").read_text())["tables_markdown"]
+    == reference["tables_markdown"]
+  )
 
 
 def test_metrics_file_is_rewritten_after_every_epoch_and_marked(tmp_path, monkeypatch):

@@ -65,7 +65,9 @@ def load_dataset(config: ml_collections.ConfigDict, **kwargs) -> amj.data.Datase
       get it (``--config.download=True`` or ``--config.data_dir``).
   """
   if config.get("eval_split", "test") not in EVAL_SPLITS:
-    raise ValueError(f"config.eval_split must be one of {EVAL_SPLITS}, got {config.eval_split!r}")
+    raise common.ConfigError(
+      f"config.eval_split must be one of {EVAL_SPLITS}, got {config.eval_split!r}"
+    )
   for field in ("num_train", "num_validation", "max_rows", "num_test"):
     if config.get(field):
       kwargs[field] = int(config[field])
@@ -75,7 +77,7 @@ def load_dataset(config: ml_collections.ConfigDict, **kwargs) -> amj.data.Datase
   if config.dataset == "higgs" and kwargs.get("max_rows"):
     num_test = kwargs.get("num_test", amj.data.catalog.HIGGS_NUM_TEST)
     if num_test >= kwargs["max_rows"]:
-      raise ValueError(
+      raise common.ConfigError(
         f"config.max_rows={kwargs['max_rows']} leaves no HIGGS training rows before the"
         f" {num_test} test rows: set --config.num_test below max_rows"
       )
@@ -95,7 +97,7 @@ def eval_data(config: ml_collections.ConfigDict, data: amj.data.Dataset):
   if config.get("eval_split", "test") == "test":
     return data.test
   if data.validation is None:
-    raise ValueError(
+    raise common.ConfigError(
       "config.eval_split='validation' needs a validation split: set --config.num_validation"
       " (bundled_mnist: for example --config.num_train=7000 --config.num_validation=1000)"
     )

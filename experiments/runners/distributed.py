@@ -108,12 +108,14 @@ def check_crop(crop: int, input_shape: tuple[int, ...]) -> None:
   if crop == 0:
     return
   if len(input_shape) != 3:
-    raise ValueError(
+    raise common.ConfigError(
       f"crop={crop!r} needs (height, width, channels) images, got input shape {input_shape} "
       "(flattened inputs: use a convolutional model)"
     )
   if isinstance(crop, bool) or not isinstance(crop, int) or not 0 < crop <= min(input_shape[:2]):
-    raise ValueError(f"crop must be 0 or an integer in [1, {min(input_shape[:2])}], got {crop!r}")
+    raise common.ConfigError(
+      f"crop must be 0 or an integer in [1, {min(input_shape[:2])}], got {crop!r}"
+    )
 
 
 def random_crops(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
