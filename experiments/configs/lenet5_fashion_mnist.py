@@ -1,12 +1,26 @@
 """AM paper, LeNet-5 on Fashion-MNIST (Figure 9 right; supplement B).
 
 As ``lenet5_mnist.py`` with supplement B's winning Fashion-MNIST hyperparameters, which
-differ only in the batch-wise mu increment (1e-5 instead of 1e-7). Options: ``smoke`` (CI
-size, on the bundled MNIST split since Fashion-MNIST is not bundled), ``bundled``.
+differ in the batch-wise mu increment (1e-5 instead of 1e-7), and with plain SGD instead of
+Nesterov momentum for the single code step (the supplement does not name the code optimizer;
+see the comment below). Options: ``smoke`` (CI size, on the bundled MNIST split since
+Fashion-MNIST is not bundled), ``bundled``.
 """
 
 from experiments.configs import common
 
 
 def get_config(arg: str | None = None):
-  return common.lenet5("fashion_mnist", 1e-5, arg)
+  config = common.lenet5("fashion_mnist", 1e-5, arg)
+  # Code step: plain SGD, 1/128 (issue 15 req. 3). With Nesterov momentum a single code step
+  # is 1.9 x 1/128, and in this library's per-sample scaling the hidden-code steps are
+  # 84-1600 x the authors' mean-reduced ones; AM-Adam then collapsed between epochs 6 and 8
+  # (training accuracy too: not overfitting). Selected on the 50,000 / 10,000 split of the
+  # training set (validation accuracy at epochs 6 / 7 / 8, seed 0): Nesterov 0.8944 / 0.8843
+  # / 0.8641, the same with constant mu 0.01 0.8937 / 0.8891 / 0.8425 (the mu schedule is not
+  # the cause), plain SGD 0.8921 / 0.8889 / 0.8926, Adam 0.8965 / 0.8959 / 0.8962. Plain SGD
+  # over 10 epochs, seeds 0 / 1: 0.8928 / 0.8966 at epoch 10, no drop. Nesterov with 1/1280
+  # and the authors' per-layer scaling learned too slowly (0.8546 and 0.8314 at epoch 2,
+  # against 0.8785).
+  config.methods.am_adam.code_optimizer = "sgd"
+  return config
