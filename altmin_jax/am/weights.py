@@ -185,14 +185,13 @@ def block_coordinate_sweeps(
   Bt = B.T
 
   def sweep(_, W):
-    rows = [W.T[start:stop] for start, stop in bounds]
+    V = W.T
     for i, (start, stop) in enumerate(bounds):
-      V = jnp.concatenate(rows, axis=0)
       residual = Bt[start:stop] - jnp.matmul(A[start:stop], V, precision=hi)
       residual = jnp.where(live[start:stop, None], residual, 0.0)
       size = stop - start
-      rows[i] = rows[i] + jnp.matmul(steps[i, :size, :size], residual, precision=hi)
-    return jnp.concatenate(rows, axis=0).T
+      V = V.at[start:stop].add(jnp.matmul(steps[i, :size, :size], residual, precision=hi))
+    return V.T
 
   return repeat(sweep, W, 0, sweeps)
 
