@@ -60,7 +60,8 @@ def load_dataset(config: ml_collections.ConfigDict, **kwargs) -> amj.data.Datase
   500,000). ``kwargs`` are passed on (``flatten``).
 
   Raises:
-    ValueError: a HIGGS ``max_rows`` that leaves no training rows after the test rows.
+    ConfigError: ``eval_split`` not in ``EVAL_SPLITS``, or a HIGGS ``max_rows`` that leaves no
+      training rows after the test rows.
     DataNotAvailableError: the dataset is missing; the message adds the config fields that
       get it (``--config.download=True`` or ``--config.data_dir``).
   """
