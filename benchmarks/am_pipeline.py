@@ -1,0 +1,341 @@
+r"""Pipeline-parallel online AM-Adam: measured phase times, the schedule model, utilization.
+
+The MLP of ``sm_pipeline.py`` (784-w-...-w-10, ReLU, bundled MNIST images) pipelined over
+S devices with M GPipe micro-batches, ``pad`` layout (8 layers, every layer zero-padded to
+the 784-wide input layer's shape) and, in the full run, ``outside`` (2 + 2S layers, the
+first and last outside the pipeline). On S fake CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count``; also the accelerator's devices
+when one is present) the benchmark
+
+1. times each phase of a step as its own jitted ``shard_map`` (median over repeats,
+   compilation excluded, ``block_until_ready``, interleaved round-robin by
+   ``benchmarks/common.py``'s ``time_steps``): the GPipe forward pass, GD's backward pass
+   (parameter gradients accumulated), Adam's update of the stacked layers, SM's backward
+   pass, Jacobian pass, curvature chain and local solves (N and 1 inner step), and
+   pipelined AM-Adam's phases (:mod:`altmin_jax.am.pipelined`): the input codes (local
+   work and one ``ppermute``), the top-down code updates (a reverse pass of ``M + S - 1``
+   ticks, ``code_steps`` code-optimizer steps per layer) and the weight updates (Adam
+   steps on every device's layers, full batch, no collective); and the pipeline's
+   point-to-point transfers alone;
+2. turns them into per-device operation times
+   (:class:`~altmin_jax.sm.schedule_model.Durations`: a pass of ``M + S - 1`` ticks gives
+   the time per micro-batch and device; a transfer is half the communication phase per
+   tick; the input codes are their phase less one transfer) and models one iteration of
+   GPipe + backprop with Adam (``"gd"`` with Adam's update time), GPipe + SM with N inner
+   steps and pipelined AM-Adam, dependency-driven and lockstep (as implemented), with every
+   device's busy and idle time and the utilization;
+3. times whole steps, interleaved the same way: pipelined AM-Adam, single-device
+   ``am_adam``, pipelined SM and single-device SM, each as a ratio to one ``optax.adam``
+   backprop step on one device, and the *measured* utilization (modelled busy time over S
+   times the measured step time).
+
+Like ``sm_pipeline.py``, a phase that runs on all S devices at once is measured as a whole
+(all fake devices share the host's cores, so their work is serialised): the numbers show
+the structure and the model's use, not a speed-up. The outside layout's first and last
+layer are not part of the modelled busy time.
+
+Usage::
+
+  python benchmarks/am_pipeline.py [--quick] [--out results.json] [--stages 4]
+
+``--quick`` (under two minutes on a 2-core CPU): ``pad``, width 64, 256 samples, M = 4,
+N = 10, 5 code steps, 3 repeats. Full: width 128, 1024 samples, M in {2, 8}, both layouts,
+7 repeats. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _stages_from_argv(default: int = 4) -> int:
+  for i, arg in enumerate(sys.argv):
+    if arg == "--stages" and i + 1 < len(sys.argv):
+      return int(sys.argv[i + 1])
+    if arg.startswith("--stages="):
+      return int(arg.split("=", 1)[1])
+  return default
+
+
+# S fake CPU devices; set before JAX starts (on a GPU machine this only affects the CPU).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count={_stages_from_argv()}"
+  ).strip()
+# 4 XLA:CPU pool threads per fake device (a smaller pool can deadlock in collectives;
+# BUILD.md, "Multi-device and multi-process runs on one CPU")
+os.environ.setdefault("PJRT_NPROC", str(max(os.cpu_count() or 1, 4 * _stages_from_argv())))
+
+import platform  # noqa: E402
+
+import common  # noqa: E402  (benchmarks/common.py: the scripts run from this folder)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+import pipeline_phases  # noqa: E402
+
+import altmin_jax as amj  # noqa: E402
+from altmin_jax.am import pipelined as am_pl  # noqa: E402
+from altmin_jax.sm import pipeline as pl  # noqa: E402
+from altmin_jax.sm import schedule_model as sched  # noqa: E402
+
+LAYERS = 8
+SM_KW = dict(power_iterations=3)
+LEARNING_RATE = 1e-3  # Adam's, for the baseline, GPipe + Adam and AM's weight steps
+AM_KW = dict(code_steps=5, code_lr=0.1, mu=0.1, weight_steps=1)  # as the notebook (mu fixed)
+
+
+def median_times(fns: dict, repeats: int) -> dict[str, float]:
+  """Median seconds of each jitted ``fn(*args)`` in ``{name: (fn, args)}``, measured
+  together by ``common.time_steps`` (two warm-up calls each, then round-robin)."""
+
+  def once(fn, args):
+    return lambda: jax.block_until_ready(fn(*args))
+
+  return common.time_steps(
+    {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}, repeats, inner=1
+  )
+
+
+def am_phase_functions(net, params, x, y, mesh, M: int, boundary: str) -> dict:
+  """Pipelined AM-Adam's phases as ``{name: (jitted fn, args)}``: ``input_codes``,
+  ``code_updates`` and ``weight_updates``, each on the previous phase's outputs (as in a
+  step, with ``mu`` fixed)."""
+  am_kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary, **AM_KW)
+  pipe, cfg = am_pl.am_pipeline(net, weight_optimizer=optax.adam(LEARNING_RATE), **am_kw)
+  tx = amj.pipelined_am_adam(net, weight_optimizer=optax.adam(LEARNING_RATE), **am_kw)
+  stacked = pl.stack_params(net, params, boundary=boundary, mesh=mesh)
+  states = tx.init(stacked).weight_states
+  prep = pl.gpipe.prepare(pipe, net, stacked, (x, y), "am_pipeline benchmark")
+  lay, b, mu = pipe.layout, x.shape[0] // M, jnp.asarray(AM_KW["mu"])
+  outside = boundary == "outside"
+  per_micro = lambda a: pl.gpipe.microbatches(pl.layout.fit(a, lay.in_width), M)
+  # what enters the pipeline and the top code's carry, as in am_pipeline.am_step
+  bottom = net.stage_apply(1, prep.head, prep.x) if outside else prep.x
+  first = net.activation(1)(bottom) if outside else prep.x
+  xin, bin_ = per_micro(first), per_micro(bottom)
+  if outside:  # the top code (updated outside the pipeline) enters the reverse pass
+    carry = (jnp.zeros((M, b, lay.out_width), prep.dtype), None)
+  else:
+    carry = (jnp.zeros((M, b, lay.out_width), prep.dtype), pl.gpipe.microbatches(prep.y, M))
+  zin = jax.jit(lambda th: pipe.forward(th, xin)[0])(prep.theta)
+  out = {}
+
+  def add(name, fn, *args):
+    fn = jax.jit(fn)
+    out[name] = (fn, args)
+    return fn(*args)
+
+  cin, _ = add(
+    "input_codes",
+    lambda th, z: am_pl.input_codes(pipe, th, z, bin_, top=outside),
+    prep.theta,
+    zin,
+  )
+  (cin_new, cout_new), _ = add(
+    "code_updates",
+    lambda th, c: am_pl.code_updates(pipe, cfg, th, c, carry, mu, bottom=outside),
+    prep.theta,
+    cin,
+  )
+  add(
+    "weight_updates",
+    lambda th, s, a, c: am_pl.weight_updates(pipe, cfg, th, s, a, c, prep.y, mu),
+    prep.theta,
+    states,
+    cin_new,
+    cout_new,
+  )
+  return out
+
+
+def run_platform(devices, n_stages: int, config: dict, repeats: int):
+  width, batch, M, N = config["width"], config["batch"], config["M"], config["N"]
+  boundary = config["boundary"]
+  S = min(n_stages, len(devices))
+  layers = LAYERS if boundary == "pad" else 2 + 2 * S
+  mesh = jax.make_mesh((S,), ("stage",), devices=devices[:S])
+  home = devices[0]
+  data = amj.data.load_dataset("bundled_mnist", num_train=8000)
+  x = jax.device_put(jnp.asarray(data.train[0][:batch]), home)
+  y = jax.device_put(jnp.asarray(data.train[1][:batch]), home)
+  net = amj.networks.mlp([784] + [width] * (layers - 1) + [10], activation=jax.nn.relu)
+  params = jax.device_put(net.init(jax.random.key(0)), home)
+
+  # 1. phases: GPipe and SM's (pipeline_phases), Adam's update, AM's
+  kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
+  pipe = pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
+  sm_phases = pipeline_phases.phase_functions(pipe, net, params, (x, y))
+  one = pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
+  sc = amj.sm.local_losses.scales(one.cfg, batch, jnp.float32)
+  solve_1 = lambda th, zi, zo, g, j, e, st, hs: one.solve(th, zi, zo, g, j, e, st, hs, sc)
+  keep = ("forward", "backward", "gd_backward", "jacobians", "rest", "solve", "communication")
+  phases = {name: sm_phases[name] for name in keep}
+  phases["solve_1_step"] = (jax.jit(solve_1), sm_phases["solve"][1])
+  gd_backward, gd_args = sm_phases["gd_backward"]
+  theta, grads = gd_args[0], gd_backward(*gd_args)[1]
+  adam = optax.adam(LEARNING_RATE)
+
+  def adam_update(th, g, st):
+    updates, st = adam.update(g, st, th)
+    return optax.apply_updates(th, updates), st
+
+  with jax.set_mesh(mesh):  # Adam's step count placed on the mesh with the moments
+    adam_state = jax.jit(adam.init)(theta)
+  phases["adam_update"] = (jax.jit(adam_update), (theta, grads, adam_state))
+  phases.update(am_phase_functions(net, params, x, y, mesh, M, boundary))
+  measured = median_times(phases, repeats)
+
+  # 2. per-device operation times and the model
+  ticks, k = M + S - 1, SM_KW["power_iterations"]
+  comm = measured["communication"] / (2 * ticks)
+  inner = max(measured["solve"] - measured["solve_1_step"], 0.0) / max(N - 1, 1)
+  durations = sched.Durations(
+    forward=measured["forward"] / ticks,
+    backward=measured["backward"] / ticks,
+    jacobian=measured["jacobians"] / ticks,
+    rest=measured["rest"] / (2 * S * k),
+    inner_step=inner,
+    solve_setup=max(measured["solve_1_step"] - inner, 0.0),
+    input_code=max(measured["input_codes"] - comm, 0.0),
+    code_update=measured["code_updates"] / ticks,
+    weight_update=measured["weight_updates"],
+    comm=comm,
+  )
+  adam_durations = durations._replace(
+    backward=measured["gd_backward"] / ticks, update=measured["adam_update"]
+  )
+  model = {}
+  for lockstep in (False, True):
+    suffix = "_lockstep" if lockstep else ""
+    model["gpipe_adam" + suffix] = sched.gpipe_schedule(
+      "gd", S, M, adam_durations, lockstep=lockstep
+    ).as_dict()
+    model["sm" + suffix] = sched.gpipe_schedule(
+      "sm", S, M, durations, inner_steps=N, rest_steps=k, lockstep=lockstep
+    ).as_dict()
+    model["am_adam" + suffix] = sched.gpipe_schedule(
+      "am", S, M, durations, lockstep=lockstep
+    ).as_dict()
+
+  # 3. whole steps
+  stacked = pl.stack_params(net, params, boundary=boundary, mesh=mesh)
+  loss = amj.losses.softmax_cross_entropy
+  xm, ym = pl.replicate_on(mesh, (x, y))
+
+  def pipelined(tx):
+    state = tx.init(stacked)
+    step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(xm, ym)))
+    return step, (stacked, state)
+
+  def single(tx, grads):
+    state = tx.init(params)
+    g = jax.grad(lambda p: jnp.mean(loss(net.apply(p, x), y)))
+    step = jax.jit(lambda p, s: tx.update(g(p) if grads else None, s, p, batch=(x, y)))
+    return step, (params, state)
+
+  am_kw = dict(weight_optimizer=optax.adam(LEARNING_RATE), **AM_KW)
+  steps = {
+    "optax_adam": single(optax.adam(LEARNING_RATE), True),
+    "am_adam_single_device": single(amj.am_adam(net, **am_kw), False),
+    "pipelined_am_adam": pipelined(amj.pipelined_am_adam(net, **kw, **am_kw)),
+    "sm_single_device": single(amj.sm.surrogate_minimization(net, inner_steps=N, **SM_KW), False),
+    "pipelined_sm": pipelined(
+      pl.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
+    ),
+  }
+  step_times = median_times(steps, repeats)
+  base = step_times["optax_adam"]
+  busy = {name: sum(model[name]["busy"]) for name in ("am_adam", "sm")}
+  real = sum(a.size for a in jax.tree.leaves(params))
+  padded = sum(a.size for a in jax.tree.leaves(stacked))
+  return {
+    "device": devices[0].device_kind,
+    "platform": devices[0].platform,
+    "stages": S,
+    "boundary": boundary,
+    "layers": layers,
+    "layers_per_device": pipe.pipe.layers_per_stage,
+    "width": width,
+    "padded_params_ratio": padded / real,
+    "batch": batch,
+    "microbatches": M,
+    "sm_inner_steps": N,
+    "am": {**AM_KW, "weight_optimizer": f"adam({LEARNING_RATE})"},
+    "phase_seconds": measured,
+    "durations": durations._asdict(),
+    "gpipe_adam_durations": adam_durations._asdict(),
+    "model": model,
+    "step_seconds": step_times,
+    "ratio_to_optax_adam": {name: v / base for name, v in step_times.items()},
+    "modelled_utilization": {name: v["utilization"] for name, v in model.items()},
+    "modelled_busy": {name: v["busy"] for name, v in model.items()},
+    "modelled_idle": {name: v["idle"] for name, v in model.items()},
+    "measured_utilization": {
+      "pipelined_am_adam": busy["am_adam"] / (S * step_times["pipelined_am_adam"]),
+      "pipelined_sm": busy["sm"] / (S * step_times["pipelined_sm"]),
+    },
+    "modelled_step_seconds": {name: v["makespan"] for name, v in model.items()},
+  }
+
+
+def main() -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="one small configuration")
+  parser.add_argument("--out", default=None, help="also write the JSON to this file")
+  parser.add_argument("--stages", type=int, default=4, help="pipeline devices S")
+  args = parser.parse_args()
+  if args.quick:
+    configs, repeats = [dict(width=64, batch=256, M=4, N=10, boundary="pad")], 3
+  else:
+    configs = [
+      dict(width=128, batch=1024, M=m, N=10, boundary=b) for b in ("pad", "outside") for m in (2, 8)
+    ]
+    repeats = 7
+  platforms = {"cpu": jax.devices("cpu")}
+  if jax.default_backend() != "cpu":
+    platforms[jax.default_backend()] = jax.devices()
+  runs = []
+  for name, devices in platforms.items():
+    for c in configs:
+      r = run_platform(devices, args.stages, c, repeats)
+      runs.append(r)
+      print(
+        f"{name} {r['boundary']} L={r['layers']} S={r['stages']} M={r['microbatches']} "
+        f"w={r['width']}: "
+        + "  ".join(
+          f"{k} {1e3 * v:.1f} ms ({r['ratio_to_optax_adam'][k]:.1f}x Adam)"
+          for k, v in r["step_seconds"].items()
+        )
+      )
+      print(
+        "  phases: " + "  ".join(f"{k} {1e3 * v:.2f} ms" for k, v in r["phase_seconds"].items())
+      )
+      print(
+        "  utilization modelled: "
+        + "  ".join(f"{k} {v:.2f}" for k, v in r["modelled_utilization"].items())
+        + " | measured: "
+        + "  ".join(f"{k} {v:.2f}" for k, v in r["measured_utilization"].items())
+      )
+  report = {
+    "benchmark": "am_pipeline",
+    "platform": platform.platform(),
+    "jax": jax.__version__,
+    "load_average": common.load_average(),
+    "quick": args.quick,
+    "notes": [
+      "fake CPU devices share the host's cores: parallel phases are serialised",
+      "GPipe + Adam is modelled only (schedule model 'gd' with Adam's update time)",
+      "boundary 'outside': the first and last layer run replicated on every device and "
+      "are not part of the modelled busy time",
+    ],
+    "runs": runs,
+  }
+  return common.finish(report, args.out)
+
+
+if __name__ == "__main__":
+  main()
