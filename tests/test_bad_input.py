@@ -31,30 +31,6 @@ import altmin_jax as amj
 IDS = [case.name for case in CASES]
 BY_NAME = {case.name: case for case in CASES}
 
-# Cases whose methods live in files owned elsewhere and do not yet call the core's
-# label rule (``unpack_batch(net, batch, loss)``) or state check
-# (``core.checked_transformation``): strict xfails, so the fix shows as a failure here
-# until the marker is removed.
-_PIPELINE = ("pipelined_sm", "pipelined_gd_armijo")
-PENDING = {
-  **{("concrete_labels", n): "pipeline calls unpack_batch without its loss" for n in _PIPELINE},
-  **{("state", n): "pipeline update does not run core.check_state" for n in _PIPELINE},
-}
-
-
-def pending(kind: str):
-  """Parametrization of ``CASES`` with strict xfail markers for the pending cases."""
-  return [
-    pytest.param(
-      c,
-      id=c.name,
-      marks=[pytest.mark.xfail(strict=True, reason=PENDING[(kind, c.name)])]
-      if (kind, c.name) in PENDING
-      else [],
-    )
-    for c in CASES
-  ]
-
 
 @functools.cache
 def _problem(name: str, dtype=jnp.float32):
@@ -129,7 +105,7 @@ def _guarded_runs(name: str) -> dict:
 
 
 @pytest.mark.parametrize("which", ["num_classes", "-1"])
-@pytest.mark.parametrize("case", pending("concrete_labels"))
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_concrete_out_of_range_label_raises_naming_it(case, which):
   """A label equal to the number of classes, or -1 (never read as the last class),
   raises before anything is traced, naming the label."""
@@ -148,7 +124,7 @@ def test_float_class_labels_raise(case):
     _trace(problem, problem.with_batch(x, y.astype(jnp.float32)))
 
 
-@pytest.mark.parametrize("case", pending("traced_labels"))
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_traced_out_of_range_label_is_detected_and_skipped(case):
   """Inside ``jit`` a label cannot raise: an out-of-range one makes the step
   non-finite, and ``skip_nonfinite_updates`` skips and counts it (params unchanged)."""
@@ -183,7 +159,7 @@ def _foreign_state(case):
   raise AssertionError("the registry needs two state types")
 
 
-@pytest.mark.parametrize("case", pending("state"))
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_another_methods_state_raises(case):
   problem = _problem(case.name)
   _, state = _foreign_state(case)
@@ -191,7 +167,7 @@ def test_another_methods_state_raises(case):
     _trace(problem, problem.extra_args(0), state=state)
 
 
-@pytest.mark.parametrize("case", pending("state"))
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_same_type_state_of_other_structure_raises(case):
   """A state of the method's own type built for params of another structure (another
   configuration's state has the same kind of mismatch: am_adam's vs am_mem's AMState)."""

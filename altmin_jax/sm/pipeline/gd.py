@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from altmin_jax import losses as losses_lib
 from altmin_jax import numerics
 from altmin_jax.core import batches, checks, meshes
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Loss
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
@@ -142,7 +143,7 @@ def pipelined_gradient_descent(
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
     batches.require_params(params, "pipelined gradient descent")
-    x, y = batches.unpack_batch(net, batch)
+    x, y = batches.unpack_batch(net, batch, loss)  # checks before tracing the step
     return iterate(params, x, y, state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("pipelined gradient descent", init_fn, update_fn)

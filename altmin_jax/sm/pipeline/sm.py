@@ -49,6 +49,7 @@ from jax.sharding import PartitionSpec as P
 from altmin_jax import losses as losses_lib
 from altmin_jax import numerics
 from altmin_jax.core import batches, meshes
+from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.networks.layered import dense_kernel_bias
@@ -454,7 +455,7 @@ def pipelined_surrogate_minimization(
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # SM needs no gradients; unknown extra args are ignored.
     batches.require_params(params, "pipelined surrogate minimization")
-    x, y = batches.unpack_batch(net, batch)  # shape checks before tracing the step
+    x, y = batches.unpack_batch(net, batch, sp.cfg.loss)  # checks before tracing the step
     return iterate(params, x, y, state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return checked_transformation("pipelined surrogate minimization", init_fn, update_fn)
