@@ -38,9 +38,9 @@ Usage::
 
   python benchmarks/am_pipeline.py [--quick] [--out results.json] [--stages 4]
 
-``--quick`` (under two minutes on a 2-core CPU): ``pad``, width 64, 256 samples, M = 4,
-N = 10, 5 code steps, 3 repeats. Full: width 128, 1024 samples, M in {2, 8}, both layouts,
-7 repeats. The last line printed is one JSON object.
+``--quick`` (about 70 CPU-seconds, so under two minutes on an idle 2-core CPU): ``pad``,
+width 64, 256 samples, M = 4, N = 10, 5 code steps, 3 repeats. Full: width 128, 1024
+samples, M in {2, 8}, both layouts, 7 repeats. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
