@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 
 def parse_args(description: str, quick_help: str = "fewer repeats (under 60 s)"):
@@ -46,31 +45,9 @@ def time_steps(
         run_once()
       samples[name].append((time.perf_counter() - start) / inner)
   for name, (_, step) in steps.items():
-    assert step._cache_size() == 1, f"{name} recompiled"
+    jitted = getattr(step, "jitted", step)  # training.make_train_step's compiled part
+    assert jitted._cache_size() == 1, f"{name} recompiled"
   return {name: statistics.median(v) for name, v in samples.items()}
-
-
-def jit_train_step(apply_fn: Callable, tx, *, loss: Callable, uses_gradients: bool) -> Callable:
-  """``jax.jit(step)`` with ``step(params, opt_state, x, y) -> (params, opt_state, loss)``.
-
-  The compiled part of ``altmin_jax.training.make_train_step`` alone (no host-side label
-  checks), so that what is timed is the XLA program that :func:`compiled_costs` analyses.
-  """
-  tx = optax.with_extra_args_support(tx)
-
-  def mean_loss(params, x, y):
-    return jnp.mean(loss(apply_fn(params, x), y))
-
-  @jax.jit
-  def step(params, opt_state, x, y):
-    if uses_gradients:
-      value, grads = jax.value_and_grad(mean_loss)(params, x, y)
-    else:
-      value, grads = mean_loss(params, x, y), None
-    updates, opt_state = tx.update(grads, opt_state, params, batch=(x, y))
-    return optax.apply_updates(params, updates), opt_state, value
-
-  return step
 
 
 def compiled_costs(jitted: Callable, *args) -> dict:
