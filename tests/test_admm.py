@@ -125,3 +125,42 @@ def test_unsupported_activation_is_rejected():
   net = amj.networks.mlp([6, 10, 3], activation=jnp.tanh)
   with pytest.raises(ValueError, match="ReLU or identity"):
     amj.am.taylor_admm(net, num_samples=10)
+
+
+def _collinear_inputs(n=64, d=120, rank=20, offset=1.0):
+  """Rank-deficient inputs with a common offset, like standardized MNIST pixels (those
+  that are background in every image are copies of the bias column)."""
+  k1, k2 = jax.random.split(jax.random.key(7))
+  factors = jax.random.normal(k1, (n, rank)) @ jax.random.normal(k2, (rank, d))
+  return factors / rank**0.5 + offset
+
+
+def test_weight_solve_on_collinear_inputs_is_finite_and_least_squares():
+  """Regression: the float32 Gram matrix of collinear inputs is indefinite by rounding, and
+  the former Cholesky solve with the default relative ridge 1e-6 returned NaN weights
+  (Taylor ADMM went non-finite after one iteration on 300 or 1,000 bundled MNIST images)."""
+  x = _collinear_inputs()
+  targets = jax.random.normal(jax.random.key(8), (64, 5))
+  kernel, bias = jax.jit(admm._least_squares)(x, targets, 1e-6)
+  assert bool(jnp.all(jnp.isfinite(kernel))) and bool(jnp.all(jnp.isfinite(bias)))
+  aug = np.concatenate([np.asarray(x, np.float64), np.ones((64, 1))], axis=1)
+  # The float64 minimum-norm fit, ignoring the float32 rounding of x (rank 21).
+  best = np.linalg.lstsq(aug, np.asarray(targets, np.float64), rcond=1e-5)[0]
+  got = np.asarray(x @ kernel + bias, np.float64)
+  target_norm = np.linalg.norm(targets)
+  optimal = np.linalg.norm(aug @ best - targets) / target_norm
+  assert np.linalg.norm(got - targets) / target_norm < optimal + 1e-3
+  # Minimum norm: no weight along the input's null space.
+  assert np.linalg.norm(kernel) < 1.01 * np.linalg.norm(best[:-1])
+
+  net = amj.networks.mlp([120, 10, 8, 3], activation=jax.nn.relu)
+  params = net.init(jax.random.key(0))
+  y = jnp.arange(64) % 3
+  tx = amj.am.taylor_admm(net, num_samples=64, beta=582.8, gamma=54.15, warm_start=0)
+  step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))
+  state = tx.init(params)
+  for _ in range(2):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, updates)
+  leaves = jax.tree_util.tree_leaves((params, state))
+  assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
