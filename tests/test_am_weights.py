@@ -143,3 +143,73 @@ def test_blocked_sweep_is_as_accurate_on_an_mnist_memory(monkeypatch):
   for solver in (blocked, column_sweeps_jax):
     W = jax.jit(solver, static_argnums=3)(W0, A, B, 1)
     np.testing.assert_allclose(W, expected, atol=1e-4 * scale)
+
+
+def collinear_memory(n=64, d=120, rank=20, m=5):
+  """Float32 memories of rank-deficient inputs with a common offset, like standardized
+  MNIST pixels (those background in every image are copies of the bias column): the
+  rounding of ``A`` exceeds the relative ridge 1e-6, so ``A + lambda I`` is indefinite."""
+  k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+  x = jax.random.normal(k1, (n, rank)) @ jax.random.normal(k2, (rank, d)) / rank**0.5 + 1.0
+  targets = jax.random.normal(k3, (n, m))
+  zero = jnp.zeros((), jnp.float32)
+  A, B = weights_lib.update_memory(zero, zero, x, targets, True, 0.0)
+  aug = np.concatenate([np.asarray(x, np.float64), np.ones((n, 1))], axis=1)
+  return A, B, aug, np.asarray(targets, np.float64)
+
+
+@pytest.mark.parametrize("ridge", [1e-6, 0.0])
+def test_exact_solve_on_a_collinear_memory_is_finite_and_least_squares(ridge):
+  """Regression: the former Cholesky solve returned NaN weights here with the default
+  ridge 1e-6 (AM-mem and AM-mem-offline with ``solver="exact"`` were non-finite after
+  one step on 300 or 1,000 bundled MNIST images)."""
+  A, B, aug, targets = collinear_memory()
+  assert np.linalg.eigvalsh(np.asarray(A, np.float64)).min() < -1e-6 * np.trace(A) / 121
+  W = np.asarray(jax.jit(weights_lib.exact_solve)(A, B, ridge), np.float64)
+  assert np.all(np.isfinite(W))
+  # The float64 minimum-norm fit, ignoring the float32 rounding of the inputs (rank 21).
+  best = np.linalg.lstsq(aug, targets, rcond=1e-5)[0].T
+  norm = np.linalg.norm(targets)
+  optimal = np.linalg.norm(aug @ best.T - targets) / norm
+  assert np.linalg.norm(aug @ W.T - targets) / norm < optimal + 1e-3
+  assert np.linalg.norm(W) < 1.01 * np.linalg.norm(best)  # nothing on the null space
+
+
+def test_blocked_sweeps_on_a_collinear_memory_stay_finite():
+  """The default solver on the same memory stays finite and approaches the least-squares
+  fit: it never factorises ``A``, it divides by the triangles ``triu(A_JJ)`` whose
+  diagonals ``A_jj = sum_n a_nj^2`` are sums of squares (never negative after rounding,
+  dead columns masked), and a Gauss-Seidel sweep only decreases the quadratic along the
+  rounding-level negative directions of ``A`` by a rounding-level amount per sweep."""
+  A, B, aug, targets = collinear_memory()
+  best = np.linalg.lstsq(aug, targets, rcond=1e-5)[0].T
+  norm = np.linalg.norm(targets)
+  optimal = np.linalg.norm(aug @ best.T - targets) / norm
+  sweep = jax.jit(weights_lib.block_coordinate_sweeps, static_argnums=3)
+  W = sweep(jnp.zeros_like(B), A, B, 500)
+  W = np.asarray(W, np.float64)
+  assert np.all(np.isfinite(W))
+  assert np.linalg.norm(aug @ W.T - targets) / norm < optimal + 1e-2
+  assert np.linalg.norm(W) < 10 * np.linalg.norm(best)
+
+
+@pytest.mark.parametrize("make", ["am_mem", "am_mem_offline"])
+def test_exact_am_mem_on_300_mnist_images_stays_finite(make):
+  """Regression on the data that showed it: the first layer's memory of 300 standardized
+  bundled MNIST images is singular (background pixels) and indefinite in float32."""
+  x, y = amj.data.load_dataset("bundled_mnist", num_train=300).train
+  net = amj.networks.mlp([784, 16, 10], activation=jax.nn.relu)
+  if make == "am_mem":
+    tx = amj.am_mem(net, code_steps=1, solver="exact", output_optimizer=optax.sgd(0.1))
+  else:
+    tx = amj.am_mem_offline(
+      net, num_samples=300, code_steps=1, solver="exact", output_optimizer=optax.sgd(0.1)
+    )
+  step = amj.training.make_train_step(
+    net.apply, tx, loss=amj.losses.softmax_cross_entropy, uses_gradients=False
+  )
+  params = net.init(jax.random.key(0))
+  state = tx.init(params)
+  params, state, _ = step(params, state, x, y)
+  leaves = jax.tree_util.tree_leaves((params, state))
+  assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)

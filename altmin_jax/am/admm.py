@@ -97,27 +97,14 @@ def _identity_z_update(a, m, beta, gamma):
 def _least_squares(inputs, targets, ridge):
   """``(kernel, bias)`` minimising ``||targets - inputs kernel - bias||^2`` over all rows,
   plus ``ridge * Tr(A) / d`` times the squared norm of ``[kernel; bias]``, from the Gram
-  matrix ``A`` of the augmented inputs (``d`` columns).
-
-  ``A`` is formed in the compute dtype, so it is off by rounding errors of order
-  ``eps * ||A||`` (measured on bundled MNIST in float32: 5 to 8 times that). When the
-  inputs are collinear, as the standardized MNIST pixels that are background in every
-  image are with the bias column, this leaves ``A`` indefinite, a small Tikhonov term does
-  not make it positive definite, and a Cholesky solve returns NaN or not depending on the
-  summation order XLA picks. The solve therefore goes through the eigendecomposition of
-  ``A`` and drops the directions whose regularised eigenvalue is below
-  ``sqrt(d) * eps * max eig``, which is above that rounding level: the minimum-norm
-  solution ``targets inputs^+`` of Taylor et al. on the numerically significant part."""
+  matrix ``A`` of the augmented inputs (``d`` columns): the AM-mem exact solve
+  (:func:`altmin_jax.am.weights.exact_solve`) on the memories of the whole dataset. Its
+  directions of ``A`` below the float rounding level are dropped, so collinear inputs
+  (standardized MNIST background pixels vs the bias) give the minimum-norm solution
+  ``targets inputs^+`` of Taylor et al. on the numerically significant part, not NaN."""
   zero = jnp.zeros((), jnp.promote_types(inputs.dtype, jnp.float32))
   A, B = weights_lib.update_memory(zero, zero, inputs, targets, True, 0.0)
-  d = A.shape[0]
-  eigenvalues, V = jnp.linalg.eigh(A)
-  regularised = eigenvalues + ridge * jnp.trace(A) / d
-  cutoff = d**0.5 * jnp.finfo(A.dtype).eps * jnp.max(jnp.abs(eigenvalues))
-  keep = regularised > cutoff
-  inverse = jnp.where(keep, 1.0 / jnp.where(keep, regularised, 1.0), 0.0)
-  BV = jnp.matmul(B, V, precision=_HI)
-  W = jnp.matmul(BV * inverse, V.T, precision=_HI)
+  W = weights_lib.exact_solve(A, B, ridge)
   return W[:, :-1].T, W[:, -1]
 
 

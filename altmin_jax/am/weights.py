@@ -197,24 +197,36 @@ def block_coordinate_sweeps(
 
 
 def exact_solve(A: Array, B: Array, ridge) -> Array:
-  """``W = B (A + lambda I)^{-1}``, the minimiser of the (regularised) memory surrogate.
+  """``W = B (A + lambda I)^{-1}``, the minimiser of the (regularised) memory surrogate,
+  ``lambda = ridge * Tr(A) / d``, restricted to the numerically significant part of ``A``.
 
-  ``lambda = ridge * Tr(A) / d``. With ``ridge = 0`` the minimum-norm least-squares
-  solution is used, which stays defined when ``A`` is singular (inputs never
-  active); ``ridge > 0`` uses a Cholesky solve, much faster for wide layers. The choice
-  is a ``lax.cond`` (only the chosen solve runs), so ``ridge`` may be traced.
+  ``A`` is a Gram matrix ``sum a a^T`` accumulated in the compute dtype, so it is off by
+  rounding errors of order ``eps * ||A||`` (measured on bundled MNIST in float32: 5 to 8
+  times that). When the inputs are collinear (the standardized MNIST pixels that are
+  background in every image are copies of the bias column; ReLU units that never fire)
+  this leaves ``A`` indefinite, a small ``lambda`` does not make it positive definite, and
+  a Cholesky solve returns NaN (the default ``ridge = 1e-6`` on 300 or 1,000 bundled
+  MNIST images). The solve therefore goes through the eigendecomposition
+  ``A = V diag(e) V^T`` and drops the directions whose regularised eigenvalue
+  ``e + lambda`` is not above ``sqrt(d) * eps * max |e|``, which is above that rounding
+  level: with ``ridge = 0`` the minimum-norm least-squares solution ``B A^+`` (dead
+  inputs get zero weight), with ``ridge > 0`` the Tikhonov solution on the kept
+  directions. One rule for every ``ridge``, so ``ridge`` may be traced. This is also the
+  weight solve of :func:`altmin_jax.am.taylor_admm`.
+
+  Cost: one symmetric eigendecomposition of ``A`` plus two ``m x d x d`` products; on
+  CPU about 8 times a Cholesky solve at ``d = 785`` (2.5 times faster than the SVD
+  least squares used before for ``ridge = 0``).
   """
   d = A.shape[0]
-
-  def minimum_norm():
-    return jnp.linalg.lstsq(A, B.T)[0].T
-
-  def cholesky():
-    lam = ridge * jnp.trace(A) / d + jnp.finfo(A.dtype).tiny
-    factor = jax.scipy.linalg.cho_factor(A + lam * jnp.eye(d, dtype=A.dtype))
-    return jax.scipy.linalg.cho_solve(factor, B.T).T
-
-  return jax.lax.cond(ridge == 0, minimum_norm, cholesky)
+  hi = jax.lax.Precision.HIGHEST
+  eigenvalues, V = jnp.linalg.eigh(A)
+  regularised = eigenvalues + ridge * jnp.trace(A) / d
+  cutoff = d**0.5 * jnp.finfo(A.dtype).eps * jnp.max(jnp.abs(eigenvalues))
+  keep = regularised > cutoff
+  inverse = jnp.where(keep, 1.0 / jnp.where(keep, regularised, 1.0), 0.0)
+  BV = jnp.matmul(B.astype(A.dtype), V, precision=hi)
+  return jnp.matmul(BV * inverse, V.T, precision=hi)
 
 
 # --------------------------------------------------------- all layers at once
