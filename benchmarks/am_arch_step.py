@@ -12,6 +12,16 @@ Measures the median wall time of one jitted training step of
 all in the same run, steps of one model interleaved round-robin so that machine noise hits
 every method alike, and reports each method's ratio to Adam on the same model.
 
+Beside the ratios, as ``am_step.py``: the multiply-adds of each compiled step (XLA's cost
+analysis of ``make_train_step``'s ``step.jitted``), the achieved rate as a fraction of a
+dense matmul with about as many multiply-adds timed in the same interleaved run, and XLA's
+peak memory of the compiled step. The RNN's time loop is a ``lax.scan`` whose body XLA
+counts once: its multiply-adds are a lower bound (``multiply_adds_is_lower_bound``, marked
+``+`` in the printout; the loops' trip counts are in ``while_loop_trip_counts``), and so
+is its fraction of the matmul rate; ``forward_multiply_adds_from_shapes`` gives the
+forward pass counted from the shapes (batch x T x (input x hidden + hidden^2) plus the
+output layer).
+
 Usage::
 
   python benchmarks/am_arch_step.py [--quick] [--out results.json]
@@ -33,16 +43,21 @@ LOSS = amj.losses.softmax_cross_entropy
 
 
 def make_step(net, tx, uses_grads, x, y):
-  """A closure running one step on fixed data, and the jitted step (for its cache size)."""
+  """A closure running one step on fixed data, the step (for its cache size) and what
+  XLA reports for the step's compiled part ``step.jitted`` (:func:`common.compiled_costs`)."""
   step = amj.training.make_train_step(net.apply, tx, loss=LOSS, uses_gradients=uses_grads)
   params = net.init(jax.random.key(0))
   carry = [params, tx.init(params)]
+  costs = {
+    **common.compiled_costs(step.jitted, carry[0], carry[1], x, y),
+    "state_bytes": common.tree_bytes(carry[1]),
+  }
 
   def run_once():
     carry[0], carry[1], value = step(carry[0], carry[1], x, y)
     jax.block_until_ready(value)
 
-  return run_once, step
+  return run_once, step, costs
 
 
 def lenet_steps(batch: int) -> dict:
@@ -62,7 +77,7 @@ def lenet_steps(batch: int) -> dict:
     "am_adam_k1": (am(1), False),
     "am_adam_k5": (am(5), False),
   }
-  return {name: make_step(net, tx, g, x, y) for name, (tx, g) in methods.items()}
+  return {name: make_step(net, tx, g, x, y) for name, (tx, g) in methods.items()}, {}
 
 
 def rnn_steps(batch: int, hidden: int = 15, seq_len: int = 784) -> dict:
@@ -79,7 +94,11 @@ def rnn_steps(batch: int, hidden: int = 15, seq_len: int = 784) -> dict:
       False,
     ),
   }
-  return {name: make_step(rnn, tx, g, x, y) for name, (tx, g) in methods.items()}
+  # The time loop is a lax.scan: XLA counts its body once, so the compiled step's
+  # multiply-adds miss T - 1 of every T steps. The forward pass counted from the shapes:
+  forward = batch * seq_len * (x.shape[-1] * hidden + hidden * hidden) + batch * hidden * 10
+  shapes = {"forward_multiply_adds_from_shapes": float(forward), "seq_len": seq_len}
+  return {name: make_step(rnn, tx, g, x, y) for name, (tx, g) in methods.items()}, shapes
 
 
 def main() -> dict:
@@ -89,8 +108,10 @@ def main() -> dict:
   else:
     plan = [("lenet5", 128, lenet_steps(128), 15, 10), ("rnn15", 1024, rnn_steps(1024), 7, 2)]
   results = []
-  for model, batch, steps, repeats, inner in plan:
-    medians = common.time_steps(steps, repeats, inner)
+  for model, batch, (made, shapes), repeats, inner in plan:
+    steps = {name: (run_once, step) for name, (run_once, step, _) in made.items()}
+    costs = {name: c for name, (_, _, c) in made.items()}
+    medians, rates = common.measure(steps, costs, repeats, inner)
     for name, seconds in medians.items():
       results.append(
         {
@@ -99,6 +120,8 @@ def main() -> dict:
           "method": name,
           "median_step_ms": 1e3 * seconds,
           "ratio_to_adam": seconds / medians["adam"],
+          **rates[name],
+          **shapes,
         }
       )
   report = {
@@ -110,7 +133,10 @@ def main() -> dict:
   for r in results:
     print(
       f"{r['model']:7s} batch {r['batch']:5d}  {r['method']:12s} {r['median_step_ms']:9.2f} ms  "
-      f"{r['ratio_to_adam']:.2f}x adam"
+      f"{r['ratio_to_adam']:.2f}x adam  {r['multiply_adds'] / 1e6:8.1f} M mult-adds"
+      f"{'+' if r['multiply_adds_is_lower_bound'] else ' '} "
+      f"{r['fraction_of_matmul_rate']:.2f} of matmul_{r['matmul_reference_n']}  "
+      f"peak {r['peak_memory_bytes'] / 2**20:6.1f} MiB"
     )
   return common.finish(report, args.out)
 

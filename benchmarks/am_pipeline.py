@@ -34,6 +34,14 @@ Like ``sm_pipeline.py``, a phase that runs on all S devices at once is measured 
 the structure and the model's use, not a speed-up. The outside layout's first and last
 layer are not part of the modelled busy time.
 
+Each whole step of 3. also reports (``step_costs``) its multiply-adds (XLA's cost
+analysis of the compiled step), its rate as a fraction of a dense matmul with about as many
+multiply-adds timed in the same interleaved run, and its peak memory, as ``am_step.py``.
+A pipelined step is one ``shard_map`` program: XLA analyses the program of one device
+(``per_device_program``), and its GPipe ticks, code steps, inner solves and Lanczos sweeps
+are ``while`` loops counted once, so those counts are lower bounds
+(``multiply_adds_is_lower_bound``).
+
 Usage::
 
   python benchmarks/am_pipeline.py [--quick] [--out results.json] [--stages 4]
@@ -88,16 +96,20 @@ LEARNING_RATE = 1e-3  # Adam's, for the baseline, GPipe + Adam and AM's weight s
 AM_KW = dict(code_steps=5, code_lr=0.1, mu=0.1, weight_steps=1)  # as the notebook (mu fixed)
 
 
-def median_times(fns: dict, repeats: int) -> dict[str, float]:
+def median_times(fns: dict, repeats: int, costs: dict | None = None):
   """Median seconds of each jitted ``fn(*args)`` in ``{name: (fn, args)}``, measured
-  together by ``common.time_steps`` (two warm-up calls each, then round-robin)."""
+  together by ``common.time_steps``: two warm-up calls each (compilation), then the
+  functions take turns, one call at a time, ``repeats`` times; asserts no recompilation.
+  With ``costs`` (:func:`common.compiled_costs` of each function) the functions are timed
+  beside their matmul references (``common.measure``) and ``(medians, rates)`` returned."""
 
   def once(fn, args):
     return lambda: jax.block_until_ready(fn(*args))
 
-  return common.time_steps(
-    {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}, repeats, inner=1
-  )
+  timed = {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}
+  if costs is not None:
+    return common.measure(timed, costs, repeats, inner=1)
+  return common.time_steps(timed, repeats, inner=1)
 
 
 def am_phase_functions(net, params, x, y, mesh, M: int, boundary: str) -> dict:
@@ -247,7 +259,10 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
       pl.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
     ),
   }
-  step_times = median_times(steps, repeats)
+  # XLA's costs of each whole step; a pipelined step is a shard_map program, whose cost and
+  # memory analysis is that of one device's program (per_device_program below)
+  step_costs = {name: common.compiled_costs(fn, *args) for name, (fn, args) in steps.items()}
+  step_times, step_rates = median_times(steps, repeats, step_costs)
   base = step_times["optax_adam"]
   busy = {name: sum(model[name]["busy"]) for name in ("am_adam", "sm")}
   real = sum(a.size for a in jax.tree.leaves(params))
@@ -270,6 +285,10 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "gpipe_adam_durations": adam_durations._asdict(),
     "model": model,
     "step_seconds": step_times,
+    "step_costs": {
+      name: {**r, "per_device_program": name.startswith("pipelined")}
+      for name, r in step_rates.items()
+    },
     "ratio_to_optax_adam": {name: v / base for name, v in step_times.items()},
     "modelled_utilization": {name: v["utilization"] for name, v in model.items()},
     "modelled_busy": {name: v["busy"] for name, v in model.items()},
@@ -309,6 +328,16 @@ def main() -> dict:
         + "  ".join(
           f"{k} {1e3 * v:.1f} ms ({r['ratio_to_optax_adam'][k]:.1f}x Adam)"
           for k, v in r["step_seconds"].items()
+        )
+      )
+      print(
+        "  steps: "
+        + "  ".join(
+          f"{k} {c['multiply_adds'] / 1e6:.1f} M mult-adds"
+          f"{'+' if c['multiply_adds_is_lower_bound'] else ''} "
+          f"{c['fraction_of_matmul_rate']:.2f} of matmul, "
+          f"peak {c['peak_memory_bytes'] / 2**20:.1f} MiB"
+          for k, c in r["step_costs"].items()
         )
       )
       print(

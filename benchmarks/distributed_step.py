@@ -15,6 +15,14 @@ machine noise hits every method alike:
   methods' extra cost is the gather / pmean and, for the asynchronous ones, the
   p-push ``lax.scan`` of the server).
 
+Beside the ratios, as ``am_step.py``: each step's multiply-adds (XLA's cost analysis of
+the compiled step), its rate as a fraction of a dense matmul with about as many
+multiply-adds timed in the same interleaved run, and XLA's peak memory of the compiled
+step (``scaling`` gives the multiply-adds and peak memory, untimed against a matmul). The
+asynchronous methods' server applies the p pushes in a ``lax.scan`` whose body XLA counts
+once: their multiply-adds are lower bounds (``multiply_adds_is_lower_bound``, ``+`` in
+the printout).
+
 Usage::
 
   python benchmarks/distributed_step.py [--quick] [--out results.json]
@@ -58,7 +66,8 @@ def methods(p: int) -> dict:
 
 
 def make_step(tx, p: int, width: int, batch: int):
-  """A ``run_once()`` closure over a jitted step of ``tx`` on p stacked workers."""
+  """A ``run_once()`` closure over a jitted step of ``tx`` on p stacked workers, the step,
+  and what XLA reports for the compiled step (:func:`common.compiled_costs`)."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(p, batch, 784)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 10, size=(p, batch)), jnp.int32)
@@ -83,12 +92,16 @@ def make_step(tx, p: int, width: int, batch: int):
 
   params = dist.replicate(one, p)
   carry = [params, tx.init(params)]
+  costs = {
+    **common.compiled_costs(step, carry[0], carry[1], x, y),
+    "state_bytes": common.tree_bytes(carry[1]),
+  }
 
   def run_once():
     carry[0], carry[1], value = step(carry[0], carry[1], x, y)
     jax.block_until_ready(value)
 
-  return run_once, step
+  return run_once, step, costs
 
 
 def main() -> dict:
@@ -101,14 +114,18 @@ def main() -> dict:
     scaling_ps, scaling_methods = (1, 2, 4, 8, 16), ("sgd", "easgd", "dc_asgd", "downpour")
   start = time.perf_counter()
 
-  steps = {name: make_step(tx, p, width, batch) for name, tx in methods(p).items()}
-  medians = common.time_steps(steps, repeats, inner)
+  made = {name: make_step(tx, p, width, batch) for name, tx in methods(p).items()}
+  steps = {name: (run_once, step) for name, (run_once, step, _) in made.items()}
+  medians, rates = common.measure(
+    steps, {name: c for name, (_, _, c) in made.items()}, repeats, inner
+  )
   results = [
     {
       "method": name,
       "workers": p,
       "median_step_ms": 1e3 * seconds,
       "ratio_to_sgd": seconds / medians["sgd"],
+      **rates[name],
     }
     for name, seconds in medians.items()
   ]
@@ -116,9 +133,18 @@ def main() -> dict:
   scaling = []
   for q in scaling_ps:
     txs = methods(q)
-    steps = {name: make_step(txs[name], q, width, batch) for name in scaling_methods}
+    made = {name: make_step(txs[name], q, width, batch) for name in scaling_methods}
+    steps = {name: (run_once, step) for name, (run_once, step, _) in made.items()}
     for name, seconds in common.time_steps(steps, repeats, inner).items():
-      scaling.append({"method": name, "workers": q, "median_step_ms": 1e3 * seconds})
+      scaling.append(
+        {
+          "method": name,
+          "workers": q,
+          "median_step_ms": 1e3 * seconds,
+          "multiply_adds": made[name][2]["multiply_adds"],
+          "peak_memory_bytes": made[name][2]["peak_memory_bytes"],
+        }
+      )
   base = {r["method"]: r["median_step_ms"] for r in scaling if r["workers"] == scaling_ps[0]}
   for r in scaling:
     r["growth_from_p1"] = r["median_step_ms"] / base[r["method"]]
@@ -133,7 +159,13 @@ def main() -> dict:
     "seconds": time.perf_counter() - start,
   }
   for r in results:
-    print(f"p={p:2d} {r['method']:17s} {r['median_step_ms']:8.3f} ms  {r['ratio_to_sgd']:.2f}x sgd")
+    bound = "+" if r["multiply_adds_is_lower_bound"] else " "
+    print(
+      f"p={p:2d} {r['method']:17s} {r['median_step_ms']:8.3f} ms  {r['ratio_to_sgd']:.2f}x sgd  "
+      f"{r['multiply_adds'] / 1e6:7.2f} M mult-adds{bound} "
+      f"{r['fraction_of_matmul_rate']:.2f} of matmul_{r['matmul_reference_n']}  "
+      f"peak {r['peak_memory_bytes'] / 2**20:6.2f} MiB"
+    )
   for r in scaling:
     print(
       f"scaling {r['method']:9s} p={r['workers']:2d} {r['median_step_ms']:8.3f} ms  "

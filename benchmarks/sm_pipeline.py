@@ -40,6 +40,14 @@ On fake CPU devices all S "devices" share the machine's cores, so phases that ru
 parallel on real devices are serialised here: the measured numbers show the structure
 and the model's use, not a speed-up.
 
+Each whole step of 3. also reports (``step_costs``) its multiply-adds (XLA's cost
+analysis of the compiled step), its rate as a fraction of a dense matmul with about as many
+multiply-adds timed in the same interleaved run, and its peak memory, as ``am_step.py``.
+A pipelined step is one ``shard_map`` program: XLA analyses the program of one device
+(``per_device_program``), and its GPipe ticks, inner solves and Lanczos sweeps are
+``while`` loops counted once, so those counts are lower bounds
+(``multiply_adds_is_lower_bound``).
+
 Usage::
 
   python benchmarks/sm_pipeline.py [--quick] [--out results.json] [--stages 4]
@@ -92,17 +100,20 @@ SM_KW = dict(power_iterations=3)
 ITERATIONS = 30
 
 
-def median_times(fns: dict, repeats: int) -> dict[str, float]:
+def median_times(fns: dict, repeats: int, costs: dict | None = None):
   """Median seconds of each jitted ``fn(*args)`` in ``{name: (fn, args)}``, measured
   together by ``common.time_steps``: two warm-up calls each (compilation), then the
-  functions take turns, one call at a time, ``repeats`` times; asserts no recompilation."""
+  functions take turns, one call at a time, ``repeats`` times; asserts no recompilation.
+  With ``costs`` (:func:`common.compiled_costs` of each function) the functions are timed
+  beside their matmul references (``common.measure``) and ``(medians, rates)`` returned."""
 
   def once(fn, args):
     return lambda: jax.block_until_ready(fn(*args))
 
-  return common.time_steps(
-    {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}, repeats, inner=1
-  )
+  timed = {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}
+  if costs is not None:
+    return common.measure(timed, costs, repeats, inner=1)
+  return common.time_steps(timed, repeats, inner=1)
 
 
 def loss_curve(tx, net, params, x, y) -> list[float]:
@@ -195,7 +206,10 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "pipelined_gd": pipelined(pl.pipelined_gradient_descent(net, learning_rate=0.1, **kw)),
     "pipelined_gd_armijo": pipelined(pl.pipelined_gradient_descent(net, **kw)),
   }
-  step_times = median_times(steps, repeats)
+  # XLA's costs of each whole step; a pipelined step is a shard_map program, whose cost and
+  # memory analysis is that of one device's program (per_device_program below)
+  step_costs = {name: common.compiled_costs(fn, *args) for name, (fn, args) in steps.items()}
+  step_times, step_rates = median_times(steps, repeats, step_costs)
   base = step_times["optax_sgd"]
   busy = {k: sum(model[k]["busy"]) for k in ("gd", "sm", "gd_armijo_1_trial")}
   # 4. modelled time to a training loss
@@ -231,6 +245,10 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "durations": durations._asdict(),
     "model": model,
     "step_seconds": step_times,
+    "step_costs": {
+      name: {**r, "per_device_program": name.startswith("pipelined")}
+      for name, r in step_rates.items()
+    },
     "ratio_to_optax_sgd": {k: v / base for k, v in step_times.items()},
     "modelled_utilization": {k: v["utilization"] for k, v in model.items()},
     "measured_utilization": {
@@ -276,6 +294,16 @@ def main() -> dict:
         + "  ".join(f"{k} {1e3 * v:.1f} ms" for k, v in r["step_seconds"].items())
       )
       print(
+        "  steps: "
+        + "  ".join(
+          f"{k} {c['multiply_adds'] / 1e6:.1f} M mult-adds"
+          f"{'+' if c['multiply_adds_is_lower_bound'] else ''} "
+          f"{c['fraction_of_matmul_rate']:.2f} of matmul, "
+          f"peak {c['peak_memory_bytes'] / 2**20:.1f} MiB"
+          for k, c in r["step_costs"].items()
+        )
+      )
+      print(
         "  phases: " + "  ".join(f"{k} {1e3 * v:.2f} ms" for k, v in r["phase_seconds"].items())
       )
       print(
@@ -296,6 +324,8 @@ def main() -> dict:
     "benchmark": "sm_pipeline",
     "platform": platform.platform(),
     "jax": jax.__version__,
+    "cpu_count": os.cpu_count(),
+    "load_average": common.load_average(),
     "quick": args.quick,
     "notes": [
       "fake CPU devices share the host's cores: parallel phases are serialised",

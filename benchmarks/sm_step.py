@@ -25,6 +25,14 @@ each method's ratio to ``sgd`` and to ``gd_armijo``. Then every method trains fr
 same initialisation for the same wall-clock budget (compilation excluded) and the
 training loss it reached is reported.
 
+Beside the ratios, as ``am_step.py``: each method's multiply-adds per step (XLA's cost
+analysis of the compiled step), its rate as a fraction of a dense matmul with about as many
+multiply-adds timed in the same interleaved run, and XLA's peak memory of the compiled
+step. SM's CG solves, Lanczos sweeps and line searches (and GD+Armijo's backtracking) are
+``while`` loops whose body XLA counts once: there the multiply-adds and the fraction are
+lower bounds (``multiply_adds_is_lower_bound``, ``+`` in the printout; trip counts in
+``while_loop_trip_counts``, ``None`` for a data-dependent line search).
+
 Usage::
 
   python benchmarks/sm_step.py [--quick] [--out results.json]
@@ -111,7 +119,8 @@ def make_steps(layers: int, x, y, methods) -> dict:
       jax.block_until_ready(carry[0])
       return value
 
-    out[name] = {"run_once": run_once, "step": step, "tx": tx, "params": params}
+    costs = common.compiled_costs(getattr(step, "jitted", step), params, carry[1], x, y)
+    out[name] = {"run_once": run_once, "step": step, "tx": tx, "params": params, "costs": costs}
   return out
 
 
@@ -216,8 +225,11 @@ def main() -> dict:
   results, trained, breakdown = [], [], []
   for layers in (4, 8):
     steps = make_steps(layers, x, y, methods)
-    medians = common.time_steps(
-      {name: (s["run_once"], s["step"]) for name, s in steps.items()}, repeats, inner
+    medians, rates = common.measure(
+      {name: (s["run_once"], s["step"]) for name, s in steps.items()},
+      {name: s["costs"] for name, s in steps.items()},
+      repeats,
+      inner,
     )
     phases = common.time_steps(phase_steps(layers, x, y), repeats, inner)
     sgd_again = common.time_steps(
@@ -243,6 +255,7 @@ def main() -> dict:
           "median_step_ms": 1e3 * seconds,
           "ratio_to_sgd": seconds / medians["sgd"],
           "ratio_to_gd_armijo": seconds / medians["gd_armijo"],
+          **rates[name],
         }
       )
     for name, r in equal_time(steps, x, y, budget).items():
@@ -257,9 +270,13 @@ def main() -> dict:
     "equal_wall_time": trained,
   }
   for r in results:
+    bound = "+" if r["multiply_adds_is_lower_bound"] else " "
     print(
       f"{r['layers']} layers  {r['method']:10s} {r['median_step_ms']:9.2f} ms  "
-      f"{r['ratio_to_sgd']:6.2f}x sgd  {r['ratio_to_gd_armijo']:5.2f}x gd_armijo"
+      f"{r['ratio_to_sgd']:6.2f}x sgd  {r['ratio_to_gd_armijo']:5.2f}x gd_armijo  "
+      f"{r['multiply_adds'] / 1e6:8.1f} M mult-adds{bound} "
+      f"{r['fraction_of_matmul_rate']:.2f} of matmul_{r['matmul_reference_n']}  "
+      f"peak {r['peak_memory_bytes'] / 2**20:6.1f} MiB"
     )
   for r in breakdown:
     print(
