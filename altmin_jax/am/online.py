@@ -163,7 +163,9 @@ def am_mem(
     forgetting: ``beta`` in ``[0, 1]``; 1 keeps the whole history, 0 fits every layer to
       the current batch only.
     ridge: Tikhonov term of the exact solve, relative to ``Tr(A) / d``; 0 selects the
-      minimum-norm least-squares solution (slower, SVD based).
+      minimum-norm least-squares solution (both solved through an eigendecomposition of
+      ``A`` that drops directions below float rounding,
+      :func:`~altmin_jax.am.weights.exact_solve`).
     code_steps, code_lr, code_optimizer, mu, code_proximal, record_codes: as in
       :func:`am_adam`.
 
