@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 
 
 def parse_args(description: str, quick_help: str = "fewer repeats (under 60 s)"):
@@ -60,6 +61,8 @@ def compiled_costs(jitted: Callable, *args) -> dict:
   ``while_loop_trip_counts`` lists the trip count XLA found for every ``while`` loop of the
   compiled program (``None`` where unknown; nested loops appear once each), so that
   ``multiply_adds_is_lower_bound`` says where the count misses loop iterations.
+  Where loops are, ``jaxpr_matmul_multiply_adds`` (:func:`jaxpr_multiply_adds`) counts
+  the matrix work of every loop iteration from the shapes.
   ``peak_memory_bytes`` is the memory the compiled step holds at once: arguments, outputs
   (less those aliased to donated arguments) and XLA's temporary allocation, whose size is
   the buffer assignment's peak of the temporaries (``temp_bytes``); or XLA's own
@@ -89,6 +92,7 @@ def compiled_costs(jitted: Callable, *args) -> dict:
     "temp_bytes": int(memory.temp_size_in_bytes),
     "while_loop_trip_counts": loops,
     "multiply_adds_is_lower_bound": any(n is None or n > 1 for n in loops),
+    **jaxpr_multiply_adds(jitted, *args),
   }
 
 
@@ -100,6 +104,59 @@ def while_loops(compiled) -> list[int | None]:
       found = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
       trips.append(int(found.group(1)) if found else None)
   return trips
+
+
+def jaxpr_multiply_adds(fn: Callable, *args) -> dict:
+  """Multiply-adds of the ``dot_general`` and convolution ops of ``fn(*args)``'s jaxpr,
+  with every ``scan`` body (``lax.scan``; ``lax.fori_loop`` with static bounds) counted
+  its ``length`` times: the count of the matrix work that XLA's cost analysis misses in
+  loops. A ``while_loop`` (a data-dependent trip count, e.g. a line search) is counted
+  once and reported in ``unbounded_loops``; of a ``cond`` the costliest branch counts.
+  Elementwise work is not counted."""
+  unbounded = [0]
+
+  def count(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+      name, params = eqn.primitive.name, eqn.params
+      if name == "dot_general":
+        (lc, _), _ = params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        out = eqn.outvars[0].aval.shape
+        contracted = 1
+        for d in lc:
+          contracted *= lhs[d]
+        total += float(_prod(out)) * contracted
+      elif name == "conv_general_dilated":
+        rhs = eqn.invars[1].aval.shape
+        out = eqn.outvars[0].aval.shape
+        # every output element: kernel spatial size x input features (per group)
+        total += float(_prod(out)) * _prod(rhs) / rhs[params["dimension_numbers"].rhs_spec[0]]
+      elif name == "scan":
+        total += params["length"] * count(params["jaxpr"].jaxpr)
+      elif name == "while":
+        unbounded[0] += 1
+        total += count(params["body_jaxpr"].jaxpr) + count(params["cond_jaxpr"].jaxpr)
+      elif name == "cond":
+        total += max(count(b.jaxpr) for b in params["branches"])
+      else:
+        for value in params.values():
+          for sub in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(sub, jax_core.ClosedJaxpr):  # pjit, custom_jvp / vjp, remat
+              total += count(sub.jaxpr)
+            elif isinstance(sub, jax_core.Jaxpr):  # shard_map
+              total += count(sub)
+    return total
+
+  closed = jax.make_jaxpr(fn)(*args)
+  return {"jaxpr_matmul_multiply_adds": count(closed.jaxpr), "unbounded_loops": unbounded[0]}
+
+
+def _prod(shape) -> int:
+  out = 1
+  for d in shape:
+    out *= int(d)
+  return out
 
 
 def tree_bytes(tree) -> int:
@@ -162,13 +219,20 @@ def measure(
 ) -> tuple[dict[str, float], dict[str, dict]]:
   """Times ``steps`` (as :func:`time_steps`) together with their matmul references
   (:func:`with_matmul_references`) and returns the medians of the steps alone and, for
-  each step, its ``costs`` entry plus :func:`matmul_fraction`."""
+  each step, its ``costs`` entry plus :func:`matmul_fraction` (and, from the jaxpr's
+  count of the matrix work in every loop iteration,
+  ``fraction_of_matmul_rate_jaxpr_count``). The reference matmul is sized by XLA's
+  count."""
   timed, reference_of = with_matmul_references(steps, costs)
   medians = time_steps(timed, repeats, inner, warmup)
   rates = {}
   for name in steps:
     ref = reference_of[name]
     fraction = matmul_fraction(costs[name]["multiply_adds"], medians[name], ref, medians[ref])
+    if "jaxpr_matmul_multiply_adds" in costs[name]:
+      fraction["fraction_of_matmul_rate_jaxpr_count"] = matmul_fraction(
+        costs[name]["jaxpr_matmul_multiply_adds"], medians[name], ref, medians[ref]
+      )["fraction_of_matmul_rate"]
     rates[name] = {**costs[name], **fraction}
   return {name: medians[name] for name in steps}, rates
 

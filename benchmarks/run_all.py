@@ -106,6 +106,8 @@ def _cost_fields(r: dict) -> dict:
     "fraction_of_matmul_rate": r.get("fraction_of_matmul_rate"),
     "matmul_reference_n": r.get("matmul_reference_n"),
     "peak_memory_bytes": r.get("peak_memory_bytes"),
+    "jaxpr_matmul_multiply_adds": r.get("jaxpr_matmul_multiply_adds"),
+    "fraction_of_matmul_rate_jaxpr_count": r.get("fraction_of_matmul_rate_jaxpr_count"),
   }
 
 
@@ -173,11 +175,16 @@ def markdown(rows: list[dict], failures: dict[str, str], header: str) -> str:
   for r in rows:
     madds = r["multiply_adds"]
     madds_text = "" if madds is None else f"{madds / 1e6:.1f} M"
-    if madds is not None and r["multiply_adds_is_lower_bound"]:
+    looped = r["multiply_adds_is_lower_bound"]
+    if madds is not None and looped:
       madds_text = ">= " + madds_text
+      if r["jaxpr_matmul_multiply_adds"] is not None:
+        madds_text += f" (loops: {r['jaxpr_matmul_multiply_adds'] / 1e6:.1f} M)"
     fraction = _fmt(r["fraction_of_matmul_rate"], ".3f")
-    if fraction and r["multiply_adds_is_lower_bound"]:
+    if fraction and looped:
       fraction = ">= " + fraction
+      if r["fraction_of_matmul_rate_jaxpr_count"] is not None:
+        fraction += f" (loops: {r['fraction_of_matmul_rate_jaxpr_count']:.3f})"
     if fraction and r["matmul_reference_n"]:
       fraction += f" (n={r['matmul_reference_n']})"
     peak = r["peak_memory_bytes"]
@@ -197,7 +204,10 @@ def markdown(rows: list[dict], failures: dict[str, str], header: str) -> str:
     "",
     "Multiply-adds: XLA's cost analysis of the compiled step (half its flop count); `>=` "
     "where the step has `while` loops (XLA counts a loop body once), which makes the "
-    "count and the fraction lower bounds. Pipelined steps: the program of one device. "
+    "count and the fraction lower bounds; '(loops: ...)' then gives the matmul and "
+    "convolution multiply-adds of the step's jaxpr with every scan / fori_loop body "
+    "counted its trip count times (a data-dependent while loop, e.g. a line search, once), "
+    "and the fraction from that count. Pipelined steps: the program of one device. "
     "Fraction of matmul rate: multiply-adds per second over those of an n x n x n float32 "
     "matmul with about as many multiply-adds, timed in the same interleaved run.",
   ]
@@ -238,8 +248,9 @@ def main() -> int:
   }
   for entry in entries.values():  # device and JAX version from the first report with them
     report = entry["report"] or {}
-    if "device" in report:
-      env["device"], env["jax"] = report["device"], report.get("jax")
+    device = report.get("device") or (report.get("runs") or [{}])[0].get("device")
+    if device:
+      env["device"], env["jax"] = device, report.get("jax")
       break
   summary = {"environment": env, "benchmarks": entries, "rows": rows}
   with open(os.path.join(out_dir, "benchmarks.json"), "w") as f:
