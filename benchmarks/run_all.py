@@ -23,7 +23,7 @@ Usage::
   python benchmarks/run_all.py [--out-dir results/benchmarks] [--only am_step,sm_step] [--full]
 
 ``--full`` drops ``--quick`` (the full runs take hours on a 2-core CPU). All quick modes
-together take about 10 minutes on an idle 2-core CPU. The exit status is 1 if any
+together took 6 minutes on a shared 2-core CPU (load 3-5). The exit status is 1 if any
 benchmark failed (its error is in the JSON and the log; the others are still reported).
 """
 
