@@ -339,22 +339,30 @@ def test_works_under_inject_hyperparams(name):
     **fixed, **reals, **spec.ints
   )
   state = injected.init(params)
-  traced = jax.jit(lambda s, p: _two_steps(injected, step, p, s)[0])
+  traces = []
+
+  @jax.jit
+  def traced(s, p):
+    traces.append(None)  # runs once per trace
+    return _two_steps(injected, step, p, s)[0]
+
   for k in spec.reals:
     assert k in state.hyperparams, f"{name}: {k} is not injected"
   got = traced(state, params)
   want = _run(spec.factory, fixed, params, step, **reals, **spec.ints)
-  # traced hyperparameters are not constant-folded: rounding differs (ADMM's solves most)
-  assert tree_allclose(got, want[0], rtol=1e-4, atol=1e-5), name
+  # traced hyperparameters are not constant-folded: rounding differs (ADMM's solves most:
+  # their eigendecomposition drops directions below a rounding cutoff)
+  rtol, atol = (1e-3, 3e-4) if name == "taylor_admm" else (1e-4, 1e-5)
+  assert tree_allclose(got, want[0], rtol=rtol, atol=atol), name
   if spec.reals:
     # a changed hyperparameter takes effect without retracing
     arg, (_, changed) = next(iter(spec.reals.items()))
     state.hyperparams[arg] = jnp.full_like(state.hyperparams[arg], changed)
     got2 = traced(state, params)
     want2 = _run(spec.factory, fixed, params, step, **{**reals, arg: changed}, **spec.ints)
-    assert tree_allclose(got2, want2[0], rtol=1e-4, atol=1e-5), (name, arg)
+    assert tree_allclose(got2, want2[0], rtol=rtol, atol=atol), (name, arg)
     assert not tree_allclose(got2, got, rtol=1e-6, atol=0), (name, arg, "had no effect")
-    assert traced._cache_size() == 1
+    assert len(traces) == 1, f"{name}: retraced when a hyperparameter changed"
 
 
 def _args(spec: Spec) -> set:

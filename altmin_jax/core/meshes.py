@@ -73,15 +73,19 @@ def leading_spec(ndim: int, axis_name: str | None) -> P:
 
 def put_global(x: Any, mesh: Mesh, axis_name: str | None) -> Array:
   """A global array from the same full value on every process: leading axis sharded
-  over ``axis_name`` (replicated for ``None``)."""
+  over ``axis_name`` (replicated for ``None``). A traced ``x`` (an init under ``jit``, or
+  a hyperparameter injected by ``optax.inject_hyperparams``) gets the sharding as a
+  constraint instead."""
+  if isinstance(x, jax.core.Tracer):
+    return constrain(x, NamedSharding(mesh, leading_spec(x.ndim, axis_name)))
   host = np.asarray(x)
   sharding = NamedSharding(mesh, leading_spec(host.ndim, axis_name))
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def replicate_on(mesh: Mesh, tree: PyTree) -> PyTree:
-  """Concrete arrays of ``tree`` placed replicated on ``mesh`` (every process passes the
-  same values)."""
+  """The arrays of ``tree`` placed replicated on ``mesh`` (every process passes the same
+  values; traced ones are constrained, :func:`put_global`)."""
   return jax.tree.map(lambda x: put_global(x, mesh, None), tree)
 
 

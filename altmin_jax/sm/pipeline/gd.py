@@ -106,7 +106,7 @@ def pipelined_gradient_descent(
       GDArmijoState(
         count=np.zeros([], np.int32),
         loss=np.zeros([], np.float32),
-        step_size=np.asarray(first, np.float32),
+        step_size=jnp.asarray(first, jnp.float32),  # traced under inject_hyperparams
         failed_count=np.zeros([], np.int32),
       ),
     )
