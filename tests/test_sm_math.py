@@ -209,7 +209,12 @@ def test_dense_closed_forms_equal_automatic_differentiation(x64):
     np.testing.assert_allclose(ravel_pytree(ga)[0], ravel_pytree(gb)[0], rtol=1e-10)
 
 
-@pytest.mark.parametrize("activation", [jnp.tanh, jax.nn.relu], ids=["tanh", "relu"])
+# The ReLU case (about a minute on 2 cores) runs in CI's slow subset (.ci/run).
+@pytest.mark.parametrize(
+  "activation",
+  [jnp.tanh, pytest.param(jax.nn.relu, marks=pytest.mark.slow)],
+  ids=["tanh", "relu"],
+)
 def test_young_bound_majorizes_the_dense_hessian_and_the_paper_constants_do_not(x64, activation):
   """On small dense tanh and ReLU networks (3 to 5 stages, three seeds each) the block
   diagonal of the default construction minus the dense Hessian of h has no eigenvalue below
