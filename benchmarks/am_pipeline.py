@@ -54,28 +54,10 @@ samples, M in {2, 8}, both layouts, 7 repeats. The last line printed is one JSON
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
+import fake_devices  # benchmarks/fake_devices.py: S fake CPU devices, before JAX starts
 
-def _stages_from_argv(default: int = 4) -> int:
-  for i, arg in enumerate(sys.argv):
-    if arg == "--stages" and i + 1 < len(sys.argv):
-      return int(sys.argv[i + 1])
-    if arg.startswith("--stages="):
-      return int(arg.split("=", 1)[1])
-  return default
-
-
-# S fake CPU devices; set before JAX starts (on a GPU machine this only affects the CPU).
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + f" --xla_force_host_platform_device_count={_stages_from_argv()}"
-  ).strip()
-# 4 XLA:CPU pool threads per fake device (a smaller pool can deadlock in collectives;
-# BUILD.md, "Multi-device and multi-process runs on one CPU")
-os.environ.setdefault("PJRT_NPROC", str(max(os.cpu_count() or 1, 4 * _stages_from_argv())))
+fake_devices.configure()
 
 import platform  # noqa: E402
 
