@@ -16,7 +16,15 @@ and the phases of one ``sm_cg`` step, each jitted on its own from the previous p
 ``jacobians`` (the loss's per-sample Hessians, every stage's level and the logits'
 Jacobians by one reverse pass), ``rest_bounds`` (the per-sample Lanczos bounds of the rest
 of the network) and ``local_solves`` (N = 10 CG steps on every local loss). Their sum
-exceeds the fused step by what XLA saves across phase boundaries.
+exceeds the fused step by what XLA saves across phase boundaries. Each phase's matrix
+multiply-adds (jaxpr count, the CG loop's N iterations included) are reported as a
+multiple of the SGD step's (``<phase>_multiply_adds_ratio_to_sgd``) beside its time, and
+its rate relative to the SGD step's (``<phase>_rate_ratio_to_sgd_rate``), so a slow phase
+is told apart from a phase with much arithmetic. ``one_product_per_stage_ratio_to_sgd`` is
+one local Hessian-vector product on every stage (a CG step's matrix work: two stage-sized
+products per dense stage, :math:`J_\theta v` and :math:`J_\theta^\top w`) over the SGD
+step's multiply-adds, and ``cg_products_ratio_to_sgd`` N times it: the arithmetic floor of
+the N CG steps alone.
 
 (each step returns the loss at its start: ``sgd`` from its ``value_and_grad``, the others
 from their state, so no method pays for an extra forward pass) with the jitted
@@ -163,11 +171,9 @@ def phase_steps(layers: int, x, y, inner_steps: int = 10) -> dict:
       for i in range(1, m + 1)
     ]
 
-  @jax.jit
-  def local_solves(stage_params, fb, hess, jacs, es):
-    sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
+  def stage_data(stage_params, fb, hess, jacs, es):
     zero = jnp.zeros([], fb.value.dtype)
-    data = [
+    return [
       ll.StageData(
         z_prev=fb.z[i - 1],
         theta=stage_params[i - 1],
@@ -180,7 +186,23 @@ def phase_steps(layers: int, x, y, inner_steps: int = 10) -> dict:
       )
       for i in range(1, m + 1)
     ]
+
+  @jax.jit
+  def local_solves(stage_params, fb, hess, jacs, es):
+    sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
+    data = stage_data(stage_params, fb, hess, jacs, es)
     return [s.d for s in surrogate.solve_all_stages(cfg, data, sc, steps)]
+
+  def local_setup(stage_params, fb, hess, jacs, es, product: bool):
+    """Every stage's local loss (its gradient) and, with ``product``, one Hessian-vector
+    product on it: the difference of the two counts is a CG step's matrix work."""
+    sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
+    out = []
+    for i, d in enumerate(stage_data(stage_params, fb, hess, jacs, es), start=1):
+      kind = ll.stage_kind(net, i)
+      lq = ll.local_quadratic(opts, kind, i == 1, i == m, float(i), d, sc)
+      out.append(lq.matvec(lq.g_theta) if product else lq.g_theta)
+    return out
 
   fb = forward_backward(stage_params)
   hess, jacs = jacobians(stage_params, fb)
@@ -195,7 +217,48 @@ def phase_steps(layers: int, x, y, inner_steps: int = 10) -> dict:
   def runner(fn, args):
     return lambda: jax.block_until_ready(fn(*args))
 
-  return {name: (runner(fn, args), fn) for name, (fn, args) in calls.items()}
+  timed = {name: (runner(fn, args), fn) for name, (fn, args) in calls.items()}
+  counts = {name: common.jaxpr_multiply_adds(fn, *args) for name, (fn, args) in calls.items()}
+  args = calls["local_solves"][1]
+  setup, with_product = (
+    common.jaxpr_multiply_adds(lambda *a, p=p: local_setup(*a, product=p), *args)[
+      "jaxpr_matmul_multiply_adds"
+    ]
+    for p in (False, True)
+  )
+  # The CG loop is a while loop (it stops early on negative curvature) that the jaxpr
+  # count counts once: add the other N - 1 iterations' products.
+  product = with_product - setup
+  counts["local_solves"]["jaxpr_matmul_multiply_adds"] += (inner_steps - 1) * product
+  counts["local_setup"] = setup
+  counts["one_product_per_stage"] = product
+  counts["inner_steps"] = inner_steps
+  return timed, counts
+
+
+def phase_arithmetic(counts: dict, phases: dict, medians: dict, rates: dict) -> dict:
+  """Each phase's matrix multiply-adds (jaxpr count, CG iterations included) as a multiple
+  of the SGD step's, and its rate as a fraction of the SGD step's rate: whether a phase is
+  slow because of its arithmetic or because it runs the machine less well."""
+  sgd_work = rates["sgd"]["jaxpr_matmul_multiply_adds"]
+  sgd_rate = sgd_work / medians["sgd"]
+  product, n = counts["one_product_per_stage"], counts["inner_steps"]
+  out = {
+    "sgd_multiply_adds": sgd_work,
+    # a CG step's matrix work: one local Hessian-vector product on every stage
+    "one_product_per_stage_multiply_adds": product,
+    "one_product_per_stage_ratio_to_sgd": product / sgd_work,
+    # the local losses' own data (pre-activations, gradients), once per step
+    "local_setup_multiply_adds": counts["local_setup"],
+    # N products: the matrix work of the N CG steps alone, as a multiple of the SGD step's
+    "cg_products_ratio_to_sgd": n * product / sgd_work,
+  }
+  for k in PHASES:
+    work = counts[k]["jaxpr_matmul_multiply_adds"]
+    out[f"{k}_multiply_adds"] = work
+    out[f"{k}_multiply_adds_ratio_to_sgd"] = work / sgd_work
+    out[f"{k}_rate_ratio_to_sgd_rate"] = work / phases[k] / sgd_rate
+  return out
 
 
 def equal_time(steps: dict, x, y, budget: float) -> dict[str, dict]:
@@ -231,7 +294,8 @@ def main() -> dict:
       repeats,
       inner,
     )
-    phases = common.time_steps(phase_steps(layers, x, y), repeats, inner)
+    phase_calls, phase_counts = phase_steps(layers, x, y)
+    phases = common.time_steps(phase_calls, repeats, inner)
     sgd_again = common.time_steps(
       {"sgd": (steps["sgd"]["run_once"], steps["sgd"]["step"])}, 3, inner
     )
@@ -244,6 +308,7 @@ def main() -> dict:
         "sm_cg_step_ms": 1e3 * medians["sm_cg"],
         **{f"{k}_ms": 1e3 * v for k, v in phases.items()},
         **{f"{k}_ratio_to_sgd": v / sgd_ref for k, v in phases.items()},
+        **phase_arithmetic(phase_counts, phases, medians, rates),
       }
     )
     for name, seconds in medians.items():
@@ -280,8 +345,11 @@ def main() -> dict:
     )
   for r in breakdown:
     print(
-      f"{r['layers']} layers  SM phases (x sgd): "
-      + "  ".join(f"{k} {r[f'{k}_ratio_to_sgd']:.2f}" for k in PHASES)
+      f"{r['layers']} layers  SM phases, time (multiply-adds) x sgd: "
+      + "  ".join(
+        f"{k} {r[f'{k}_ratio_to_sgd']:.2f} ({r[f'{k}_multiply_adds_ratio_to_sgd']:.2f})"
+        for k in PHASES
+      )
     )
   for r in trained:
     print(
