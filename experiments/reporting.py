@@ -205,3 +205,19 @@ def write_report(
   print(format_table(metrics["summary"], columns))
   print(f"metrics: {workdir}/metrics.json  plot: {workdir}/accuracy.png")
   return metrics
+
+
+def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
+  """A GitHub markdown table with one row per mapping (floats with 4 decimals, ``None`` as
+  an empty cell)."""
+
+  def fmt(v):
+    if v is None:
+      return ""
+    if isinstance(v, float):
+      return f"{v:.4f}" if math.isfinite(v) else "nan"
+    return str(v).replace("|", "\\|")
+
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+  return "\n".join(lines)

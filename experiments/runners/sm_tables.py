@@ -14,6 +14,8 @@ epoch) and ``train_loss_<L>layers.png``; prints the tables.
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -102,7 +104,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def train_one(config, data, layers: int, name: str, inner_steps: int | None, seed: int, hooks=None):
   """One run: training loss and accuracy, held-out accuracy and loss and wall time after
   every epoch (``hooks``: metrics publishing and checkpoints, see
-  ``_training.train_and_record``)."""
+  ``_training.train_and_record``).
+
+  Full batch (one iteration per epoch) unless ``config.batch_size`` (optional, ``0``: full
+  batch) asks for shuffled minibatches of that size, each one iteration; then
+  ``config.eval_every`` (optional) also evaluates every this many iterations. ``record["epoch"]``
+  holds the passes over the training set at each evaluation."""
   x, y = (jnp.asarray(a) for a in data.train)
   x_test, y_test = data.test
   hidden = [config.width] * (layers - 1)
@@ -117,29 +124,49 @@ def train_one(config, data, layers: int, name: str, inner_steps: int | None, see
     updates, state = tx.update(None, state, params, batch=(x, y))
     return optax.apply_updates(params, updates), state
 
-  train_loss = jax.jit(lambda p: jnp.mean(loss(net.apply(p, x), y)))
+  # Training metrics on the whole training set, or on its first config.num_train_eval samples
+  # when the config has that field (as the other runners).
+  x_fit, y_fit = (jnp.asarray(a) for a in _training.training_subset(config, data))
+  train_loss = jax.jit(lambda p: jnp.mean(loss(net.apply(p, x_fit), y_fit)))
 
   def evaluate(params, state):
     held_out = amj.training.evaluate(net.apply, params, x_test, y_test, loss=loss)
-    train_accuracy = amj.training.evaluate(net.apply, params, x, y)["accuracy"]
+    train_accuracy = amj.training.evaluate(net.apply, params, x_fit, y_fit)["accuracy"]
     return {"train_loss": float(train_loss(params)), "train_accuracy": train_accuracy, **held_out}
 
   params = net.init(jax.random.key(seed))
   label = f"L{layers} {name}" + (f" N={inner_steps}" if inner_steps else "") + f" seed {seed}"
+  batch_size = int(config.get("batch_size", 0))
+  if batch_size:  # minibatches of this size (a shuffled pass per epoch), not the paper's
+    x_host, y_host = data.train
+    calls_per_epoch = len(x_host) // batch_size
+    if calls_per_epoch < 1:
+      raise common.ConfigError(
+        f"config.batch_size={batch_size} exceeds the {len(x_host)} training samples"
+      )
+    epoch_batches = lambda epoch, start: itertools.islice(
+      amj.data.iterate_batches(x_host, y_host, batch_size, seed=seed, epoch=epoch), start, None
+    )
+    warmup = (x[:batch_size], y[:batch_size])
+  else:  # full batch: one iteration per epoch (the paper's deterministic setting)
+    calls_per_epoch = 1
+    epoch_batches = lambda epoch, start: [(x, y)][start:]
+    warmup = (x, y)
   record = _training.train_and_record(
     step,
     params,
     tx.init(params),
-    epoch_batches=lambda epoch, start: [(x, y)][start:],
+    epoch_batches=epoch_batches,
     epochs=config.epochs,
-    calls_per_epoch=1,
+    calls_per_epoch=calls_per_epoch,
     evaluate=evaluate,
-    warmup_batch=(x, y),
+    warmup_batch=warmup,
+    eval_every=int(config.get("eval_every", 0)),
     desc=label,
     progress=config.progress,
     hooks=hooks,
   )
-  record["epoch"] = list(record["step"])
+  record["epoch"] = [s / calls_per_epoch for s in record["step"]]
   return record
 
 
