@@ -46,6 +46,7 @@ BENCHMARKS = (
   "distributed_step",
   "sm_pipeline",
   "am_pipeline",
+  "op_rates",
 )
 
 
@@ -157,6 +158,9 @@ def rows_of(name: str, report: dict) -> list[dict]:
       for method, seconds in run["step_seconds"].items():
         costs = run.get("step_costs", {}).get(method, {})
         add(setting, method, 1e3 * seconds, baseline, run[ratio_key][method], costs)
+  elif name == "op_rates":
+    for r in report["results"]:
+      add(r["shape"], r["op"], r["median_ms"], "its plain matmul", r["ratio_to_plain_matmul"], r)
   return rows
 
 
