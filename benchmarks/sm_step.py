@@ -24,7 +24,8 @@ is told apart from a phase with much arithmetic. ``one_product_per_stage_ratio_t
 one local Hessian-vector product on every stage (a CG step's matrix work: two stage-sized
 products per dense stage, :math:`J_\theta v` and :math:`J_\theta^\top w`) over the SGD
 step's multiply-adds, and ``cg_products_ratio_to_sgd`` N times it: the arithmetic floor of
-the N CG steps alone.
+the N CG steps alone. The ``memory`` section gives the peak memory of the 4-layer steps at
+widths 100 and 300 and batches 500 and 2000 (compiled, not run), to show how it grows.
 
 (each step returns the loss at its start: ``sgd`` from its ``value_and_grad``, the others
 from their state, so no method pays for an extra forward pass) with the jitted
@@ -70,6 +71,7 @@ CORE = ("sgd", "gd_armijo", "sm_cg")
 ALL = (*CORE, "sm_armijo", "sso", "cg_block", "ddg")
 WIDTH = 100
 PHASES = ("forward_backward", "jacobians", "rest_bounds", "local_solves")
+MEMORY_WIDTHS, MEMORY_BATCHES = (100, 300), (500, 2000)
 
 
 def build(name: str, net) -> tuple[optax.GradientTransformation, bool]:
@@ -236,6 +238,21 @@ def phase_steps(layers: int, x, y, inner_steps: int = 10) -> dict:
   return timed, counts
 
 
+def peak_memory(layers: int, width: int, batch: int, methods) -> dict[str, int]:
+  """Peak memory of each method's compiled step (compiled only, not run)."""
+  net = amj.networks.mlp([784] + [width] * (layers - 1) + [10], activation=jax.nn.relu)
+  params = net.init(jax.random.key(0))
+  x = jax.ShapeDtypeStruct((batch, 784), jnp.float32)
+  y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  peaks = {}
+  for name in methods:
+    tx, uses_grads = build(name, net)
+    step = train_step(net, tx, uses_grads)
+    jitted = getattr(step, "jitted", step)
+    peaks[name] = common.compiled_costs(jitted, params, tx.init(params), x, y)["peak_memory_bytes"]
+  return peaks
+
+
 def phase_arithmetic(counts: dict, phases: dict, medians: dict, rates: dict) -> dict:
   """Each phase's matrix multiply-adds (jaxpr count, CG iterations included) as a multiple
   of the SGD step's, and its rate as a fraction of the SGD step's rate: whether a phase is
@@ -325,6 +342,12 @@ def main() -> dict:
       )
     for name, r in equal_time(steps, x, y, budget).items():
       trained.append({"layers": layers, "method": name, "budget_s": budget, **r})
+  memory = [
+    {"layers": 4, "width": width, "batch": batch, "method": name, "peak_memory_bytes": v}
+    for width in MEMORY_WIDTHS
+    for batch in MEMORY_BATCHES
+    for name, v in peak_memory(4, width, batch, CORE).items()
+  ]
   report = {
     "benchmark": "sm_step",
     **common.environment(),
@@ -333,6 +356,7 @@ def main() -> dict:
     "step_times": results,
     "sm_phases": breakdown,
     "equal_wall_time": trained,
+    "memory": memory,
   }
   for r in results:
     bound = "+" if r["multiply_adds_is_lower_bound"] else " "
@@ -355,6 +379,11 @@ def main() -> dict:
     print(
       f"{r['layers']} layers  {r['method']:10s} {r['iterations']:5d} iterations in "
       f"{r['seconds']:.1f} s -> train loss {r['train_loss']:.4f}"
+    )
+  for r in memory:
+    print(
+      f"memory: 4 layers, width {r['width']}, batch {r['batch']}, {r['method']:10s} "
+      f"peak {r['peak_memory_bytes'] / 2**20:6.1f} MiB"
     )
   return common.finish(report, args.out)
 
