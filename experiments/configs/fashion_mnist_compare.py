@@ -156,6 +156,6 @@ def get_config(arg: str | None = None):
     config.eval_samples = 500
     config.target_accuracy = 0.5
     config.seeds = (0,)
-    config.method_list = ("adam", "am_adam", "ddg", "dc_asgd")
+    config.method_list = ("adam", "ddg", "dc_asgd")
     config.grid = ml_collections.ConfigDict({"adam": {"lr": (1e-3, 3e-3)}})
   return common.run_options(config)

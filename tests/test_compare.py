@@ -1,0 +1,160 @@
+"""The comparison runner (``experiments/runners/compare.py``): selection on the validation
+split, final runs on the test split, resume, the report (issue 15, requirement 6)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import train
+from experiments.configs import common, fashion_mnist_compare
+from experiments.runners import compare
+
+
+def _smoke():
+  return fashion_mnist_compare.get_config("smoke")
+
+
+def test_grid_points_are_the_product_in_order_and_keep_integer_fields():
+  config = _smoke()
+  config.grid = {"sm": {"delta": (1e-3, 3e-3), "inner_steps": (1, 10)}}
+  points = compare.grid_points(config, "sm")
+  assert points == [
+    {"delta": 1e-3, "inner_steps": 1},
+    {"delta": 1e-3, "inner_steps": 10},
+    {"delta": 3e-3, "inner_steps": 1},
+    {"delta": 3e-3, "inner_steps": 10},
+  ]
+  assert compare.grid_points(config, "adam") == []
+  entry = compare.with_point(config.methods.sm, points[1])
+  assert entry.inner_steps == 10 and isinstance(entry.inner_steps, int)
+  assert entry.delta == 1e-3 and entry.solver == "cg"
+  assert compare.selection_label("sm", points[1]) == "select/sm/delta=0.001,inner_steps=10"
+
+
+def test_score_and_time_to_target():
+  record = {"accuracy": [0.1, 0.6, 0.9, 0.85], "time": [0.0, 1.0, 2.0, 3.0]}
+  assert compare.score(record) == 0.85  # the end of the budget, not the best point
+  assert compare.time_to(record, 0.85) == 2.0
+  assert compare.time_to(record, 0.95) is None
+  assert compare.score({**record, "diverged_at_step": 3}) == -math.inf
+
+
+def _fake_train(calls):
+  """A ``train_one`` that trains nothing: the held-out accuracy is read from the learning
+  rate (lr=0.003 wins), and the call records which split it was evaluated on."""
+
+  def fake(config, data, entry, seed, hooks):
+    calls.append((entry.method, dict(entry), seed, len(data.test[0])))
+    acc = {0.001: 0.6, 0.003: 0.7}.get(entry.get("lr"), 0.5)
+    return {
+      "step": [0, 1],
+      "time": [0.0, 0.5],
+      "accuracy": [0.1, acc],
+      "loss": [2.0, 1.0],
+      "train_accuracy": [0.1, acc],
+      "train_loss": [2.0, 1.0],
+      "wall_s": 1.0,
+      "loadavg": {"before": [1.0, 1.0, 1.0], "after": [1.0, 1.0, 1.0]},
+    }
+
+  return fake
+
+
+def test_selection_runs_on_validation_then_final_on_test_and_resume_retrains_nothing(
+  tmp_path, monkeypatch, capsys
+):
+  calls = []
+  monkeypatch.setattr(compare, "train_one", _fake_train(calls))
+  config = _smoke()
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  # bundled smoke split: 1,000 train, 500 validation, 8,500 test
+  selection_calls = [c for c in calls if c[3] == 500]
+  final_calls = [c for c in calls if c[3] == 8500]
+  assert [c[1]["lr"] for c in selection_calls] == [1e-3, 3e-3]
+  assert [c[0] for c in final_calls] == ["adam", "ddg", "dc_asgd"]
+  assert final_calls[0][1]["lr"] == 3e-3, "the final run uses the selected value"
+  assert metrics["selected"] == {"adam": {"lr": 3e-3}}
+  assert [r["chosen"] for r in metrics["selection"]] == ["", "yes"]
+  rows = {r["method"]: r for r in metrics["summary"]}
+  assert rows["adam"]["hyperparameters"] == "lr=0.003"
+  assert rows["ddg"]["hyperparameters"] == "as configured"
+  assert rows["adam"]["time to 50% (s)"] == 0.5
+  table = (tmp_path / "table.md").read_text()
+  assert "| adam | lr=0.003 | 0.7000 | yes |" in table and "## Final (test split)" in table
+  assert (tmp_path / compare.PLOT).exists()
+  written = json.loads((tmp_path / "metrics.json").read_text())
+  assert written["complete"] and "select/adam/lr=0.001" in written["runs"]
+  assert len(written["loadavg_at_start"]) == 3
+  capsys.readouterr()
+  calls.clear()
+  config.resume = True
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert calls == [], "every finished run of the resumed workdir is reused"
+  assert again["summary"] == metrics["summary"]
+
+
+def test_select_only_reports_the_chosen_values(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(compare, "train_one", _fake_train([]))
+  config = _smoke()
+  config.final = False
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert [r["hyperparameters"] for r in metrics["summary"]] == ["lr=0.003"]
+  assert "## Final" not in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("grid", {"adam": {"beta": (0.1,)}}, "config.methods.adam has no field 'beta'"),
+    ("grid", {"lbfgs": {"lr": (0.1,)}}, "no method 'lbfgs'"),
+    ("grid", {"adam": {"lr": ()}}, "non-empty list of finite numbers"),
+    ("methods.adam.method", "lbfgs", "config.methods.adam.method must be one of"),
+    ("methods.adam.family", "nope", "config.methods.adam.family must be one of"),
+    ("methods.dc_asgd.num_workers", 0, "num_workers must be an integer >= 1"),
+    ("target_accuracy", 0.0, "target_accuracy must be a finite number > 0"),
+  ],
+)
+def test_bad_fields_fail_with_one_line_naming_them(field, value, message):
+  config = _smoke()
+  node, *path = field.split(".")
+  if path:
+    target = config[node]
+    for part in path[:-1]:
+      target = target[part]
+    target[path[-1]] = value
+  else:
+    config[node] = value
+  with pytest.raises(common.ConfigError, match=message.replace("(", r"\(")):
+    compare.validate(config)
+
+
+def test_full_config_lists_every_method_of_the_issue_with_a_grid():
+  config = fashion_mnist_compare.get_config(None)
+  compare.validate(config)
+  labels = set(config.method_list)
+  single = {"am_adam", "am_mem", "sm", "gd_armijo", "cg_block", "sso", "ddg", "sgd", "adam"}
+  assert single <= labels
+  workers = {config.methods[m].num_workers for m in labels if m not in single}
+  assert workers == {4}
+  assert labels <= set(config.grid), "every method's values come from a validation grid"
+  assert config.num_train == 0 and config.num_validation == 0  # 50,000 / 10,000 by default
+  am = fashion_mnist_compare.get_config("am_fc,500")
+  assert tuple(am.hidden) == (500, 500) and "am_mem_offline" in am.method_list
+  with pytest.raises(common.ConfigError, match="500 goes with am_fc"):
+    fashion_mnist_compare.get_config("500")
+
+
+@pytest.mark.slow
+def test_every_method_of_the_comparison_runs_its_smoke_size(tmp_path, capsys):
+  """All methods of the full comparison plus the offline AM ones, smoke-sized, through the
+  real training functions of their families."""
+  config = _smoke()
+  config.method_list = tuple(fashion_mnist_compare.METHODS) + tuple(fashion_mnist_compare.OFFLINE)
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert [r["method"] for r in metrics["summary"]] == list(config.method_list)
+  for row in metrics["summary"]:
+    assert np.isfinite(row["test accuracy"]) and row["test accuracy"] > 0.2, row
