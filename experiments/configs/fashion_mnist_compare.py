@@ -18,14 +18,16 @@ deterministic setting with a fixed iteration budget would allow only 5 of them i
 budget); 128 per worker per round for the distributed methods, 4 workers stacked on one
 device with the round-robin delay schedule (staleness 3), 98 rounds per epoch.
 
-Grids (chosen to be affordable on 2 shared CPU cores; the middle value is the configured
-default when ``select`` is off; the first value where there are two):
+Grids (chosen to be affordable on 2 shared CPU cores; a first pass with three values per
+learning rate chose an end value for SGD, Adam, AM-mem and AM-Adam offline, so those grids
+gained a fourth value; with ``select`` off the values configured in ``METHODS`` are used):
 
-* SGD ``lr`` {0.03, 0.1, 0.3}; Adam ``lr`` {3e-4, 1e-3, 3e-3};
-* AM-Adam, AM-mem: the output layer's step ``output_lr`` {0.03, 0.1, 0.3}; the rest as the
-  AM paper's MNIST runs (hidden layers: Adam 2e-3 / co-activation memory; 5 code steps of
-  0.01; mu 0.01, x1.1 per epoch, <= 1.5);
-* AM-Adam offline, AM-mem offline (``am_fc`` option only): ``output_lr`` {0.1, 0.3, 1.0};
+* SGD ``lr`` {0.03, 0.1, 0.3, 1}; Adam ``lr`` {1e-4, 3e-4, 1e-3, 3e-3};
+* AM-Adam: the output layer's step ``output_lr`` {0.03, 0.1, 0.3} x the hidden layers' Adam
+  step ``weight_lr`` {1e-3, 2e-3, 4e-3}; AM-mem: ``output_lr`` {0.01, 0.03, 0.1, 0.3}; the
+  rest as the AM paper's MNIST runs (5 code steps of 0.01; mu 0.01, x1.1 per epoch,
+  <= 1.5), not selected;
+* AM-Adam offline, AM-mem offline (``am_fc`` option only): ``output_lr`` {0.1, 0.3, 1, 3};
 * SM family, two values each (an iteration costs 10-40 Adam epochs' worth of steps): SM
   the majorizer's ``delta`` {1e-3, 3e-3} (N = 10 parametric steps, CG solver, 3 Lanczos
   steps); GD+Armijo the first trial step ``init_step`` {1, 10}; CGBlock (the paper's plain
@@ -98,12 +100,12 @@ OFFLINE = {
 LR = (0.01, 0.03, 0.1)
 MOMENTUM_LR = (0.001, 0.003, 0.01)
 GRID = {
-  "am_adam": {"output_lr": (0.03, 0.1, 0.3)},
-  "am_mem": {"output_lr": (0.03, 0.1, 0.3)},
-  "am_adam_offline": {"output_lr": (0.1, 0.3, 1.0)},
-  "am_mem_offline": {"output_lr": (0.1, 0.3, 1.0)},
-  "sgd": {"lr": (0.03, 0.1, 0.3)},
-  "adam": {"lr": (3e-4, 1e-3, 3e-3)},
+  "am_adam": {"output_lr": (0.03, 0.1, 0.3), "weight_lr": (1e-3, 2e-3, 4e-3)},
+  "am_mem": {"output_lr": (0.01, 0.03, 0.1, 0.3)},
+  "am_adam_offline": {"output_lr": (0.1, 0.3, 1.0, 3.0)},
+  "am_mem_offline": {"output_lr": (0.1, 0.3, 1.0, 3.0)},
+  "sgd": {"lr": (0.03, 0.1, 0.3, 1.0)},
+  "adam": {"lr": (1e-4, 3e-4, 1e-3, 3e-3)},
   "sm": {"delta": (1e-3, 3e-3)},
   "gd_armijo": {"init_step": (1.0, 10.0)},
   "cg_block": {"damping": (1.0, 3.0)},
