@@ -16,7 +16,11 @@ Beside the ratios, for each step: its multiply-adds (XLA's cost analysis of the 
 step, half its flop count), the achieved rate as a fraction of the rate of a dense
 ``n x n x n`` float32 matmul with about as many multiply-adds (timed in the same
 interleaved run, so under the same load), XLA's peak memory of the compiled step and the
-bytes of the optimizer state (AM-mem: memories ``A`` of ``d x d`` per hidden layer). The
+bytes of the optimizer state (AM-mem: memories ``A`` of ``d x d`` per hidden layer). For
+AM-mem, ``memory_and_sweep_multiply_adds`` counts from the shapes the work its weight update
+cannot avoid (adding the batch into the memories and one sweep's ``W A``), with its ratio to
+Adam's multiply-adds and the time it would take at the full rate of the reference matmul,
+relative to Adam's measured step (``memory_and_sweep_at_matmul_rate_ratio_to_adam``). The
 ``memory`` section repeats the peak memory at batch 1000 (compiled, not timed), to show how
 it grows with width and batch. The 1, 5 and 15 minute load averages are in the report.
 
@@ -49,6 +53,15 @@ def make_methods(net) -> dict:
     "am_adam_k5": (amj.am_adam(net, code_steps=5, weight_optimizer=optax.adam(2e-3)), False),
     "am_mem": (amj.am_mem(net, code_steps=5, output_optimizer=optax.adam(2e-3)), False),
   }
+
+
+def memory_work(width: int, batch: int) -> float:
+  """Multiply-adds AM-mem cannot avoid in its weight update, from the shapes: for each
+  hidden layer with ``p = fan_in + 1`` inputs and ``n`` outputs, adding the batch into its
+  memories (``A += a a^T``: ``batch p^2``; ``B += c a^T``: ``batch n p``) and one sweep,
+  whose residuals need ``W A`` (``n p^2``)."""
+  layers = [(784 + 1, width), (width + 1, width)]
+  return float(sum(batch * p * p + batch * n * p + n * p * p for p, n in layers))
 
 
 def make_steps(width: int, batch: int) -> tuple[dict, dict]:
@@ -114,6 +127,15 @@ def main() -> dict:
           **common.matmul_fraction(costs[name]["multiply_adds"], medians[name], ref, medians[ref]),
         }
       )
+      if name == "am_mem":
+        work = memory_work(width, BATCH)
+        ref_rate = results[-1]["matmul_reference_multiply_adds_per_s"]
+        results[-1].update(
+          memory_and_sweep_multiply_adds=work,
+          memory_and_sweep_ratio_to_adam_multiply_adds=work / costs["adam"]["multiply_adds"],
+          # that work alone at the full rate of the reference matmul, over Adam's step time
+          memory_and_sweep_at_matmul_rate_ratio_to_adam=work / ref_rate / medians["adam"],
+        )
     for batch in MEMORY_BATCHES:
       if batch == BATCH:
         peaks = {name: c["peak_memory_bytes"] for name, c in costs.items()}
