@@ -49,7 +49,7 @@ def _fake_train(calls):
 
   def fake(config, data, entry, seed, hooks):
     calls.append((entry.method, dict(entry), seed, len(data.test[0])))
-    acc = {0.001: 0.6, 0.003: 0.7}.get(entry.get("lr"), 0.5)
+    acc = {0.001: 0.6, 0.003: 0.7, 0.01: float("nan")}.get(entry.get("lr"), 0.5)
     return {
       "step": [0, 1],
       "time": [0.0, 0.5],
@@ -70,21 +70,24 @@ def test_selection_runs_on_validation_then_final_on_test_and_resume_retrains_not
   calls = []
   monkeypatch.setattr(compare, "train_one", _fake_train(calls))
   config = _smoke()
+  config.grid.adam.lr = (1e-3, 3e-3, 1e-2)  # 1e-2 "diverges" (NaN accuracy)
   metrics = train.train_and_evaluate(config, str(tmp_path))
   # bundled smoke split: 1,000 train, 500 validation, 8,500 test
   selection_calls = [c for c in calls if c[3] == 500]
   final_calls = [c for c in calls if c[3] == 8500]
-  assert [c[1]["lr"] for c in selection_calls] == [1e-3, 3e-3]
+  assert [c[1]["lr"] for c in selection_calls] == [1e-3, 3e-3, 1e-2]
   assert [c[0] for c in final_calls] == ["adam", "ddg", "dc_asgd"]
   assert final_calls[0][1]["lr"] == 3e-3, "the final run uses the selected value"
   assert metrics["selected"] == {"adam": {"lr": 3e-3}}
-  assert [r["chosen"] for r in metrics["selection"]] == ["", "yes"]
+  assert [r["chosen"] for r in metrics["selection"]] == ["", "yes", ""]
+  assert metrics["selection"][2]["validation accuracy"] is None
   rows = {r["method"]: r for r in metrics["summary"]}
   assert rows["adam"]["hyperparameters"] == "lr=0.003"
   assert rows["ddg"]["hyperparameters"] == "as configured"
   assert rows["adam"]["time to 50% (s)"] == 0.5
   table = (tmp_path / "table.md").read_text()
   assert "| adam | lr=0.003 | 0.7000 | yes |" in table and "## Final (test split)" in table
+  assert "| adam | lr=0.01 | diverged |" in table
   assert (tmp_path / compare.PLOT).exists()
   written = json.loads((tmp_path / "metrics.json").read_text())
   assert written["complete"] and "select/adam/lr=0.001" in written["runs"]
@@ -157,4 +160,7 @@ def test_every_method_of_the_comparison_runs_its_smoke_size(tmp_path, capsys):
   metrics = train.train_and_evaluate(config, str(tmp_path))
   assert [r["method"] for r in metrics["summary"]] == list(config.method_list)
   for row in metrics["summary"]:
-    assert np.isfinite(row["test accuracy"]) and row["test accuracy"] > 0.2, row
+    assert np.isfinite(row["test accuracy"]) and row["diverged seeds"] == 0, row
+    # tau = 10 exceeds the smoke run's 8 rounds: the EASGD / DOWNPOUR centres never move
+    if "communication_period" not in config.methods[row["method"]]:
+      assert row["test accuracy"] > 0.2, row

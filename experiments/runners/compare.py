@@ -381,7 +381,11 @@ def markdown_report(config, header: Mapping, selection: list[dict], summary: lis
       "## Selection (validation accuracy at the end of the budget, first seed)",
       "",
       reporting.markdown_table(
-        selection, ["method", "hyperparameters", "validation accuracy", "chosen", "wall (s)"]
+        [
+          {**r, "validation accuracy": "diverged"} if r["validation accuracy"] is None else r
+          for r in selection
+        ],
+        ["method", "hyperparameters", "validation accuracy", "chosen", "wall (s)"],
       ),
     ]
   if summary and "test accuracy" in summary[0]:
