@@ -164,3 +164,30 @@ def test_every_method_of_the_comparison_runs_its_smoke_size(tmp_path, capsys):
     # tau = 10 exceeds the smoke run's 8 rounds: the EASGD / DOWNPOUR centres never move
     if "communication_period" not in config.methods[row["method"]]:
       assert row["test accuracy"] > 0.2, row
+
+
+def test_sm_tables_trains_on_minibatches_when_the_config_asks():
+  """``sm_tables.train_one`` with ``config.batch_size``: one iteration per shuffled minibatch,
+  evaluations every ``config.eval_every`` iterations, ``epoch`` counting passes."""
+  import ml_collections
+
+  from altmin_jax.data import load_dataset
+  from experiments.runners import sm_tables
+
+  data = load_dataset("bundled_mnist", num_train=400)
+  config = ml_collections.ConfigDict(
+    dict(
+      width=16,
+      activation="relu",
+      epochs=1,
+      progress=False,
+      batch_size=100,
+      eval_every=2,
+      num_train_eval=200,
+      methods={"ddg": {"learning_rate": 0.1, "momentum": 0.0, "max_modules": 2}},
+    )
+  )
+  record = sm_tables.train_one(config, data, 2, "ddg", None, 0)
+  assert record["step"] == [0, 2, 4]
+  assert record["epoch"] == [0.0, 0.5, 1.0]
+  assert record["train_loss"][-1] < record["train_loss"][0]
