@@ -147,6 +147,12 @@ def test_full_config_lists_every_method_of_the_issue_with_a_grid():
   assert config.num_train == 0 and config.num_validation == 0  # 50,000 / 10,000 by default
   am = fashion_mnist_compare.get_config("am_fc,500")
   assert tuple(am.hidden) == (500, 500) and "am_mem_offline" in am.method_list
+  wide = fashion_mnist_compare.get_config("wide")
+  compare.validate(wide)
+  for m in wide.method_list:  # moved past one end: the old end value is shared, nothing else
+    assert wide.methods[m].family == "distributed"
+    old, new = set(config.grid[m].lr), set(wide.grid[m].lr)
+    assert len(old & new) == 1 and (min(new) > min(old) or max(new) < max(old)), m
   with pytest.raises(common.ConfigError, match="500 goes with am_fc"):
     fashion_mnist_compare.get_config("500")
 

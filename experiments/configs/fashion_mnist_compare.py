@@ -44,6 +44,10 @@ Options after a colon, comma separated:
 * ``am_fc``: requirement 5's set (SGD, Adam, AM-Adam, AM-mem and the offline variants),
   seeds 0, 1, 2 in the final stage (0, 1 with ``500``);
 * ``500``: the 784-500-500-10 net (with ``am_fc``);
+* ``wide``: the distributed methods whose choice in the default run was an end of the grid
+  above (all but DC-ASGD-a), with grids moved past that end: ``lr`` {0.1, 0.3, 1} for
+  DC-ASGD-c, ASGD, SSGD, DC-SSGD, EASGD, async EASGD; {0.01, 0.03, 0.1} EAMSGD; {0.001,
+  0.003, 0.01} DOWNPOUR; {1e-4, 3e-4, 1e-3} momentum DOWNPOUR;
 * ``smoke``: CI size (bundled MNIST: 1,000 training, 500 validation images; one method of
   each family, one epoch, a grid of two values for Adam; seconds).
 
@@ -115,11 +119,22 @@ GRID = {
   "eamsgd": {"lr": MOMENTUM_LR},
   "mdownpour": {"lr": MOMENTUM_LR},
 }
+# The distributed methods whose default-grid choice was an end value, with the grid moved
+# past that end (the chosen value kept): option ``wide``.
+WIDE_GRID = {
+  **{
+    m: {"lr": (0.1, 0.3, 1.0)}
+    for m in ("dc_asgd", "async_sgd", "ssgd", "dc_ssgd", "easgd", "async_easgd")
+  },
+  "eamsgd": {"lr": (0.01, 0.03, 0.1)},
+  "downpour": {"lr": (0.001, 0.003, 0.01)},
+  "mdownpour": {"lr": (1e-4, 3e-4, 1e-3)},
+}
 AM_FC_LIST = ("am_adam", "am_mem", "sgd", "adam", "am_adam_offline", "am_mem_offline")
 
 
 def get_config(arg: str | None = None):
-  options = common.parse_arg(arg, {"am_fc", "500", "smoke"})
+  options = common.parse_arg(arg, {"am_fc", "500", "wide", "smoke"})
   if "500" in options and "am_fc" not in options:
     raise common.ConfigError("option 500 goes with am_fc (the comparison's net is 784-100-100-10)")
   width = 500 if "500" in options else 100
@@ -148,6 +163,9 @@ def get_config(arg: str | None = None):
   config.method_list = AM_FC_LIST if "am_fc" in options else tuple(METHODS)
   config.methods = ml_collections.ConfigDict({**METHODS, **OFFLINE})
   config.grid = ml_collections.ConfigDict(GRID)
+  if "wide" in options:
+    config.method_list = tuple(WIDE_GRID)
+    config.grid = ml_collections.ConfigDict(WIDE_GRID)
   if "smoke" in options:
     config.dataset = "bundled_mnist"
     config.num_train, config.num_validation = 1000, 500
