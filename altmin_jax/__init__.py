@@ -27,6 +27,7 @@ from altmin_jax.am import (
   am_mem,
   am_mem_offline,
   pipelined_am_adam,
+  pipelined_am_mem,
   taylor_admm,
 )
 from altmin_jax.distributed import (
@@ -87,6 +88,7 @@ __all__ = [
   "networks",
   "numerics",
   "pipelined_am_adam",
+  "pipelined_am_mem",
   "pipelined_gradient_descent",
   "pipelined_surrogate_minimization",
   "schedules",

@@ -25,8 +25,10 @@ when one is present) the benchmark
    steps and pipelined AM-Adam, dependency-driven and lockstep (as implemented), with every
    device's busy and idle time and the utilization;
 3. times whole steps, interleaved the same way: pipelined AM-Adam, single-device
-   ``am_adam``, pipelined SM and single-device SM, each as a ratio to one ``optax.adam``
-   backprop step on one device, and the *measured* utilization (modelled busy time over S
+   ``am_adam``, pipelined AM-mem (co-activation memories on the devices that hold the
+   layers, one block-coordinate sweep) and single-device ``am_mem``, pipelined SM and
+   single-device SM, each as a ratio to one ``optax.adam`` backprop step on one device,
+   and the *measured* utilization of pipelined AM-Adam and SM (modelled busy time over S
    times the measured step time).
 
 Like ``sm_pipeline.py``, a phase that runs on all S devices at once is measured as a whole
@@ -76,6 +78,7 @@ LAYERS = 8
 SM_KW = dict(power_iterations=3)
 LEARNING_RATE = 1e-3  # Adam's, for the baseline, GPipe + Adam and AM's weight steps
 AM_KW = dict(code_steps=5, code_lr=0.1, mu=0.1, weight_steps=1)  # as the notebook (mu fixed)
+MEM_KW = dict(code_steps=5, code_lr=0.1, mu=0.1, sweeps=1)  # AM-mem: one sweep, SGD output layer
 
 
 def median_times(fns: dict, repeats: int, costs: dict | None = None):
@@ -105,6 +108,7 @@ def am_phase_functions(net, params, x, y, mesh, M: int, boundary: str) -> dict:
   states = tx.init(stacked).weight_states
   prep = pl.gpipe.prepare(pipe, net, stacked, (x, y), "am_pipeline benchmark")
   lay, b, mu = pipe.layout, x.shape[0] // M, jnp.asarray(AM_KW["mu"])
+  shared = (mu, jnp.asarray(1.0), jnp.asarray(0.0))  # mu, forgetting, ridge (unused by Adam)
   outside = boundary == "outside"
   per_micro = lambda a: pl.gpipe.microbatches(pl.layout.fit(a, lay.in_width), M)
   # what enters the pipeline and the top code's carry, as in am_pipeline.am_step
@@ -137,7 +141,7 @@ def am_phase_functions(net, params, x, y, mesh, M: int, boundary: str) -> dict:
   )
   add(
     "weight_updates",
-    lambda th, s, a, c: am_pl.weight_updates(pipe, cfg, th, s, a, c, prep.y, mu),
+    lambda th, s, a, c: am_pl.weight_updates(pipe, cfg, th, s, (), a, c, prep.y, shared),
     prep.theta,
     states,
     cin_new,
@@ -236,6 +240,8 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "optax_adam": single(optax.adam(LEARNING_RATE), True),
     "am_adam_single_device": single(amj.am_adam(net, **am_kw), False),
     "pipelined_am_adam": pipelined(amj.pipelined_am_adam(net, **kw, **am_kw)),
+    "am_mem_single_device": single(amj.am_mem(net, **MEM_KW), False),
+    "pipelined_am_mem": pipelined(amj.pipelined_am_mem(net, **kw, **MEM_KW)),
     "sm_single_device": single(amj.sm.surrogate_minimization(net, inner_steps=N, **SM_KW), False),
     "pipelined_sm": pipelined(
       pl.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
@@ -262,6 +268,7 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "microbatches": M,
     "sm_inner_steps": N,
     "am": {**AM_KW, "weight_optimizer": f"adam({LEARNING_RATE})"},
+    "am_mem": {**MEM_KW, "output_optimizer": "sgd(0.1)"},
     "phase_seconds": measured,
     "durations": durations._asdict(),
     "gpipe_adam_durations": adam_durations._asdict(),

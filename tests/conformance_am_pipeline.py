@@ -1,4 +1,4 @@
-"""Conformance case of pipelined AM-Adam (issue 17).
+"""Conformance cases of pipelined AM-Adam and AM-mem (issue 17).
 
 The conformance suite runs in one process with one CPU device, so the pipeline is a
 1-device mesh (all layers on one stage) with 2 GPipe micro-batches: the shard_map phases,
@@ -31,7 +31,10 @@ def _mesh():
 AM_KW = dict(code_steps=3, code_lr=0.03, mu=0.05, weight_optimizer=optax.adam(3e-2))
 
 
-def _make(dtype) -> Problem:
+MEM_KW = dict(code_steps=3, code_lr=0.03, mu=0.05, sweeps=2, output_optimizer=optax.adam(3e-2))
+
+
+def _make(dtype, factory=amj.pipelined_am_adam, kw=AM_KW) -> Problem:
   net = _net(dtype)
   mesh = _mesh()
   params = pl.replicate_on(mesh, net.init(jax.random.key(0)))
@@ -44,7 +47,7 @@ def _make(dtype) -> Problem:
 
   bx, by = batches[0]
   return Problem(
-    tx=amj.pipelined_am_adam(net, mesh=mesh, num_microbatches=2, **AM_KW),
+    tx=factory(net, mesh=mesh, num_microbatches=2, **kw),
     params=params,
     extra_args=lambda step: {"batch": batches[step % len(batches)]},
     loss=loss,
@@ -72,6 +75,28 @@ CASES: list[Case] = [
         "boundary='middle'",
       ),
       (lambda: amj.pipelined_am_adam(_net(), mesh="cpu"), "mesh='cpu'"),
+    ],
+  ),
+  Case(
+    "pipelined_am_mem",
+    lambda dtype: _make(dtype, amj.pipelined_am_mem, MEM_KW),
+    bad_hyperparams=[
+      (lambda: amj.pipelined_am_mem(_net(), mesh=_mesh(), code_steps=-1), "code_steps=-1"),
+      (lambda: amj.pipelined_am_mem(_net(), mesh=_mesh(), mu=0.0), "mu=0.0"),
+      (lambda: amj.pipelined_am_mem(_net(), mesh=_mesh(), sweeps=0), "sweeps=0"),
+      (lambda: amj.pipelined_am_mem(_net(), mesh=_mesh(), solver="lu"), "solver='lu'"),
+      (lambda: amj.pipelined_am_mem(_net(), mesh=_mesh(), forgetting=1.5), "forgetting=1.5"),
+      (lambda: amj.pipelined_am_mem(_net(), mesh=_mesh(), ridge=-1.0), "ridge=-1.0"),
+      (lambda: amj.pipelined_am_mem(_net(), mesh=_mesh(), output_steps=0), "output_steps=0"),
+      (
+        lambda: amj.pipelined_am_mem(_net(), mesh=_mesh(), num_microbatches=0),
+        "num_microbatches=0",
+      ),
+      (
+        lambda: amj.pipelined_am_mem(_net(), mesh=_mesh(), boundary="middle"),
+        "boundary='middle'",
+      ),
+      (lambda: amj.pipelined_am_mem(_net(), mesh="cpu"), "mesh='cpu'"),
     ],
   ),
 ]

@@ -1,17 +1,19 @@
-"""Pipeline-parallel AM-Adam (issue 17): equivalence with the single-device ``am_adam``
-step on 2, 4 and 8 CPU devices and across two processes, both boundary choices, no
-collectives in the weight phase, Flax training loops and validation.
+"""Pipeline-parallel AM-Adam and AM-mem (issue 17): equivalence with the single-device
+``am_adam`` / ``am_mem`` steps on 2, 4 and 8 CPU devices and across two processes, both
+boundary choices, no collectives in the weight phase, Flax training loops and validation.
 
 The multi-device parts run the child programs of ``children/am_pipeline.py`` (which also
-holds the problem and the single-device reference) through ``helpers.start_child``:
+holds the problems and the single-device references) through ``helpers.start_child``:
 ``devices(n)`` in one process with n devices (the three device counts run concurrently)
-and ``worker()`` in each of two ``jax.distributed`` processes with 2 devices each.
+and ``worker()`` in each of two ``jax.distributed`` processes with 2 devices each; each
+runs once per session, for both methods.
 """
 
 from __future__ import annotations
 
 import doctest
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,8 @@ import optax
 import pytest
 from children.am_pipeline import (
   ATOL,
+  MEM_ATOL,
+  MEM_RTOL,
   RTOL,
   VARIANTS,
   case_name,
@@ -27,6 +31,8 @@ from children.am_pipeline import (
   comparable,
   error,
   leaves,
+  mem_cases,
+  mem_problem,
   problem,
   reference_comparable,
   reference_run,
@@ -54,15 +60,32 @@ def _device_results(full: bool = False) -> dict:
       child.kill()
 
 
-def _check_cases(results: dict, n: int, full: bool):
+@functools.cache
+def _worker_results() -> list:
+  """The two ``jax.distributed`` processes' results (both methods)."""
+  return run_child("am_pipeline.worker", devices=2, processes=2, timeout=600)
+
+
+def _check_cases(results: dict, n: int, full: bool, mem: bool = False):
+  """Every AM-Adam (``mem``: AM-mem) case on n devices matched its single-device
+  reference to the tolerance (errors <= 1), moved the params and (stacked params) held
+  only its own layers on each device; AM-mem's padded params stayed exactly zero."""
   got = results["cases"]
-  assert set(got) == {case_name(*case) for case in cases(n, full)}
-  for name, r in got.items():
+  assert set(got) == {case_name(*c) for c in [*cases(n, full), *mem_cases(n, full)]}
+  for case in mem_cases(n, full) if mem else cases(n, full):
+    name = case_name(*case)
+    r = got[name]
     assert r["params_error"] <= 1.0, (n, name, r)
     assert r["state_error"] <= 1.0, (n, name, r)
     assert r["moved"] > 1e-3, (n, name, r)  # the step did something
-    if "stacked" in name:
-      assert r["layers_per_device"] == [8 // n], (n, name, r)
+    if mem:
+      assert r["padding"] == 0.0, (n, name, r)
+      stages, boundary = case[5], case[2]
+      layers = stages if boundary == "pad" else stages - 2
+    else:
+      layers = 8
+    if case[3] == "stacked":
+      assert r["layers_per_device"] == [layers // n], (n, name, r)
 
 
 # ------------------------------------------------------------------ the tests
@@ -88,12 +111,36 @@ def test_pipelined_steps_equal_single_device_steps_full(n):
   _check_cases(_device_results(full=True)[n], n, full=True)
 
 
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_pipelined_am_mem_steps_equal_single_device_steps(n):
+  """AM-mem in float64 (the exact solve of a float32 memory amplifies rounding beyond any
+  useful tolerance), on MLPs whose hidden widths vary so that every layer's memories are
+  zero-padded: three pipelined AM-mem steps (memories carried) give ``am_mem``'s params,
+  step count, batch loss, output-layer optimizer state and co-activation memories to
+  rtol 1e-8 / atol 1e-10: 2 devices the exact solve with the first and last stage
+  outside (M = 2), 4 devices block-coordinate sweeps with every stage padded into the
+  pipeline (M = 2), 8 devices the exact solve padded (M = 4); the padded weights stay
+  exactly zero. Both boundaries across processes: ``test_am_mem_two_processes_...``; the
+  slow variant runs both solvers with both boundaries on every n, M in
+  {1, 2, 3, 4, 6, 12} (pad) and {1, 4} (outside, 10 stages on 4 and 8 devices)."""
+  _check_cases(_device_results()[n], n, full=False, mem=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_pipelined_am_mem_steps_equal_single_device_steps_full(n):
+  """Both AM-mem solvers with M in {1, 2, 3, 4, 6, 12} (pad) and {1, 4} (outside)."""
+  _check_cases(_device_results(full=True)[n], n, full=True, mem=True)
+
+
 def test_weight_phase_has_no_collectives():
-  """The compiled weight-update phase (4 devices) contains no collective op, while the
-  forward pass, the input codes and the code updates communicate between neighbours (so
-  the check can fail)."""
+  """The compiled weight-update phase (4 devices) contains no collective op, for AM-Adam
+  and for AM-mem (memory updates and block-coordinate sweeps), while the forward pass,
+  the input codes and the code updates communicate between neighbours (so the check can
+  fail)."""
   hlo = _device_results()[4]["hlo"]
   assert hlo["weight_updates"] == []
+  assert hlo["weight_updates_mem"] == []
   for phase in ("forward", "input_codes", "code_updates"):
     assert "collective-permute" in hlo[phase], (phase, hlo[phase])
 
@@ -102,7 +149,7 @@ def test_two_processes_match_the_single_process_step():
   """Two processes (jax.distributed on localhost, gloo CPU collectives, 2 devices each)
   run a 4-device pipeline, layers 0-3 on one process and 4-7 on the other: two steps
   equal ``am_adam``'s on one device."""
-  got = run_child("am_pipeline.worker", devices=2, processes=2, timeout=600)
+  got = _worker_results()
   net, params, x, y = problem()
   want = reference_run("sgd", net, params, jnp.asarray(x), jnp.asarray(y), 2)
   for t, (p, s) in enumerate(want):
@@ -112,6 +159,28 @@ def test_two_processes_match_the_single_process_step():
         np.testing.assert_allclose(got[rank][f"{t}/{i}"], w, rtol=RTOL, atol=ATOL)
   for rank in (0, 1):
     np.testing.assert_array_equal(got[rank][f"owned/{rank}"], np.arange(4) + 4 * rank)
+
+
+def test_am_mem_two_processes_match_the_single_process_step():
+  """AM-mem across the same two processes, in float64: three steps with the memories
+  zero-padded into a 4-device pipeline (layers 0-3 on one process, 4-7 on the other)
+  and with the first and last stage outside a 2-device pipeline of one device per
+  process (3 middle layers each) equal ``am_mem``'s on one device (rtol 1e-8 /
+  atol 1e-10); padded weights stay zero."""
+  got = _worker_results()
+  with jax.enable_x64(True):
+    want = reference_run("mem_bcd", *mem_problem(8), 3)
+    expected = [leaves((p, reference_comparable(s))) for p, s in want]
+  for boundary, per_process in (("pad", 4), ("outside", 3)):
+    for rank in (0, 1):
+      r = got[rank]
+      for t, step in enumerate(expected):
+        for i, w in enumerate(step):
+          g = r[f"mem/{boundary}/{t}/{i}"]
+          np.testing.assert_allclose(g, w, rtol=MEM_RTOL, atol=MEM_ATOL, err_msg=boundary)
+      owned = r[f"mem/{boundary}/owned/{rank}"]
+      np.testing.assert_array_equal(owned, np.arange(per_process) + per_process * rank)
+      assert r[f"mem/{boundary}/padding"] == 0.0
 
 
 def test_both_boundaries_give_the_single_device_step():
@@ -149,19 +218,34 @@ def test_both_boundaries_give_the_single_device_step():
     assert size(jax.tree.map(lambda a, b: a - b, want[-1][0], params)) > 1e-3
 
 
-def test_works_from_nnx_optimizer_and_train_state():
+NNX_METHODS = {
+  "am_adam": (
+    amj.am_adam,
+    amj.pipelined_am_adam,
+    dict(code_steps=2, code_lr=0.05, mu=0.1, weight_optimizer=optax.adam(3e-2)),
+  ),
+  "am_mem": (
+    amj.am_mem,
+    amj.pipelined_am_mem,
+    dict(code_steps=2, code_lr=0.05, mu=0.1, output_optimizer=optax.sgd(0.3)),
+  ),
+}
+
+
+@pytest.mark.parametrize("name", NNX_METHODS)
+def test_works_from_nnx_optimizer_and_train_state(name):
   """A Flax NNX MLP trained through ``nnx.Optimizer``, and its params through the shipped
-  ``TrainState``, take ``am_adam``'s first step (1-device mesh, 2 micro-batches); the
-  NNX model keeps decreasing the loss."""
+  ``TrainState``, take ``am_adam``'s (``am_mem``'s) first step (1-device mesh, 2
+  micro-batches); the NNX model keeps decreasing the loss."""
   model = nnx.Sequential(
     nnx.Linear(6, 8, rngs=nnx.Rngs(0)), jnp.tanh, nnx.Linear(8, 3, rngs=nnx.Rngs(1))
   )
   net = amj.networks.from_nnx(model)
   x, y = teacher_classification(0, n=16)
-  kw = dict(code_steps=2, code_lr=0.05, mu=0.1, weight_optimizer=optax.adam(3e-2))
+  single, pipelined_factory, kw = NNX_METHODS[name]
   mesh = pl.pipeline_mesh(1)
-  tx = amj.pipelined_am_adam(net, mesh=mesh, num_microbatches=2, **kw)
-  ref = amj.am_adam(net, **kw)
+  tx = pipelined_factory(net, mesh=mesh, num_microbatches=2, **kw)
+  ref = single(net, **kw)
   pure = net.init(None)
   expected = optax.apply_updates(pure, ref.update(None, ref.init(pure), pure, batch=(x, y))[0])
 
@@ -207,6 +291,17 @@ def test_validation_names_the_offending_value():
     tx.update(None, tx.init(params), params, batch=(x, y))
   with pytest.raises(ValueError, match="needs params"):
     tx.update(None, tx.init(params), None, batch=(x, y))
+  for bad, message in (
+    (dict(solver="lu"), "solver='lu'"),
+    (dict(sweeps=0), "sweeps=0"),
+    (dict(forgetting=1.5), "forgetting=1.5"),
+    (dict(ridge=-1.0), "ridge=-1.0"),
+    (dict(output_steps=0), "output_steps=0"),
+    (dict(num_microbatches=0), "num_microbatches=0"),
+    (dict(boundary="middle"), "boundary='middle'"),
+  ):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      amj.pipelined_am_mem(net, mesh=mesh, **bad)
 
 
 def test_docstring_examples_run():

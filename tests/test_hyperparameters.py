@@ -83,6 +83,12 @@ SPECS = {
     reals=CODE,
     ints={"weight_steps": 1, "code_steps": 2, "num_microbatches": 2},
   ),
+  "pipelined_am_mem": Spec(
+    amj.pipelined_am_mem,
+    "pipeline",
+    reals={**CODE, "forgetting": (1.0, 0.5), "ridge": (1e-6, 1e-2)},
+    ints={"output_steps": 1, "sweeps": 1, "code_steps": 2, "num_microbatches": 2},
+  ),
   "taylor_admm": Spec(
     amj.taylor_admm,
     "layered_relu",

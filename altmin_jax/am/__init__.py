@@ -3,7 +3,8 @@ Taylor et al. (2016) ADMM baseline.
 
 One module per method (:mod:`~altmin_jax.am.online`, :mod:`~altmin_jax.am.offline`,
 :mod:`~altmin_jax.am.rnn`, :mod:`~altmin_jax.am.admm`,
-:mod:`~altmin_jax.am.pipelined`) over the shared building blocks
+:mod:`~altmin_jax.am.pipelined` with its phases in
+:mod:`~altmin_jax.am.pipelined_phases`) over the shared building blocks
 :mod:`~altmin_jax.am.codes` (code subproblems) and :mod:`~altmin_jax.am.weights`
 (weight subproblems); what the methods share otherwise lives in ``_common``.
 """
@@ -12,7 +13,7 @@ from altmin_jax.am.admm import TaylorADMMState, taylor_admm
 from altmin_jax.am.codes import encode_anchors, make_code_optimizer, update_codes
 from altmin_jax.am.offline import AMOfflineState, am_adam_offline, am_mem_offline
 from altmin_jax.am.online import AMState, am_adam, am_mem
-from altmin_jax.am.pipelined import PipelinedAMState, pipelined_am_adam
+from altmin_jax.am.pipelined import PipelinedAMState, pipelined_am_adam, pipelined_am_mem
 from altmin_jax.am.rnn import RNNAMState, am_adam_rnn, update_rnn_codes
 from altmin_jax.am.weights import CoactivationMemory, block_coordinate_sweeps, exact_solve
 
@@ -33,6 +34,7 @@ __all__ = [
   "exact_solve",
   "make_code_optimizer",
   "pipelined_am_adam",
+  "pipelined_am_mem",
   "taylor_admm",
   "update_codes",
   "update_rnn_codes",

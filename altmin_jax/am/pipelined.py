@@ -1,10 +1,11 @@
-r"""Pipeline-parallel online AM-Adam: layers on devices, codes passed between neighbours.
+r"""Pipeline-parallel online AM (AM-Adam, AM-mem): layers on devices, codes passed
+between neighbours.
 
 Choromanska et al., "Beyond Backprop: Online Alternating Minimization with Auxiliary
 Variables", ICML 2019 (Algorithms 2.1-2.3). Once the codes are fixed, the weight update of
 every layer needs only that layer's input and output codes (eqs. 6-7): no gradient travels
 between layers. Here the layers live on different devices and each device updates the
-weights it holds.
+weights (and, for AM-mem, the co-activation memories) it holds.
 
 On a minibatch ``(x, y)`` AM minimises the relaxed objective (eq. 3)
 
@@ -12,12 +13,14 @@ On a minibatch ``(x, y)`` AM minimises the relaxed objective (eq. 3)
    F(W, C) = \mathcal{L}(y, f_{L+1}(W^{L+1}, \sigma_L(c^L)))
      + \mu \sum_{l=1}^{L} \|c^l - f_l(W^l, \sigma_{l-1}(c^{l-1}))\|^2 .
 
-One step of :func:`pipelined_am_adam` is one step of :func:`~altmin_jax.am.am_adam`
-(same iterates to float tolerance, only summation orders differ), executed over the
-layout of :mod:`altmin_jax.sm.pipeline.layout` (the dense stages stacked on a layer axis,
+One step of :func:`pipelined_am_adam` (:func:`pipelined_am_mem`) is one step of
+:func:`~altmin_jax.am.am_adam` (:func:`~altmin_jax.am.am_mem`): same iterates to float
+tolerance, only summation orders differ. It runs over the layout of
+:mod:`altmin_jax.sm.pipeline.layout` (the dense stages stacked on a layer axis,
 zero-padded to common widths, sharded ``P('stage')``: device :math:`s` of :math:`S` holds
 :math:`K` consecutive layers) with the schedules of :class:`~altmin_jax.sm.pipeline.gpipe.
-Pipeline`, on :math:`M` micro-batches of :math:`b = B / M` samples:
+Pipeline`, on :math:`M` micro-batches of :math:`b = B / M` samples; the phases are in
+:mod:`altmin_jax.am.pipelined_phases`:
 
 1. **Encode** (GPipe forward, :math:`M + S - 1` ticks): at tick :math:`t` device :math:`s`
    runs its layers on micro-batch :math:`j = t - s` and sends the activations to
@@ -44,47 +47,71 @@ Pipeline`, on :math:`M` micro-batches of :math:`b = B / M` samples:
 
    The subproblems are separable across samples, so solving them per micro-batch gives
    the full-batch codes exactly (for elementwise code optimizers: SGD, Nesterov, Adam).
-4. **Weight updates, no collective**: each device takes ``weight_steps`` = :math:`K_w`
-   steps of its layers' persistent optimizers (default Adam) on their own subproblems
-   over the whole batch (every micro-batch's codes are stored where the layer lives):
+4. **Weight updates, no collective**: each device updates its own layers from their codes
+   over the whole batch (every micro-batch's codes are stored where the layer lives).
+   The output layer takes :math:`K_w` steps of its persistent optimizer on
+   :math:`\tfrac1B \sum_n \mathcal{L}(y_n, f_{L+1}(W, \sigma_L(c_n^L)))`. A hidden layer
+   :math:`i \le L`, under AM-Adam, takes ``weight_steps`` = :math:`K_w` steps of its
+   persistent optimizer (default Adam) on
 
    .. math::
-      W^i &\leftarrow \arg\min_W\ \tfrac{\mu}{B} \textstyle\sum_n
-         \|c_n^i - f_i(W, \sigma_{i-1}(c_n^{i-1}))\|^2 \qquad (\text{eq. 6}, i \le L)\\
-      W^{L+1} &\leftarrow \arg\min_W\ \tfrac1B \textstyle\sum_n
-         \mathcal{L}(y_n, f_{L+1}(W, \sigma_L(c_n^L)))
+      \tfrac{\mu}{B} \textstyle\sum_n \|c_n^i - f_i(W, \sigma_{i-1}(c_n^{i-1}))\|^2
+      \qquad (\text{eq. 6});
+
+   under AM-mem it accumulates its co-activation memories, kept (stacked and sharded like
+   the layers) on the device that holds it, with :math:`a_n = [\sigma_{i-1}(c_n^{i-1}); 1]`
+   and the forgetting factor :math:`\beta` (Algorithm 2.3, ``updateMemory``),
+
+   .. math::
+      A^i \leftarrow \beta A^i + \textstyle\sum_n a_n a_n^\top, \qquad
+      B^i \leftarrow \beta B^i + \textstyle\sum_n c_n^i a_n^\top,
+
+   and moves :math:`W^i = [K^{i\top}, b^i]` towards the minimiser of the memory
+   surrogate (eq. 7), :math:`\arg\min_W \mathrm{Tr}(W^\top W A^i) - 2\,\mathrm{Tr}(W^\top B^i)`,
+   by ``sweeps`` block-coordinate sweeps over the columns,
+   :math:`w_j \leftarrow w_j + (b_j - W a_j) / A^i_{jj}`, or exactly,
+   :math:`W = B^i (A^i + \lambda I)^{-1}` (:func:`~altmin_jax.am.weights.exact_solve`).
 
 With ``boundary="outside"`` the first and last stage run on the full batch, replicated,
 outside the pipeline: the first stage's code :math:`c^1` before the forward pass, the top
 code :math:`c^L` (eq. 4) and the last stage's weight step after it, the first stage's
-weight step on :math:`c^1` once the reverse pass has brought it down. Zero padding changes
-nothing: padded code entries start at zero, their gradients (zero kernel rows and
-columns) and proximal terms vanish, padded inputs are masked to zero, so padded weights
-receive zero gradients and stay zero under every optax optimizer that maps a zero
-gradient with a zero state to a zero update (SGD, momentum, Adam, ...).
+weight step (AM-mem: its memories, replicated, and their solve) on :math:`c^1` once the
+reverse pass has brought it down. Zero padding changes no result (see
+:mod:`altmin_jax.am.pipelined_phases`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from altmin_jax import losses as losses_lib
 from altmin_jax.am import codes as codes_lib
 from altmin_jax.am import weights as weights_lib
-from altmin_jax.am._common import AMConfig, am_config, code_step, gradient_rule, mean_loss
+from altmin_jax.am._common import (
+  AMConfig,
+  am_config,
+  code_step,
+  gradient_rule,
+  mean_loss,
+  memory_rule,
+)
+from altmin_jax.am.pipelined_phases import (
+  code_updates,
+  input_codes,
+  stacked_optimizer,
+  weight_updates,
+)
 from altmin_jax.core import batches, meshes, trees
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
 from altmin_jax.loops import optimizer_steps
-from altmin_jax.networks import LayeredNetwork, as_arrays, identity
+from altmin_jax.networks import LayeredNetwork, as_arrays
 from altmin_jax.sm.pipeline import gpipe
 from altmin_jax.sm.pipeline.layout import (
   AXIS,
@@ -95,164 +122,22 @@ from altmin_jax.sm.pipeline.layout import (
   stack_params,
 )
 
-METHOD = "pipelined AM-Adam"
-
 
 class PipelinedAMState(NamedTuple):
-  """State of pipelined AM-Adam: step count, last batch loss and the layers' optimizer
-  states (the stacked layers' with a leading layer axis, sharded like the layers)."""
+  """State of pipelined online AM: step count, last batch loss, the layers' optimizer
+  states and (AM-mem) co-activation memories, the stacked layers' with a leading layer
+  axis, sharded like the layers."""
 
   count: Array  # int32 scalar, minibatches seen
   batch_loss: Array  # float32 scalar, mean loss of the last batch before its update
-  weight_states: Any  # optimizer state of the stacked layers, every leaf (layers, ...)
-  head_state: Any  # optimizer state of the first stage (boundary="outside"), else EmptyState
+  weight_states: Any  # optimizer state of the stacked gradient layers, every leaf (layers, ...)
+  head_state: Any  # optimizer state of the first stage (outside, AM-Adam), else EmptyState
   tail_state: Any  # optimizer state of the last stage (boundary="outside"), else EmptyState
+  memory: Any  # AM-mem: the stacked layers' CoactivationMemory (layers, ...); AM-Adam: ()
+  head_memory: Any  # AM-mem, boundary="outside": the first stage's CoactivationMemory, else ()
 
 
-# --------------------------------------------------------------- layer maths
-
-
-def _code(theta: dict, a: Array) -> Array:
-  """The pre-activation code ``c = a @ kernel + bias`` of a stacked dense layer."""
-  c = a @ theta["kernel"]
-  return c + theta["bias"] if "bias" in theta else c
-
-
-def _input_activation(net: LayeredNetwork, pipe: gpipe.Pipeline) -> Callable:
-  """``(c, layer, w_in) -> sigma(c)``: the activation of the stage below a stacked layer
-  (traced ``layer``: the identity on the input, the first stage's below an outside
-  boundary), the padded entries beyond the layer's real input width ``w_in`` zeroed."""
-  lay = pipe.layout
-  lowest = identity if lay.first == 0 else net.activation(lay.first)
-
-  def apply(c, layer, w_in):
-    a = lay.activation(c)
-    if lowest is not lay.activation:
-      a = jnp.where(layer == 0, lowest(c), a)
-    return jnp.where(jnp.arange(c.shape[-1]) < w_in, a, jnp.zeros_like(a))
-
-  return apply
-
-
-def _layer_index(pipe: gpipe.Pipeline, k: int):
-  """``(global stacked layer, is_last, w_in)`` of this device's local layer ``k``."""
-  _, is_last, w_in, _, stage = pipe.local_flags(k)
-  return stage - pipe.layout.first - 1, is_last, w_in
-
-
-# ------------------------------------------------------------------- phases
-# Each phase is one jax.shard_map over the pipeline (exposed for benchmarks and tests).
-
-
-def input_codes(pipe: gpipe.Pipeline, theta, zin, bottom, *, top: bool):
-  """Phase 2: every stacked layer's input code ``c^{i-1}`` (``(L, M, b, in_width)``; the
-  lowest layer's is ``bottom``, replicated) and, with ``top``, the top layer's output
-  code ``(M, b, out_width)`` on every device."""
-  lay, K, S = pipe.layout, pipe.layers_per_stage, pipe.num_stages
-
-  def device(theta, zin, bottom):
-    s = lax.axis_index(pipe.axis_name)
-    outs = [_code(pipe.take(theta, k), zin[k]) for k in range(K)]
-    below = pipe.shift(fit(outs[-1], lay.in_width), up=True)  # from device s - 1
-    lowest = jnp.where(s == 0, bottom, below)
-    cin = jnp.stack([lowest, *(fit(c, lay.in_width) for c in outs[:-1])])
-    return cin, pipe.broadcast_from(outs[-1], S - 1) if top else None
-
-  layer = P(pipe.axis_name)
-  fn = pipe.shard_map(
-    device,
-    in_specs=(pipe.specs(theta, layer), layer, P()),
-    out_specs=(layer, P() if top else None),
-  )
-  return fn(theta, zin, bottom)
-
-
-def code_updates(pipe, cfg: AMConfig, theta, cin, carry_top, mu, *, bottom: bool):
-  """Phase 3: the top-down code updates as a reverse GPipe pass.
-
-  The carry entering a layer is ``(c^i updated, labels or None)``; layer ``i`` updates
-  ``c^{i-1}`` (eq. 4 for the output layer, eq. 5 otherwise; the input layer has no code
-  below) and passes it down. Returns ``((c^{i-1}, c^i) per layer (L, M, b, width),
-  bottom)``: the updated codes entering and leaving every layer, and (``bottom``) the
-  code below the lowest layer on every device.
-  """
-  lay, net, cs = pipe.layout, cfg.net, cfg.codes
-  logits = lay.widths[-1]
-  activation = _input_activation(net, pipe)
-  pad = lay.boundary == "pad"
-
-  def step(k, th, c_init, carry, mu):
-    above, labels = carry
-    layer, is_last, w_in = _layer_index(pipe, k)
-    sigma = lambda c: activation(c, layer, w_in)
-
-    def solve(term):
-      objective = codes_lib.with_proximal(term, c_init, cs.proximal)
-      return codes_lib.minimize(objective, c_init, cs.tx, cs.steps)
-
-    # eq. (5) divided by mu: the updated code above against this layer's map of c
-    hidden = lambda: solve(lambda c: codes_lib.squared_norm(above - _code(th, sigma(c))))
-    if pad:
-      # eq. (4) divided by mu (the output layer) and the input layer (x: nothing to update)
-      top = lambda: solve(lambda c: jnp.sum(cfg.loss(_code(th, sigma(c))[:, :logits], labels)) / mu)
-      branch = jnp.where(layer == 0, 0, jnp.where(is_last, 1, 2))
-      new = lax.switch(branch, (lambda: c_init, top, hidden))
-    else:
-      new = hidden()
-    return (new, above), None, (new, labels)
-
-  b = cin.shape[2]
-  like = lambda w: jax.ShapeDtypeStruct((b, w), cin.dtype)
-  labels = carry_top[1]
-  labels_like = None if labels is None else jax.ShapeDtypeStruct(labels.shape[1:], labels.dtype)
-  stored, _, bot = pipe.reverse(
-    step,
-    theta,
-    cin,
-    carry_top,
-    to_carry=lambda below: (fit(below[0], lay.out_width), below[1]),
-    stored_like=(like(lay.in_width), like(lay.out_width)),
-    bottom_like=(like(lay.in_width), labels_like) if bottom else None,
-    shared=mu,
-  )
-  return stored, None if bot is None else bot[0]
-
-
-def weight_updates(pipe, cfg: AMConfig, theta, states, cin, cout, y, mu):
-  """Phase 4: ``weight_steps`` optimizer steps of every stacked layer on its own
-  subproblem over the whole batch, where the layer lives (no collective)."""
-  lay, K = pipe.layout, pipe.layers_per_stage
-  tx, steps = cfg.weights.optimizers[lay.first], cfg.weights.steps
-  logits = lay.widths[-1]
-  activation = _input_activation(cfg.net, pipe)
-  pad = lay.boundary == "pad"
-  flat = lambda a: a.reshape(-1, a.shape[-1])
-
-  def device(theta, states, cin, cout, y, mu):
-    new_theta, new_states = [], []
-    for k in range(K):
-      layer, is_last, w_in = _layer_index(pipe, k)
-      a, target = activation(flat(cin[k]), layer, w_in), flat(cout[k])
-      th, st = pipe.take(theta, k), pipe.take(states, k)
-
-      def hidden(a=a, target=target, th=th, st=st):  # eq. (6)
-        objective = lambda p: mu * jnp.mean(jnp.sum(jnp.square(target - _code(p, a)), axis=-1))
-        return optimizer_steps(objective, th, st, tx, steps)
-
-      def output(a=a, th=th, st=st):
-        objective = lambda p: jnp.mean(cfg.loss(_code(p, a)[:, :logits], y))
-        return optimizer_steps(objective, th, st, tx, steps)
-
-      updated, opt_state = lax.cond(is_last, output, hidden) if pad else hidden()
-      new_theta.append(updated)
-      new_states.append(opt_state)
-    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-    return stack(new_theta), stack(new_states)
-
-  layer = P(pipe.axis_name)
-  specs = (pipe.specs(theta, layer), pipe.specs(states, layer))
-  fn = pipe.shard_map(device, in_specs=(*specs, layer, layer, P(), P()), out_specs=specs)
-  return fn(theta, states, cin, cout, y, mu)
+LAYERED = ("weight_states", "memory")  # the state fields sharded over the layer axis
 
 
 # ----------------------------------------------------------------- the step
@@ -296,17 +181,21 @@ def am_step(pipe: gpipe.Pipeline, cfg: AMConfig, prep: gpipe.Prepared, state: Pi
     pipe, cfg, prep.theta, cin, carry_top, mu, bottom=outside
   )
   # 4. weight updates where the layers live; the first and last stage outside
-  new_theta, weight_states = weight_updates(
-    pipe, cfg, prep.theta, state.weight_states, cin_new, cout_new, y, mu
+  shared = (mu, jnp.asarray(rule.forgetting, dtype), jnp.asarray(rule.ridge, dtype))
+  new_theta, weight_states, memory = weight_updates(
+    pipe, cfg, prep.theta, state.weight_states, state.memory, cin_new, cout_new, y, shared
   )
   new_head, new_tail = prep.head, prep.tail
-  head_state, tail_state = state.head_state, state.tail_state
+  head_state, tail_state, head_memory = state.head_state, state.tail_state, state.head_memory
   if outside:
     c_first_new = gpipe.flat(c_bottom)[:, : lay.widths[1]]
-    head_objective = weights_lib.layer_objective(net, 1, x, c_first_new, loss=cfg.loss, mu=mu)
-    new_head, head_state = optimizer_steps(
-      head_objective, prep.head, head_state, rule.optimizers[0], rule.steps
-    )
+    if rule.uses_memory(1):
+      new_head, head_memory = weights_lib.memory_step(rule, prep.head, head_memory, x, c_first_new)
+    else:
+      head_objective = weights_lib.layer_objective(net, 1, x, c_first_new, loss=cfg.loss, mu=mu)
+      new_head, head_state = optimizer_steps(
+        head_objective, prep.head, head_state, rule.optimizers[0], rule.steps
+      )
     tail_objective = weights_lib.layer_objective(net, m, sigma(c_last), y, loss=cfg.loss, mu=mu)
     new_tail, tail_state = optimizer_steps(
       tail_objective, prep.tail, tail_state, rule.optimizers[-1], rule.steps
@@ -317,17 +206,39 @@ def am_step(pipe: gpipe.Pipeline, cfg: AMConfig, prep: gpipe.Prepared, state: Pi
     weight_states=weight_states,
     head_state=head_state,
     tail_state=tail_state,
+    memory=memory,
+    head_memory=head_memory,
   )
   return new_theta, new_head, new_tail, new_state
 
 
 class AMPipeline(NamedTuple):
   """A :class:`~altmin_jax.sm.pipeline.gpipe.Pipeline` and the validated AM configuration
-  of a pipelined AM-Adam step (built by :func:`am_pipeline`; its phases are the functions
-  :func:`input_codes`, :func:`code_updates`, :func:`weight_updates` and :func:`am_step`)."""
+  of a pipelined AM step (built by :func:`am_pipeline` or :func:`am_mem_pipeline`; its
+  phases are the functions of :mod:`~altmin_jax.am.pipelined_phases` and
+  :func:`am_step`)."""
 
   pipe: gpipe.Pipeline
   cfg: AMConfig
+
+
+def _pipeline(cfg: AMConfig, mesh, num_microbatches, boundary, axis_name) -> AMPipeline:
+  """The validated :class:`AMPipeline` of a validated AM configuration: the stacked layers
+  trained by gradient steps share one optimizer (its state is vmapped over the layers)."""
+  pipe = gpipe.make_pipeline(
+    cfg.net, mesh, num_microbatches=num_microbatches, boundary=boundary, axis_name=axis_name
+  )
+  lay = pipe.layout
+  stacked = cfg.weights.optimizers[lay.first : lay.first + lay.num_layers]
+  gradient = [tx for tx in stacked if tx is not None]
+  if any(tx is not gradient[0] for tx in gradient):
+    raise ValueError(
+      "pipelined AM-Adam runs one weight_optimizer on all stacked layers (vmapped over the "
+      f"layer axis): pass a single optax transformation; with boundary={lay.boundary!r} the "
+      f"stacked layers are network stages {lay.first + 1}..{lay.first + lay.num_layers}"
+      + (" (an output_optimizer needs boundary='outside')" if lay.first == 0 else "")
+    )
+  return AMPipeline(pipe, cfg)
 
 
 def am_pipeline(
@@ -350,31 +261,51 @@ def am_pipeline(
   """The validated :class:`AMPipeline` of :func:`pipelined_am_adam` (same arguments)."""
   rule = gradient_rule(net, weight_optimizer, output_optimizer, weight_steps)
   codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
-  cfg = am_config(net, loss, codes, rule)
-  pipe = gpipe.make_pipeline(
-    net, mesh, num_microbatches=num_microbatches, boundary=boundary, axis_name=axis_name
-  )
-  lay = pipe.layout
-  stacked = rule.optimizers[lay.first : lay.first + lay.num_layers]
-  if any(tx is not stacked[0] for tx in stacked):
-    raise ValueError(
-      "pipelined AM-Adam runs one weight_optimizer on all stacked layers (vmapped over the "
-      f"layer axis): pass a single optax transformation; with boundary={lay.boundary!r} the "
-      f"stacked layers are network stages {lay.first + 1}..{lay.first + lay.num_layers}"
-      + (" (an output_optimizer needs boundary='outside')" if lay.first == 0 else "")
-    )
-  return AMPipeline(pipe, cfg)
+  return _pipeline(am_config(net, loss, codes, rule), mesh, num_microbatches, boundary, axis_name)
+
+
+def am_mem_pipeline(
+  net: LayeredNetwork,
+  loss: Loss = losses_lib.softmax_cross_entropy,
+  *,
+  mesh: Mesh,
+  num_microbatches: int = 1,
+  boundary: str = "pad",
+  axis_name: str = AXIS,
+  output_optimizer: optax.GradientTransformation | None = None,
+  output_steps: int = 1,
+  sweeps: int = 1,
+  solver: str = "bcd",
+  forgetting: float = 1.0,
+  ridge: float = 1e-6,
+  code_steps: int = 5,
+  code_lr: float | None = 0.01,
+  code_optimizer: str | optax.GradientTransformation = "sgd",
+  mu: ScalarOrSchedule = 0.01,
+  code_proximal: bool = True,
+) -> AMPipeline:
+  """The validated :class:`AMPipeline` of :func:`pipelined_am_mem` (same arguments)."""
+  rule = memory_rule(net, output_optimizer, output_steps, sweeps, solver, forgetting, ridge)
+  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
+  return _pipeline(am_config(net, loss, codes, rule), mesh, num_microbatches, boundary, axis_name)
+
+
+# ------------------------------------------------- states in am_adam / am_mem form
 
 
 def unstack_weight_states(net: LayeredNetwork, state: PipelinedAMState, *, boundary: str = "pad"):
   """The per-stage optimizer states of a :class:`PipelinedAMState`, padding dropped: the
-  tuple :func:`~altmin_jax.am.am_adam` keeps in ``AMState.weight_states`` (for optimizers
-  whose states hold params-shaped trees, as SGD, momentum and Adam do; params-shaped
-  parts are ``{'kernel', 'bias'}`` dicts)."""
+  tuple :func:`~altmin_jax.am.am_adam` (:func:`~altmin_jax.am.am_mem`: ``EmptyState`` for
+  memory layers) keeps in ``AMState.weight_states`` (for optimizers whose states hold
+  params-shaped trees, as SGD, momentum and Adam do; params-shaped parts are
+  ``{'kernel', 'bias'}`` dicts)."""
   lay = pipeline_layout(net, boundary=boundary)
   params_like = lambda t: isinstance(t, dict) and "kernel" in t
+  memory = isinstance(state.memory, weights_lib.CoactivationMemory)
 
   def layer(l):
+    if memory and lay.stage_index(l) < net.num_stages:
+      return optax.EmptyState()
     w_in, w_out = lay.layer_in_widths[l], lay.layer_out_widths[l]
 
     def part(t):
@@ -389,6 +320,92 @@ def unstack_weight_states(net: LayeredNetwork, state: PipelinedAMState, *, bound
   if boundary == "outside":
     return (state.head_state, *stacked, state.tail_state)
   return stacked
+
+
+def unstack_memory(net: LayeredNetwork, state: PipelinedAMState, *, boundary: str = "pad"):
+  """The co-activation memories of a pipelined AM-mem state, padding dropped: the tuple
+  (one :class:`~altmin_jax.am.weights.CoactivationMemory` per hidden layer) that
+  :func:`~altmin_jax.am.am_mem` keeps in ``AMState.memory``."""
+  lay = pipeline_layout(net, boundary=boundary)
+  A, B = (meshes.replicated(a) for a in state.memory)
+  bias = [lay.in_width] if A.shape[-1] > lay.in_width else []
+  out = [state.head_memory] if boundary == "outside" else []
+  for l, (w_in, w_out) in enumerate(zip(lay.layer_in_widths, lay.layer_out_widths)):
+    if lay.stage_index(l) < net.num_stages:
+      real = jnp.asarray([*range(w_in), *bias])
+      out.append(weights_lib.CoactivationMemory(A[l][real][:, real], B[l][:w_out][:, real]))
+  return tuple(out)
+
+
+# ---------------------------------------------------------- the transformation
+
+
+def _transformation(am: AMPipeline, method: str) -> optax.GradientTransformationExtraArgs:
+  """The pipelined AM transformation of a validated :class:`AMPipeline`."""
+  pipe, cfg = am
+  net, rule, lay = cfg.net, cfg.weights, pipe.layout
+  mesh, axis_name, outside = pipe.mesh, pipe.axis_name, lay.boundary == "outside"
+  tx = stacked_optimizer(cfg, lay)
+
+  def initial_state(params) -> PipelinedAMState:
+    if isinstance(params, PipelineParams):
+      stacked = params
+    else:
+      stacked = stack_params(net, as_arrays(params), boundary=lay.boundary)
+    gpipe.check_stacked(stacked, lay)
+    dtype = trees.compute_dtype((stacked.kernel, stacked.head, stacked.tail))
+    theta = trees.cast_tree(layer_theta(stacked.kernel, stacked.bias), dtype)
+    head, tail = trees.cast_tree((stacked.head, stacked.tail), dtype)
+    memory = head_memory = ()
+    if rule.uses_memory(lay.first + 1):  # AM-mem: [sigma(c); 1] padded to in_width (+ 1)
+      L, d = lay.num_layers, lay.in_width + int("bias" in theta)
+      zeros = lambda *shape: jnp.zeros(shape, dtype)
+      memory = weights_lib.CoactivationMemory(zeros(L, d, d), zeros(L, lay.out_width, d))
+    head_state = tail_state = optax.EmptyState()
+    if outside:
+      (head_state,), head_memories = weights_lib.init_weights_state(rule, net, (head,))
+      head_memory = head_memories[0] if head_memories else ()
+      tail_state = rule.optimizers[-1].init(tail)
+    return PipelinedAMState(
+      count=jnp.zeros([], jnp.int32),
+      batch_loss=jnp.zeros([], jnp.float32),
+      weight_states=optax.EmptyState() if tx is None else jax.vmap(tx.init)(theta),
+      head_state=head_state,
+      tail_state=tail_state,
+      memory=memory,
+      head_memory=head_memory,
+    )
+
+  def init_fn(params):
+    # the placement the step returns (layer axis sharded, the rest replicated), so that
+    # the second step does not recompile; jitted, so that it also runs inside jit
+    shapes = jax.eval_shape(initial_state, params)
+    sharded = lambda s: NamedSharding(mesh, meshes.leading_spec(len(s.shape), axis_name))
+    replicated = lambda s: NamedSharding(mesh, P())
+    shardings = PipelinedAMState(
+      *(
+        jax.tree.map(sharded if name in LAYERED else replicated, field)
+        for name, field in zip(shapes._fields, shapes)
+      )
+    )
+    state = jax.jit(initial_state, out_shardings=shardings)(params)
+    # inside an outer jit the placement must be part of the traced types
+    return jax.tree.map(meshes.place, state, shardings)
+
+  @jax.jit
+  def iterate(params, x, y, state):
+    prep = gpipe.prepare(pipe, net, params, (x, y), method)
+    layered = {name: pipe.place(getattr(state, name), P(axis_name)) for name in LAYERED}
+    new_theta, new_head, new_tail, new_state = am_step(pipe, cfg, prep, state._replace(**layered))
+    return gpipe.updates(net, prep, new_theta, new_head, new_tail), new_state
+
+  def update_fn(updates, state, params=None, *, batch, **extra_args):
+    del updates, extra_args  # AM needs no gradients; unknown extra args are ignored.
+    batches.require_params(params, method)
+    x, y = batches.unpack_batch(net, batch, cfg.loss)  # checks before tracing the step
+    return iterate(params, x, y, state)
+
+  return checked_transformation(method, init_fn, update_fn)
 
 
 def pipelined_am_adam(
@@ -462,53 +479,85 @@ def pipelined_am_adam(
     >>> state.weight_states[0].mu["kernel"].shape  # Adam's first moment, per layer
     (3, 6, 6)
   """
-  pipe, cfg = am_pipeline(**locals())
-  net, rule = cfg.net, cfg.weights
-  lay, outside = pipe.layout, boundary == "outside"
+  return _transformation(am_pipeline(**locals()), "pipelined AM-Adam")
 
-  def initial_state(params) -> PipelinedAMState:
-    if isinstance(params, PipelineParams):
-      stacked = params
-    else:
-      stacked = stack_params(net, as_arrays(params), boundary=boundary)
-    gpipe.check_stacked(stacked, lay)
-    dtype = trees.compute_dtype((stacked.kernel, stacked.head, stacked.tail))
-    theta = trees.cast_tree(layer_theta(stacked.kernel, stacked.bias), dtype)
-    outer = lambda i, p: rule.optimizers[i].init(trees.cast_tree(p, dtype))
-    return PipelinedAMState(
-      count=jnp.zeros([], jnp.int32),
-      batch_loss=jnp.zeros([], jnp.float32),
-      weight_states=jax.vmap(rule.optimizers[lay.first].init)(theta),
-      head_state=outer(0, stacked.head) if outside else optax.EmptyState(),
-      tail_state=outer(-1, stacked.tail) if outside else optax.EmptyState(),
-    )
 
-  def init_fn(params):
-    # the placement the step returns (layer axis sharded, the rest replicated), so that
-    # the second step does not recompile; jitted, so that it also runs inside jit
-    shapes = jax.eval_shape(initial_state, params)
-    sharded = lambda s: NamedSharding(mesh, meshes.leading_spec(len(s.shape), axis_name))
-    replicated = lambda s: NamedSharding(mesh, P())
-    shardings = PipelinedAMState(
-      *(jax.tree.map(replicated, f) for f in shapes[:2]),
-      jax.tree.map(sharded, shapes.weight_states),
-      *(jax.tree.map(replicated, f) for f in shapes[3:]),
-    )
-    state = jax.jit(initial_state, out_shardings=shardings)(params)
-    # inside an outer jit the placement must be part of the traced types
-    return jax.tree.map(meshes.place, state, shardings)
+def pipelined_am_mem(
+  net: LayeredNetwork,
+  loss: Loss = losses_lib.softmax_cross_entropy,
+  *,
+  mesh: Mesh,
+  num_microbatches: int = 1,
+  boundary: str = "pad",
+  axis_name: str = AXIS,
+  output_optimizer: optax.GradientTransformation | None = None,
+  output_steps: int = 1,
+  sweeps: int = 1,
+  solver: str = "bcd",
+  forgetting: float = 1.0,
+  ridge: float = 1e-6,
+  code_steps: int = 5,
+  code_lr: float | None = 0.01,
+  code_optimizer: str | optax.GradientTransformation = "sgd",
+  mu: ScalarOrSchedule = 0.01,
+  code_proximal: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Online AM-mem with the layers pipelined over the devices of a mesh axis.
 
-  @jax.jit
-  def iterate(params, x, y, state):
-    prep = gpipe.prepare(pipe, net, params, (x, y), METHOD)
-    state = state._replace(weight_states=pipe.place(state.weight_states, P(pipe.axis_name)))
-    new_theta, new_head, new_tail, new_state = am_step(pipe, cfg, prep, state)
-    return gpipe.updates(net, prep, new_theta, new_head, new_tail), new_state
+  The iteration of :func:`~altmin_jax.am.am_mem`, scheduled as :func:`pipelined_am_adam`'s
+  (module docstring): a GPipe forward pass encodes the codes, a reverse pass updates them
+  top-down, and every device then updates its own layers with no communication. Each
+  hidden layer's co-activation memories live on the device that holds the layer, stacked
+  on the layer axis and sharded like the layers (``A^i``: ``d x d``, ``B^i``:
+  ``out_width x d``, ``d = in_width + 1`` with the bias column), and the memory update
 
-  def update_fn(updates, state, params=None, *, batch, **extra_args):
-    del updates, extra_args  # AM needs no gradients; unknown extra args are ignored.
-    batches.require_params(params, METHOD)
-    x, y = batches.unpack_batch(net, batch, cfg.loss)  # checks before tracing the step
-    return iterate(params, x, y, state)
+  .. math::
+     A^i \leftarrow \beta A^i + \textstyle\sum_n a_n a_n^\top, \qquad
+     B^i \leftarrow \beta B^i + \textstyle\sum_n c_n^i a_n^\top, \qquad
+     a_n = [\sigma_{i-1}(c_n^{i-1}); 1],
 
-  return checked_transformation(METHOD, init_fn, update_fn)
+  and the solve of :math:`\min_W \mathrm{Tr}(W^\top W A^i) - 2\,\mathrm{Tr}(W^\top B^i)`
+  (eq. 7: ``sweeps`` block-coordinate sweeps
+  :math:`w_j \leftarrow w_j + (b_j - W a_j) / A^i_{jj}` from the current weights, or
+  exactly) run there. The output layer takes ``output_steps`` steps of
+  ``output_optimizer`` on the loss. One step equals ``am_mem``'s step with the same
+  hyperparameters to float tolerance; zero padding changes no result
+  (:mod:`~altmin_jax.am.pipelined_phases`).
+
+  Memory per device: the ``K`` local layers' memories, ``K (d^2 + out_width d)`` numbers
+  (with ``boundary="pad"`` the output layer, trained by its optimizer, keeps an unused
+  zero memory; with ``"outside"`` the first stage's memory is replicated on every device).
+
+  Args:
+    net: a network of dense stages (:func:`~altmin_jax.networks.mlp`) with at least one
+      hidden layer; zero-padded hidden layers need ``activation(0) == 0``.
+    loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
+    mesh, num_microbatches, boundary, axis_name: as in :func:`pipelined_am_adam`.
+    output_optimizer: optimizer of the output layer; default ``optax.sgd(0.1)``. With
+      ``boundary="pad"`` its state is kept for every stacked layer (only the output
+      layer's changes).
+    output_steps, sweeps, solver, forgetting, ridge: as in :func:`~altmin_jax.am.am_mem`.
+    code_steps, code_lr, code_optimizer, mu, code_proximal: as in
+      :func:`pipelined_am_adam`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state :class:`PipelinedAMState`
+    (the memories in ``memory`` and, with ``boundary="outside"``, ``head_memory``;
+    :func:`unstack_memory` gives ``am_mem``'s tuple). ``update(grads, state, params, *,
+    batch=(x, y))`` ignores ``grads``; params as in :func:`pipelined_am_adam`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import altmin_jax as amj
+    >>> from altmin_jax.sm import pipeline
+    >>> net = amj.networks.mlp([4, 6, 6, 3], activation=jnp.tanh)
+    >>> mesh = pipeline.pipeline_mesh(1)
+    >>> tx = amj.pipelined_am_mem(net, mesh=mesh, num_microbatches=2, code_steps=2)
+    >>> params = pipeline.stack_params(net, net.init(jax.random.key(0)), mesh=mesh)
+    >>> x, y = jnp.ones((6, 4)), jnp.array([0, 1, 2, 0, 1, 2])
+    >>> updates, state = tx.update(None, tx.init(params), params, batch=(x, y))
+    >>> params = optax.apply_updates(params, updates)
+    >>> state.memory.A.shape, state.memory.B.shape  # per layer: d = 6 + 1 (bias)
+    ((3, 7, 7), (3, 6, 7))
+  """
+  return _transformation(am_mem_pipeline(**locals()), "pipelined AM-mem")
