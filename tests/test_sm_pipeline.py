@@ -331,3 +331,18 @@ def test_docstring_examples_run():
   for module in (pl.layout, pl.sm, pl.gd, schedule_model):
     result = doctest.testmod(module, raise_on_error=False, verbose=False)
     assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_layout_of_a_padded_network_is_built_inside_jit():
+  """The check that a zero-padded hidden layer's activation maps 0 to 0 also runs when the
+  layout is built under ``jit`` / ``eval_shape`` (pipelined methods given network-form
+  params with unequal hidden widths), and still rejects an activation with
+  activation(0) != 0 there."""
+  net = amj.networks.mlp([6, 8, 5, 3], activation=jnp.tanh)  # the 5-unit layer is padded
+  assert jax.jit(lambda: pl.pipeline_layout(net).num_layers)() == 3
+  built = []
+  jax.eval_shape(lambda: built.append(pl.pipeline_layout(net)))
+  assert built[0].in_width == 8 and built[0] == pl.pipeline_layout(net)
+  bad = amj.networks.mlp([6, 8, 5, 3], activation=jax.nn.sigmoid)
+  with pytest.raises(ValueError, match=r"activation\(0\) = 0.5"):
+    jax.jit(lambda: pl.pipeline_layout(bad).num_layers)()

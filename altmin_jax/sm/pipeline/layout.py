@@ -109,7 +109,10 @@ class PipelineLayout:
 
 def _activation_at_zero(activation) -> float | None:
   try:
-    return float(activation(jnp.zeros((), jnp.float32)))
+    # evaluated now even when the layout is built inside jit / eval_shape (a traced value
+    # cannot be read back)
+    with jax.ensure_compile_time_eval():
+      return float(activation(jnp.zeros((), jnp.float32)))
   except Exception:  # any failure means "unknown"
     return None
 
