@@ -13,7 +13,7 @@ problems and single-device references that the tests compare against, so parent 
 child build them from the same code; importing a module starts no JAX work.
 
 * ``sm_pipeline``: pipelined SM and GD on 2, 4, 8 devices and across two processes.
-* ``am_pipeline``: pipelined AM-Adam on 2, 4, 8 devices and across two processes.
+* ``am_pipeline``: pipelined AM-Adam and AM-mem on 2, 4, 8 devices and across two processes.
 * ``distributed_modes``: stacked workers against workers on a device mesh, on 4 devices
   and across two processes.
 * ``probe``: what the launcher itself guarantees (device count, thread pool, failures).
