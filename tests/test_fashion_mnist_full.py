@@ -90,3 +90,24 @@ def test_am_adam_trains_a_784_100_10_net_for_one_epoch(fashion_mnist):
   accuracy = amj.training.evaluate(net.apply, params, *fashion_mnist.test)["accuracy"]
   print(f"Fashion-MNIST test accuracy after one AM-Adam epoch: {accuracy:.4f} (from {start:.4f})")
   assert accuracy >= AM_ADAM_MIN_TEST_ACCURACY
+
+
+def test_am_mem_blocked_sweep_stays_bounded_on_a_784_500_500_10_net(fashion_mnist):
+  """Regression: with the sweep's 128-column blocks (their triangles applied through
+  explicitly formed inverses) AM-mem (output step 0.03, seed 0, the validation split's
+  first minibatches) went from weights of about 4 to 8.7e9 between minibatches 21 and 31
+  and then to inf; the column-at-a-time sweep and blocks of 8-32 stayed near 5. With the
+  default blocks of 16 the first 40 minibatches keep every weight below 20."""
+  x, y = fashion_mnist.train
+  net = amj.networks.mlp([784, 500, 500, 10], activation=jax.nn.relu)
+  mu = amj.mu_schedule(init=0.01, epoch_multiplier=1.1, max_value=1.5, steps_per_epoch=250)
+  tx = amj.am_mem(net, code_steps=5, code_lr=0.01, mu=mu, output_optimizer=optax.sgd(0.03))
+  loss = amj.losses.softmax_cross_entropy
+  step = amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=False)
+  params = net.init(jax.random.key(0))
+  opt_state = tx.init(params)
+  batches = amj.data.iterate_batches(x[:50_000], y[:50_000], BATCH, seed=0, epoch=0)
+  for _, (xb, yb) in zip(range(40), batches):
+    params, opt_state, _ = step(params, opt_state, xb, yb)
+  largest = max(float(np.max(np.abs(leaf))) for leaf in jax.tree.leaves(params))
+  assert np.isfinite(largest) and largest < 20.0, largest
