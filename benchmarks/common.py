@@ -237,6 +237,27 @@ def measure(
   return {name: medians[name] for name in steps}, rates
 
 
+def pipeline_run_lines(run: dict) -> list[str]:
+  """The printed detail of one run of a pipeline benchmark (``sm_pipeline.py``,
+  ``am_pipeline.py``): each step's costs, the phase times and the modelled and measured
+  utilization."""
+  steps = "  ".join(
+    f"{k} {c['multiply_adds'] / 1e6:.1f} M mult-adds"
+    f"{'+' if c['multiply_adds_is_lower_bound'] else ''} "
+    f"{c['fraction_of_matmul_rate']:.2f} of matmul, "
+    f"peak {c['peak_memory_bytes'] / 2**20:.1f} MiB"
+    for k, c in run["step_costs"].items()
+  )
+  phases = "  ".join(f"{k} {1e3 * v:.2f} ms" for k, v in run["phase_seconds"].items())
+  modelled = "  ".join(f"{k} {v:.2f}" for k, v in run["modelled_utilization"].items())
+  measured = "  ".join(f"{k} {v:.2f}" for k, v in run["measured_utilization"].items())
+  return [
+    f"  steps: {steps}",
+    f"  phases: {phases}",
+    f"  utilization modelled: {modelled} | measured: {measured}",
+  ]
+
+
 def load_average() -> list[float] | None:
   """The 1, 5 and 15 minute load averages (``uptime``), where the platform has them."""
   try:

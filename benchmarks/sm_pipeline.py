@@ -276,25 +276,8 @@ def main() -> dict:
         f"N={r['inner_steps']} w={r['width']}: "
         + "  ".join(f"{k} {1e3 * v:.1f} ms" for k, v in r["step_seconds"].items())
       )
-      print(
-        "  steps: "
-        + "  ".join(
-          f"{k} {c['multiply_adds'] / 1e6:.1f} M mult-adds"
-          f"{'+' if c['multiply_adds_is_lower_bound'] else ''} "
-          f"{c['fraction_of_matmul_rate']:.2f} of matmul, "
-          f"peak {c['peak_memory_bytes'] / 2**20:.1f} MiB"
-          for k, c in r["step_costs"].items()
-        )
-      )
-      print(
-        "  phases: " + "  ".join(f"{k} {1e3 * v:.2f} ms" for k, v in r["phase_seconds"].items())
-      )
-      print(
-        "  utilization modelled: "
-        + "  ".join(f"{k} {v:.2f}" for k, v in r["modelled_utilization"].items())
-        + " | measured: "
-        + "  ".join(f"{k} {v:.2f}" for k, v in r["measured_utilization"].items())
-      )
+      for line in common.pipeline_run_lines(r):
+        print(line)
       t = r["modelled_time_to_loss"]
       print(
         f"  modelled time to loss {t['target_loss']:.4f}: "
