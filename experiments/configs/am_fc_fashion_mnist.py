@@ -33,27 +33,6 @@ Fashion-MNIST).
 
 from experiments.configs import common
 
-# hidden units -> method -> the selected learning rate (AM: output_lr; AM-Adam's hidden-layer
-# Adam step weight_lr in AM_ADAM_WEIGHT_LR).
-TABLE = {
-  100: {
-    "adam": 3e-4,
-    "sgd": 0.3,
-    "am_adam": 0.1,
-    "am_mem": 0.03,
-    "am_adam_offline": 3.0,
-    "am_mem_offline": 3.0,
-  },
-  500: {
-    "adam": 1e-3,
-    "sgd": 0.1,
-    "am_adam": 0.1,
-    "am_mem": 0.3,
-    "am_adam_offline": 1.0,
-    "am_mem_offline": 0.3,
-  },
-}
-AM_ADAM_WEIGHT_LR = {100: 2e-3, 500: 1e-3}
 # hidden units -> method -> validation accuracy at the end of the budget (seed 0) per grid
 # value, from the selection command's table.md ("diverged": NaN before the end).
 SELECTED = {
@@ -94,6 +73,27 @@ SELECTED = {
     "am_adam_offline": {0.1: 0.5410, 0.3: 0.6385, 1.0: 0.6923, 3.0: 0.6136},
     "am_mem_offline": {0.1: 0.7992, 0.3: 0.8009, 1.0: 0.7973, 3.0: 0.7754},
   },
+}
+
+
+def _chosen(scores: dict):
+  """The selection rule of the compare runner: the highest validation accuracy, a diverged
+  value below every finished one, ties to the first value in grid order."""
+  finished = {value: acc for value, acc in scores.items() if acc != "diverged"}
+  return max(finished, key=lambda value: finished[value])  # max keeps the first of ties
+
+
+# hidden units -> method -> the selected learning rate (AM: output_lr; AM-Adam's hidden-layer
+# Adam step weight_lr in AM_ADAM_WEIGHT_LR), from SELECTED.
+TABLE = {
+  width: {
+    method: chosen[0] if method == "am_adam" else chosen
+    for method, chosen in ((m, _chosen(scores)) for m, scores in by_method.items())
+  }
+  for width, by_method in SELECTED.items()
+}
+AM_ADAM_WEIGHT_LR = {
+  width: _chosen(by_method["am_adam"])[1] for width, by_method in SELECTED.items()
 }
 
 
