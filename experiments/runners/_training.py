@@ -10,6 +10,7 @@ method and seed, and :func:`write_report` writes the final ``metrics.json`` and
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -259,6 +260,24 @@ def train_and_record(
       " this run stops there (no checkpoint holds non-finite values)"
     )
   return record
+
+
+def minibatches(x, y, batch_size: int, seed: int) -> tuple[int, Callable]:
+  """``(calls_per_epoch, epoch_batches)`` for :func:`train_and_record`: shuffled
+  minibatches of ``batch_size`` from ``(x, y)`` (``amj.data.iterate_batches``, a pass per
+  epoch, the last incomplete batch dropped), ``epoch_batches(epoch, start)`` resuming
+  within an epoch. A batch larger than the training set is a ``ConfigError``."""
+  calls_per_epoch = len(x) // batch_size
+  if calls_per_epoch < 1:
+    raise common.ConfigError(
+      f"config.batch_size={batch_size} exceeds the {len(x)} training samples"
+    )
+
+  def epoch_batches(epoch, start):
+    batches = amj.data.iterate_batches(x, y, batch_size, seed=seed, epoch=epoch)
+    return itertools.islice(batches, start, None)
+
+  return calls_per_epoch, epoch_batches
 
 
 def training_subset(config: ml_collections.ConfigDict, data: amj.data.Dataset):

@@ -20,8 +20,6 @@ epoch (``--config.resume=True`` continues an interrupted run) and at the end
 
 from __future__ import annotations
 
-import itertools
-
 import jax
 import ml_collections
 import optax
@@ -91,11 +89,7 @@ def train_one(config, data, label: str, seed: int, hooks: workdir.RunHooks | Non
   (evaluation excluded; ``hooks``: see ``_training.train_and_record``)."""
   m = config.methods[label]
   x_train, y_train = data.train
-  steps_per_epoch = len(x_train) // config.batch_size
-  if steps_per_epoch < 1:
-    raise common.ConfigError(
-      f"config.batch_size={config.batch_size} exceeds the {len(x_train)} training samples"
-    )
+  steps_per_epoch, epoch_batches = _training.minibatches(x_train, y_train, config.batch_size, seed)
   net = models.am_architecture(
     config.architecture,
     data.input_shape,
@@ -112,9 +106,7 @@ def train_one(config, data, label: str, seed: int, hooks: workdir.RunHooks | Non
     step,
     params,
     tx.init(params),
-    epoch_batches=lambda epoch, start: itertools.islice(
-      amj.data.iterate_batches(x_train, y_train, batch, seed=seed, epoch=epoch), start, None
-    ),
+    epoch_batches=epoch_batches,
     epochs=config.epochs,
     calls_per_epoch=steps_per_epoch,
     evaluate=_training.evaluator(net.apply, config, data),

@@ -13,15 +13,12 @@ epoch (``--config.resume=True`` continues an interrupted run) and at the end
 
 from __future__ import annotations
 
-import itertools
-
 import jax
 import ml_collections
 import optax
 
 import altmin_jax as amj
 from experiments import models, workdir
-from experiments.configs import common
 from experiments.runners import _training
 
 ONLINE = ("sgd", "adam", "am_adam", "am_mem")
@@ -84,11 +81,7 @@ def train_one(config, data, name: str, seed: int, hooks: workdir.RunHooks | None
   (``hooks``: metrics publishing and checkpoints, see ``_training.train_and_record``)."""
   x_train, y_train = data.train
   net = models.mlp(data.input_shape, config.hidden, data.num_classes, config.activation)
-  steps_per_epoch = len(x_train) // config.batch_size
-  if steps_per_epoch < 1:
-    raise common.ConfigError(
-      f"config.batch_size={config.batch_size} exceeds the {len(x_train)} training samples"
-    )
+  steps_per_epoch, shuffled = _training.minibatches(x_train, y_train, config.batch_size, seed)
   tx, uses_grads = build_method(
     name, config.methods[name], net, steps_per_epoch=steps_per_epoch, num_train=len(x_train)
   )
@@ -101,9 +94,7 @@ def train_one(config, data, name: str, seed: int, hooks: workdir.RunHooks | None
   if offline:  # one AM iteration is one pass over the whole training set
     epoch_batches = lambda epoch, start: [data.train][start:]
   else:
-    epoch_batches = lambda epoch, start: itertools.islice(
-      amj.data.iterate_batches(x_train, y_train, batch, seed=seed, epoch=epoch), start, None
-    )
+    epoch_batches = shuffled
   return _training.train_and_record(
     step,
     params,

@@ -14,8 +14,6 @@ epoch) and ``train_loss_<L>layers.png``; prints the tables.
 
 from __future__ import annotations
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -138,15 +136,7 @@ def train_one(config, data, layers: int, name: str, inner_steps: int | None, see
   label = f"L{layers} {name}" + (f" N={inner_steps}" if inner_steps else "") + f" seed {seed}"
   batch_size = int(config.get("batch_size", 0))
   if batch_size:  # minibatches of this size (a shuffled pass per epoch), not the paper's
-    x_host, y_host = data.train
-    calls_per_epoch = len(x_host) // batch_size
-    if calls_per_epoch < 1:
-      raise common.ConfigError(
-        f"config.batch_size={batch_size} exceeds the {len(x_host)} training samples"
-      )
-    epoch_batches = lambda epoch, start: itertools.islice(
-      amj.data.iterate_batches(x_host, y_host, batch_size, seed=seed, epoch=epoch), start, None
-    )
+    calls_per_epoch, epoch_batches = _training.minibatches(*data.train, batch_size, seed)
     warmup = (x[:batch_size], y[:batch_size])
   else:  # full batch: one iteration per epoch (the paper's deterministic setting)
     calls_per_epoch = 1
