@@ -39,12 +39,24 @@ def optimizer_steps(
   steps: int,
 ) -> tuple[Any, Any]:
   """``steps`` iterations ``params <- params + tx(grad objective(params))`` from
-  ``(params, opt_state)``, as a :func:`repeat` loop; returns the new pair."""
-  grad_fn = jax.grad(objective)
+  ``(params, opt_state)``, as a :func:`repeat` loop; returns the new pair.
+
+  A ``tx`` that takes extra arguments (``optax.GradientTransformationExtraArgs``) also
+  receives optax's line-search keywords ``value``, ``grad`` and ``value_fn`` (the
+  objective), so that line searches and
+  :func:`altmin_jax.am.codes.scale_by_model_minimizer` can be used; transformations that
+  do not need them ignore them.
+  """
+  value_and_grad = jax.value_and_grad(objective)
+  extra = isinstance(tx, optax.GradientTransformationExtraArgs)
 
   def body(_, carry):
     p, s = carry
-    updates, s = tx.update(grad_fn(p), s, p)
+    value, grad = value_and_grad(p)
+    if extra:
+      updates, s = tx.update(grad, s, p, value=value, grad=grad, value_fn=objective)
+    else:
+      updates, s = tx.update(grad, s, p)
     return optax.apply_updates(p, updates), s
 
   return repeat(body, (params, opt_state), 0, steps)

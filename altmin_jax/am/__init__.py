@@ -10,7 +10,12 @@ One module per method (:mod:`~altmin_jax.am.online`, :mod:`~altmin_jax.am.offlin
 """
 
 from altmin_jax.am.admm import TaylorADMMState, taylor_admm
-from altmin_jax.am.codes import encode_anchors, make_code_optimizer, update_codes
+from altmin_jax.am.codes import (
+  encode_anchors,
+  make_code_optimizer,
+  scale_by_model_minimizer,
+  update_codes,
+)
 from altmin_jax.am.offline import AMOfflineState, am_adam_offline, am_mem_offline
 from altmin_jax.am.online import AMState, am_adam, am_mem
 from altmin_jax.am.pipelined import PipelinedAMState, pipelined_am_adam, pipelined_am_mem
@@ -35,6 +40,7 @@ __all__ = [
   "make_code_optimizer",
   "pipelined_am_adam",
   "pipelined_am_mem",
+  "scale_by_model_minimizer",
   "taylor_admm",
   "update_codes",
   "update_rnn_codes",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -64,6 +65,56 @@ def make_code_optimizer(
   if code_optimizer == "nesterov":
     return optax.sgd(code_lr, momentum=0.9, nesterov=True)
   return optax.adam(code_lr)
+
+
+def scale_by_model_minimizer() -> optax.GradientTransformationExtraArgs:
+  r"""Cuts each sample's code step where it would overshoot (chain it after an optimizer).
+
+  A code subproblem's curvature grows with the weights above it: eq. (5)'s Hessian is
+  :math:`2 (J^\top J + I)` with :math:`J` the Jacobian of the layer above, so a fixed step
+  :math:`\eta` overshoots the subproblem's minimum once :math:`\eta \|J\|^2 > 1`, and
+  then the layers fit codes that the step pushed away rather than towards it. Given the
+  step :math:`u` of the optimizer before it in a chain, this transformation returns
+  :math:`t\,u` per sample (leading axis), with
+
+  .. math:: t = \min\Big(1,\ \frac{-g^\top u}{u^\top H u}\Big)
+
+  where :math:`g` and :math:`H u` are the sample's gradient and Hessian-vector product
+  (one forward-over-reverse pass): the minimiser of the objective's second-order model
+  along :math:`u`, never longer than the optimizer's own step. Where the model has no
+  positive curvature along :math:`u` the step is kept; an ascent step on a convex model
+  becomes 0. The subproblems are separable across samples, so every sample is cut on its
+  own. Needs ``value_fn`` (the objective), which
+  :func:`altmin_jax.loops.optimizer_steps` passes.
+
+  Use it as any AM factory's ``code_optimizer`` with ``code_lr=None``, e.g.
+  ``optax.chain(optax.sgd(1 / 128), scale_by_model_minimizer())``. It costs one
+  Hessian-vector product per code step (LeNet-5 with one code step: 26 s instead of 18 s
+  per Fashion-MNIST epoch on one core).
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params, *, value_fn=None, **extra_args):
+    del extra_args
+    if value_fn is None:
+      raise ValueError(
+        "scale_by_model_minimizer needs the objective as value_fn= in update "
+        "(altmin_jax.loops.optimizer_steps passes it)"
+      )
+    grad, hvp = jax.jvp(jax.grad(value_fn), (params,), (updates,))
+
+    def per_sample(a):
+      return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=-1)
+
+    slope, curvature = per_sample(grad * updates), per_sample(updates * hvp)
+    ratio = -slope / jnp.where(curvature > 0, curvature, 1.0)
+    t = jnp.where(curvature > 0, jnp.clip(ratio, 0.0, 1.0), 1.0)
+    return updates * jnp.reshape(t, (-1,) + (1,) * (updates.ndim - 1)).astype(updates.dtype), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def minimize(

@@ -90,7 +90,12 @@ def am_adam(
       hidden terms over batch and units) correspond to step sizes here divided by the
       batch size (top code) or by batch size times code width (hidden codes).
     code_optimizer: ``"sgd"``, ``"nesterov"``, ``"adam"`` or an optax transformation
-      (then ``code_lr=None``).
+      (then ``code_lr=None``); chaining
+      :func:`~altmin_jax.am.scale_by_model_minimizer` after it cuts each sample's step
+      where a fixed step would overshoot its subproblem. With one small code step, the
+      hidden layers' weight gradients are backprop's scaled down layer by layer (by about
+      ``2 code_lr ||W above||`` each), so a ``weight_optimizer`` Adam with its default
+      epsilon 1e-8 damps the lowest layers' steps (README, "In deep nets").
     mu: penalty weight: a positive constant or a schedule of the step count
       (see :func:`altmin_jax.mu_schedule`).
     code_proximal: keep the ``\mu \|c - c_{\rm init}\|^2`` terms of eqs. (4)-(5).

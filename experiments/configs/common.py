@@ -162,23 +162,32 @@ def am_arch_method(
   code_steps: int,
   weight_steps: int,
   code_optimizer: str = "sgd",
+  code_safeguard: bool = False,
+  weight_eps: float = 1e-8,
+  dtype: str = "float32",
   mu_init: float = 0.01,
   mu_batch_increment: float = 0.0,
   mu_epoch_multiplier: float = 1.0,
   mu_max: float = 1.5,
   **extra,
 ) -> ml_collections.ConfigDict:
-  """Hyperparameters of AM-Adam in an :func:`am_arch` experiment: Adam with ``weight_lr`` on
-  every weight subproblem and the mu schedule ``mu_0``, ``+increment`` per batch,
-  ``*multiplier`` per epoch, ``<= mu_max``."""
+  """Hyperparameters of AM-Adam in an :func:`am_arch` experiment: Adam with ``weight_lr``
+  (and epsilon ``weight_eps``, optax's 1e-8 by default) on every weight subproblem, the code
+  optimizer (cut per sample by :func:`altmin_jax.am.scale_by_model_minimizer` when
+  ``code_safeguard``) and the mu schedule ``mu_0``, ``+increment`` per batch,
+  ``*multiplier`` per epoch, ``<= mu_max``; ``dtype="float64"`` trains the method in double
+  precision (the runner enables x64 for that method only)."""
   return ml_collections.ConfigDict(
     dict(
       kind="am_adam",
       weight_lr=weight_lr,
+      weight_eps=weight_eps,
       weight_steps=weight_steps,
       code_lr=code_lr,
       code_steps=code_steps,
       code_optimizer=code_optimizer,
+      code_safeguard=code_safeguard,
+      dtype=dtype,
       mu_init=mu_init,
       mu_batch_increment=mu_batch_increment,
       mu_epoch_multiplier=mu_epoch_multiplier,
@@ -466,8 +475,9 @@ def check_seeds(config: ml_collections.ConfigDict) -> list[int]:
 
 
 def check_hyperparameters(config: ml_collections.ConfigDict, key: str) -> None:
-  """Every method entry under ``config.<key>``: numbers finite, learning rates (names ending in
-  ``lr``) positive, iteration counts (names ending in ``steps``) integers >= 1."""
+  """Every method entry under ``config.<key>``: numbers finite, learning rates and epsilons
+  (names ending in ``lr`` or ``eps``) positive, iteration counts (names ending in ``steps``)
+  integers >= 1."""
   for name, entry in _value(config, key).items():
     if not isinstance(entry, ml_collections.ConfigDict):
       continue
@@ -475,7 +485,7 @@ def check_hyperparameters(config: ml_collections.ConfigDict, key: str) -> None:
       path = f"{key}.{name}.{field}"
       if field.endswith("steps"):
         check_int(config, path, minimum=1)
-      elif field.endswith("lr"):
+      elif field.endswith(("lr", "eps")):
         check_number(config, path, positive=True)
       elif isinstance(value, (int, float)) and not isinstance(value, bool):
         check_number(config, path)

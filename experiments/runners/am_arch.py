@@ -12,7 +12,8 @@ built by ``experiments/models.py``):
 Each entry of ``config.methods`` is a labelled method whose ``kind`` is ``sgd``, ``adam``
 (backprop; on the binary net through the straight-through or tanh' surrogate given by its
 ``surrogate``) or ``am_adam`` (:func:`altmin_jax.am_adam`, or
-:func:`altmin_jax.am.am_adam_rnn` for the RNN). Records the training accuracy and loss
+:func:`altmin_jax.am.am_adam_rnn` for the RNN); a method's ``dtype`` (``float32`` or
+``float64``) is the precision it trains in. Records the training accuracy and loss
 beside the held-out ones; writes ``metrics.json`` after every evaluation, checkpoints every
 epoch (``--config.resume=True`` continues an interrupted run) and at the end
 ``accuracy.png`` and a printed table.
@@ -20,8 +21,11 @@ epoch (``--config.resume=True`` continues an interrupted run) and at the end
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 import altmin_jax as amj
@@ -71,12 +75,18 @@ def build_method(config, m: ml_collections.ConfigDict, net, steps_per_epoch: int
     return optax.adam(m.lr), True
   if m.kind != "am_adam":
     raise ValueError(f"unknown method kind {m.kind!r}; known kinds: {', '.join(KINDS)}")
+  code_optimizer, code_lr = m.code_optimizer, m.code_lr
+  if m.get("code_safeguard", False):
+    code_optimizer = optax.chain(
+      amj.am.make_code_optimizer(code_optimizer, code_lr), amj.am.scale_by_model_minimizer()
+    )
+    code_lr = None
   kwargs = dict(
-    weight_optimizer=optax.adam(m.weight_lr),
+    weight_optimizer=optax.adam(m.weight_lr, eps=m.get("weight_eps", 1e-8)),
     weight_steps=m.weight_steps,
     code_steps=m.code_steps,
-    code_lr=m.code_lr,
-    code_optimizer=m.code_optimizer,
+    code_lr=code_lr,
+    code_optimizer=code_optimizer,
     mu=mu_schedule(m, steps_per_epoch),
   )
   if config.architecture == "elman_rnn":
@@ -84,9 +94,31 @@ def build_method(config, m: ml_collections.ConfigDict, net, steps_per_epoch: int
   return amj.am_adam(net, **kwargs), False
 
 
+DTYPES = ("float32", "float64")
+
+
+def in_float64(data):
+  """``data`` with every input array in float64 (labels unchanged)."""
+  cast = lambda pair: None if pair is None else (np.asarray(pair[0], np.float64), pair[1])
+  return dataclasses.replace(
+    data, train=cast(data.train), test=cast(data.test), validation=cast(data.validation)
+  )
+
+
 def train_one(config, data, label: str, seed: int, hooks: workdir.RunHooks | None = None) -> dict:
   """One method, one seed: held-out and training accuracy and loss curves and wall times
-  (evaluation excluded; ``hooks``: see ``_training.train_and_record``)."""
+  (evaluation excluded; ``hooks``: see ``_training.train_and_record``).
+
+  A method with ``dtype="float64"`` trains and is evaluated in float64 (weights, codes,
+  optimizer states and inputs) under ``jax.enable_x64``; the rest of the process is
+  unaffected."""
+  if config.methods[label].get("dtype", "float32") == "float64":
+    with jax.enable_x64(True):
+      return _train_one(config, in_float64(data), label, seed, hooks, np.float64)
+  return _train_one(config, data, label, seed, hooks, None)
+
+
+def _train_one(config, data, label, seed, hooks, dtype) -> dict:
   m = config.methods[label]
   x_train, y_train = data.train
   steps_per_epoch, epoch_batches = _training.minibatches(x_train, y_train, config.batch_size, seed)
@@ -101,6 +133,8 @@ def train_one(config, data, label: str, seed: int, hooks: workdir.RunHooks | Non
   loss = amj.losses.softmax_cross_entropy
   step = amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=uses_grads)
   params = net.init(jax.random.key(seed))
+  if dtype is not None:
+    params = jax.tree.map(lambda t: t.astype(dtype), params)
   batch = config.batch_size
   return _training.train_and_record(
     step,
@@ -136,6 +170,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     common.check_int(config, "downsample", minimum=1)
   for label in _training.method_labels(config):
     common.check_choice(config, f"methods.{label}.kind", KINDS)
+    if "dtype" in config.methods[label]:
+      common.check_choice(config, f"methods.{label}.dtype", DTYPES)
 
 
 def run(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
