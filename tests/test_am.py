@@ -74,6 +74,12 @@ def test_model_minimizer_cuts_each_sample_to_its_closed_form_step():
   np.testing.assert_allclose(c, expected, rtol=1e-6)
   with pytest.raises(ValueError, match="value_fn"):
     tx.update(jnp.ones((3, 4)), tx.init(jnp.ones((3, 4))), jnp.ones((3, 4)))
+  # a pytree of codes: one cut per sample over all leaves (here the same as above)
+  pair = lambda c: objective(c[0]) + objective(c[1][:, :4])
+  start = (jnp.zeros((3, 4)), jnp.zeros((3, 4, 1)).reshape(3, 4))
+  c0, c1 = codes_lib.minimize(pair, start, tx, 1)
+  np.testing.assert_allclose(c0, expected, rtol=1e-6)
+  np.testing.assert_allclose(c1, expected, rtol=1e-6)
 
 
 def test_model_minimizer_keeps_overlong_code_steps_from_raising_the_objective():

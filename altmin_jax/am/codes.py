@@ -83,8 +83,8 @@ def scale_by_model_minimizer() -> optax.GradientTransformationExtraArgs:
   (one forward-over-reverse pass): the minimiser of the objective's second-order model
   along :math:`u`, never longer than the optimizer's own step. Where the model has no
   positive curvature along :math:`u` the step is kept; an ascent step on a convex model
-  becomes 0. The subproblems are separable across samples, so every sample is cut on its
-  own. Needs ``value_fn`` (the objective), which
+  becomes 0. The subproblems are separable across samples, so every sample (the leading
+  axis of every leaf) is cut on its own. Needs ``value_fn`` (the objective), which
   :func:`altmin_jax.loops.optimizer_steps` passes.
 
   Use it as any AM factory's ``code_optimizer`` with ``code_lr=None``, e.g.
@@ -106,13 +106,18 @@ def scale_by_model_minimizer() -> optax.GradientTransformationExtraArgs:
       )
     grad, hvp = jax.jvp(jax.grad(value_fn), (params,), (updates,))
 
-    def per_sample(a):
-      return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=-1)
+    def per_sample(a, b):  # sum over every leaf and every axis but the leading one
+      leaves = jax.tree.leaves(jax.tree.map(lambda p, q: p * q, a, b))
+      return sum(jnp.sum(jnp.reshape(x, (x.shape[0], -1)), axis=-1) for x in leaves)
 
-    slope, curvature = per_sample(grad * updates), per_sample(updates * hvp)
+    slope, curvature = per_sample(grad, updates), per_sample(updates, hvp)
     ratio = -slope / jnp.where(curvature > 0, curvature, 1.0)
     t = jnp.where(curvature > 0, jnp.clip(ratio, 0.0, 1.0), 1.0)
-    return updates * jnp.reshape(t, (-1,) + (1,) * (updates.ndim - 1)).astype(updates.dtype), state
+
+    def cut(u):
+      return u * jnp.reshape(t, (-1,) + (1,) * (u.ndim - 1)).astype(u.dtype)
+
+    return jax.tree.map(cut, updates), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
