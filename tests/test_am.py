@@ -116,6 +116,31 @@ def test_am_adam_takes_a_safeguarded_code_optimizer():
   assert bool(amj.training.all_finite(updates)) and int(state.count) == 1
 
 
+def test_forward_weight_inputs_fit_the_updated_codes_from_the_encoded_ones():
+  """``weight_inputs="forward"``: each layer fits its updated code (labels at the output)
+  from the activation of the code below as encoded, not as updated (eq. 6's input)."""
+  net, params, x, y = _setup()
+  mu = 0.05
+  kw = dict(weight_optimizer=optax.sgd(0.1), code_steps=2, code_lr=0.05, mu=mu)
+  forward, _ = net.forward(params, x)
+  tx = codes_lib.make_code_optimizer("sgd", 0.05)
+  new = codes_lib.update_codes(net, params, y, forward, forward, loss=LOSS, mu=mu, tx=tx, steps=2)
+  rule = weights_lib.WeightRule(optimizers=(optax.sgd(0.1),) * net.num_stages, steps=1)
+  opt_states = tuple(optax.sgd(0.1).init(p) for p in params)
+  results = {}
+  for inputs, below in (("forward", forward), ("codes", None)):
+    want, _, _ = weights_lib.update_weights(
+      rule, net, params, x, y, new, opt_states, (), loss=LOSS, mu=mu, input_codes=below
+    )
+    am = amj.am_adam(net, weight_inputs=inputs, **kw)
+    updates, _ = am.update(None, am.init(params), params, batch=(x, y))
+    results[inputs] = optax.apply_updates(params, updates)
+    assert tree_allclose(results[inputs], want, rtol=1e-5, atol=1e-6), inputs
+  assert not tree_allclose(results["forward"], results["codes"])
+  with pytest.raises(ValueError, match="weight_inputs"):
+    amj.am_adam(net, weight_inputs="updated", **kw)
+
+
 def test_code_proximal_switch_drops_the_anchor_term():
   net, params, x, y = _setup()
   codes, _ = net.forward(params, x)

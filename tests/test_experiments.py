@@ -323,6 +323,48 @@ def ml_collections_config(architecture: str):
   return ml_collections.ConfigDict({"architecture": architecture})
 
 
+def test_am_arch_method_passes_the_weight_inputs():
+  """``weight_inputs`` of an am_arch method reaches am_adam (one step equals the one built by
+  hand and differs from the default's); unknown values and the RNN's are refused."""
+  import jax
+  import optax
+
+  import altmin_jax as amj
+  from experiments.configs import common
+  from experiments.runners import am_arch
+
+  kw = dict(weight_lr=0.01, code_lr=0.5, code_steps=1, weight_steps=1)
+  net = amj.networks.mlp([6, 8, 7, 3])
+  params = net.init(jax.random.key(0))
+  batch = (jax.random.normal(jax.random.key(1), (5, 6)), jax.numpy.array([0, 1, 2, 0, 1]))
+  steps = {}
+  for inputs in ("forward", "codes"):
+    m = common.am_arch_method(weight_inputs=inputs, **kw)
+    tx, _ = am_arch.build_method(ml_collections_config("mlp"), m, net, steps_per_epoch=4)
+    by_hand = amj.am_adam(
+      net,
+      weight_optimizer=optax.adam(0.01),
+      code_steps=1,
+      code_lr=0.5,
+      code_optimizer="sgd",
+      mu=am_arch.mu_schedule(m, 4),
+      weight_inputs=inputs,
+    )
+    steps[inputs], _ = tx.update(None, tx.init(params), params, batch=batch)
+    want, _ = by_hand.update(None, by_hand.init(params), params, batch=batch)
+    for a, b in zip(jax.tree.leaves(steps[inputs]), jax.tree.leaves(want), strict=True):
+      np.testing.assert_array_equal(a, b)
+  pairs = zip(jax.tree.leaves(steps["forward"]), jax.tree.leaves(steps["codes"]), strict=True)
+  assert not all(np.array_equal(a, b) for a, b in pairs)
+  rnn = common.am_arch_method(weight_inputs="forward", **kw)
+  with pytest.raises(ValueError, match="weight_inputs"):
+    am_arch.build_method(ml_collections_config("elman_rnn"), rnn, None, steps_per_epoch=4)
+  config = _load(ROOT / "experiments/configs/lenet5_mnist.py", "smoke")
+  config.methods.am_adam.weight_inputs = "updated"
+  with pytest.raises(ValueError, match="weight_inputs"):
+    am_arch.validate(config)
+
+
 def test_am_arch_method_trains_in_float64_when_asked(tmp_path):
   """``dtype="float64"`` trains that method in double precision only: its run equals a
   float64 run built by hand, and x64 is off again afterwards; other dtypes are refused."""

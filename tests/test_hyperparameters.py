@@ -231,6 +231,7 @@ NON_NUMERIC = {
   "line_search",
   "vmap_stages",
   "module_sizes",
+  "weight_inputs",
 }
 
 

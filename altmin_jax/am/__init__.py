@@ -9,6 +9,7 @@ One module per method (:mod:`~altmin_jax.am.online`, :mod:`~altmin_jax.am.offlin
 (weight subproblems); what the methods share otherwise lives in ``_common``.
 """
 
+from altmin_jax.am._common import WEIGHT_INPUTS
 from altmin_jax.am.admm import TaylorADMMState, taylor_admm
 from altmin_jax.am.codes import (
   encode_anchors,
@@ -29,6 +30,7 @@ __all__ = [
   "PipelinedAMState",
   "RNNAMState",
   "TaylorADMMState",
+  "WEIGHT_INPUTS",
   "am_adam",
   "am_adam_offline",
   "am_adam_rnn",

@@ -176,15 +176,23 @@ def optimizers_per_part(
   return tuple(txs)
 
 
+WEIGHT_INPUTS = ("codes", "forward")
+
+
 def gradient_rule(
-  net: LayeredNetwork, weight_optimizer, output_optimizer, weight_steps: int
+  net: LayeredNetwork, weight_optimizer, output_optimizer, weight_steps: int, inputs="codes"
 ) -> weights_lib.WeightRule:
-  """The weight rule of AM-Adam: a persistent optimizer per layer, ``weight_steps`` steps."""
+  """The weight rule of AM-Adam: a persistent optimizer per layer, ``weight_steps`` steps,
+  on the inputs named by ``inputs`` (:data:`WEIGHT_INPUTS`)."""
   net = check_network(net)
   optimizers = optimizers_per_part(
     weight_optimizer, output_optimizer, net.num_stages, "stage", optax.adam(1e-3)
   )
-  return weights_lib.WeightRule(optimizers, steps=check_int("weight_steps", weight_steps, 1))
+  return weights_lib.WeightRule(
+    optimizers,
+    steps=check_int("weight_steps", weight_steps, 1),
+    inputs=check_choice("weight_inputs", inputs, WEIGHT_INPUTS),
+  )
 
 
 def memory_rule(
@@ -246,7 +254,17 @@ def am_iteration(
     proximal=cfg.codes.proximal,
   )
   new_params, weight_states, memory = weights_lib.update_weights(
-    cfg.weights, cfg.net, stage_params, x, y, new_codes, weight_states, memory, loss=cfg.loss, mu=mu
+    cfg.weights,
+    cfg.net,
+    stage_params,
+    x,
+    y,
+    new_codes,
+    weight_states,
+    memory,
+    loss=cfg.loss,
+    mu=mu,
+    input_codes=start_codes if cfg.weights.inputs == "forward" else None,
   )
   return new_params, new_codes, weight_states, memory, mean_loss(cfg.loss, logits, y)
 

@@ -272,6 +272,9 @@ class WeightRule:
     solver: ``"bcd"`` or ``"exact"`` (memory layers).
     forgetting: ``beta`` in ``A <- beta A + sum a a^T`` (memory layers).
     ridge: Tikhonov term of the exact solve relative to ``Tr(A) / d`` (memory layers).
+    inputs: ``"codes"`` (eq. 6: each layer is fitted on the updated code below it) or
+      ``"forward"`` (on the code below as the encoding pass computed it; see
+      :func:`altmin_jax.am_adam`'s ``weight_inputs``).
 
   ``forgetting`` and ``ridge`` may be traced scalars (injected hyperparameters).
   """
@@ -282,6 +285,7 @@ class WeightRule:
   solver: str = "bcd"
   forgetting: Any = 1.0
   ridge: Any = 0.0
+  inputs: str = "codes"
 
   def uses_memory(self, l: int) -> bool:
     return self.optimizers[l - 1] is None
@@ -333,13 +337,18 @@ def update_weights(
   *,
   loss: Loss,
   mu,
+  input_codes=None,
 ):
   """One ``updateWeights`` call: every layer independently from the fixed codes.
+
+  Layer ``l`` fits ``codes[l-1]`` (the labels for the output layer) from the activation of
+  ``input_codes[l-2]`` (``x`` for the first layer); ``input_codes`` defaults to ``codes``.
 
   Returns:
     ``(new_stage_params, new_opt_states, new_memories)``.
   """
-  inputs = (x, *tuple(net.activation(l)(c) for l, c in enumerate(codes, start=1)))
+  below = codes if input_codes is None else input_codes
+  inputs = (x, *tuple(net.activation(l)(c) for l, c in enumerate(below, start=1)))
   targets = (*tuple(codes), y)
   new_params, new_states, new_memories = [], [], []
   memory_iter = iter(memories)

@@ -164,6 +164,7 @@ def am_arch_method(
   code_optimizer: str = "sgd",
   code_safeguard: bool = False,
   weight_eps: float = 1e-8,
+  weight_inputs: str = "codes",
   dtype: str = "float32",
   mu_init: float = 0.01,
   mu_batch_increment: float = 0.0,
@@ -172,7 +173,9 @@ def am_arch_method(
   **extra,
 ) -> ml_collections.ConfigDict:
   """Hyperparameters of AM-Adam in an :func:`am_arch` experiment: Adam with ``weight_lr``
-  (and epsilon ``weight_eps``, optax's 1e-8 by default) on every weight subproblem, the code
+  (and epsilon ``weight_eps``, optax's 1e-8 by default) on every weight subproblem, whose
+  inputs are ``weight_inputs`` (:func:`altmin_jax.am_adam`'s: the updated ``"codes"`` of eq. 6
+  or the ``"forward"`` ones; LeNet-5 and the MLP only, not the RNN), the code
   optimizer (cut per sample by :func:`altmin_jax.am.scale_by_model_minimizer` when
   ``code_safeguard``) and the mu schedule ``mu_0``, ``+increment`` per batch,
   ``*multiplier`` per epoch, ``<= mu_max``; ``dtype="float64"`` trains the method in double
@@ -182,6 +185,7 @@ def am_arch_method(
       kind="am_adam",
       weight_lr=weight_lr,
       weight_eps=weight_eps,
+      weight_inputs=weight_inputs,
       weight_steps=weight_steps,
       code_lr=code_lr,
       code_steps=code_steps,

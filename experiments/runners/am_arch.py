@@ -89,9 +89,12 @@ def build_method(config, m: ml_collections.ConfigDict, net, steps_per_epoch: int
     code_optimizer=code_optimizer,
     mu=mu_schedule(m, steps_per_epoch),
   )
+  weight_inputs = m.get("weight_inputs", "codes")
   if config.architecture == "elman_rnn":
+    if weight_inputs != "codes":
+      raise ValueError(f"weight_inputs={weight_inputs!r}: the RNN's AM-Adam takes only 'codes'")
     return amj.am.am_adam_rnn(net, **kwargs), False
-  return amj.am_adam(net, **kwargs), False
+  return amj.am_adam(net, weight_inputs=weight_inputs, **kwargs), False
 
 
 DTYPES = ("float32", "float64")
@@ -172,6 +175,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     common.check_choice(config, f"methods.{label}.kind", KINDS)
     if "dtype" in config.methods[label]:
       common.check_choice(config, f"methods.{label}.dtype", DTYPES)
+    if "weight_inputs" in config.methods[label]:
+      common.check_choice(config, f"methods.{label}.weight_inputs", amj.am.WEIGHT_INPUTS)
 
 
 def run(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
