@@ -141,6 +141,31 @@ def test_forward_weight_inputs_fit_the_updated_codes_from_the_encoded_ones():
     amj.am_adam(net, weight_inputs="updated", **kw)
 
 
+def test_eq6_inputs_fit_each_layer_to_the_code_change_less_what_the_code_below_absorbed():
+  """After one SGD code step, fitting layer ``l`` on the updated code below (eq. 6) fits it,
+  to first order, to ``-(I - 2 code_lr J J^T) r`` instead of the encoded inputs' ``-r``
+  (``r``: the change of code ``l``, ``J``: the Jacobian of ``f_l(W, sigma(c))`` at the
+  encoded code below); docs/results.md uses this for LeNet-5's fc1."""
+  with jax.enable_x64(True):
+    net, params, x, y = _setup()
+    params = jax.tree.map(lambda t: t.astype(jnp.float64), params)
+    code_lr, mu = 0.05, 10.0  # a large mu keeps the top code's step, hence r, small
+    fwd, _ = net.forward(params, x.astype(jnp.float64))
+    tx = codes_lib.make_code_optimizer("sgd", code_lr)
+    new = codes_lib.update_codes(net, params, y, fwd, fwd, loss=LOSS, mu=mu, tx=tx, steps=1)
+    for l in range(2, net.num_codes + 1):
+      f = lambda c, l=l: net.stage_apply(l, params[l - 1], net.activation(l - 1)(c))
+      r = new[l - 1] - fwd[l - 1]
+      residual = f(new[l - 2]) - new[l - 1]
+      jac = jax.vmap(jax.jacobian(f))(fwd[l - 2][:, None])[:, 0, :, 0, :]
+      absorbed = 2 * code_lr * jnp.einsum("bij,bkj,bk->bi", jac, jac, r)
+      scale = float(jnp.linalg.norm(r))
+      assert float(jnp.linalg.norm(absorbed)) > 0.03 * scale, l  # the term is not negligible
+      err = float(jnp.linalg.norm(residual + r - absorbed))
+      assert err < 1e-4 * scale, (l, err / scale)
+      np.testing.assert_allclose(f(fwd[l - 2]) - new[l - 1], -r, atol=1e-12)  # "forward"
+
+
 def test_code_proximal_switch_drops_the_anchor_term():
   net, params, x, y = _setup()
   codes, _ = net.forward(params, x)

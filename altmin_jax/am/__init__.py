@@ -24,13 +24,13 @@ from altmin_jax.am.rnn import RNNAMState, am_adam_rnn, update_rnn_codes
 from altmin_jax.am.weights import CoactivationMemory, block_coordinate_sweeps, exact_solve
 
 __all__ = [
+  "WEIGHT_INPUTS",
   "AMOfflineState",
   "AMState",
   "CoactivationMemory",
   "PipelinedAMState",
   "RNNAMState",
   "TaylorADMMState",
-  "WEIGHT_INPUTS",
   "am_adam",
   "am_adam_offline",
   "am_adam_rnn",

@@ -1,10 +1,13 @@
 """AM paper, LeNet-5 on Fashion-MNIST (Figure 9 right; supplement B).
 
 As ``lenet5_mnist.py`` with supplement B's winning Fashion-MNIST hyperparameters, which
-differ in the batch-wise mu increment (1e-5 instead of 1e-7), and with plain SGD instead of
-Nesterov momentum for the single code step (the supplement does not name the code optimizer;
-see the comment below). Options: ``smoke`` (CI size, on the bundled MNIST split since
-Fashion-MNIST is not bundled), ``bundled``.
+differ in the batch-wise mu increment (1e-5 instead of 1e-7), with plain SGD instead of
+Nesterov momentum for the single code step (the supplement does not name the code optimizer),
+and AM-Adam's weight steps in float64 with Adam epsilon 1e-16 on the encoded ("forward")
+inputs instead of eq. 6's updated codes (see the comments below and docs/results.md); on the
+official test set, 5 seeds, AM-Adam is then within 0.25 point of Adam at every epoch.
+Options: ``smoke`` (CI size, on the bundled MNIST split since Fashion-MNIST is not bundled),
+``bundled``.
 """
 
 from experiments.configs import common
@@ -26,4 +29,18 @@ def get_config(arg: str | None = None):
   # steps, mu += 1e-2 per batch, code lr 0.1 / 128, weight lr 0.001, the per-sample code-step
   # cut (code_safeguard), float64 (dtype), and combinations of these.
   config.methods.am_adam.code_optimizer = "sgd"
+  # Weight steps (issue 15 req. 3): with one code step every layer's weight gradient is
+  # backprop's times a per-layer factor that shrinks ~60x per layer down (6e-8 for conv1), so
+  # in float32 the lower codes move by less than rounding and Adam's epsilon 1e-8 damps
+  # conv1 ~10x; and fitting each layer on the *updated* code below (eq. 6) fits it to
+  # (I - 2 code_lr J J^T) times the code change above, to first order, under which fc1's norm
+  # grows to 40-50 (5.5 under Adam). Encoded inputs, float64 and epsilon 1e-16 make the step
+  # Adam's on backprop's gradient to first order. Mean validation accuracy over epochs 3-10,
+  # seeds 0 / 1 / 2 (Adam .8933 / .8998 / .8922): the supplement's eq. 6 in float32 (the
+  # previous choice) .8889 / .8919 / .8859, encoded inputs with epsilon 1e-9 in float32
+  # .8951 / .8931 / .8906, encoded inputs in float64 with epsilon 1e-16 (chosen) .8939 /
+  # .8979 / .8935.
+  config.methods.am_adam.weight_inputs = "forward"
+  config.methods.am_adam.dtype = "float64"
+  config.methods.am_adam.weight_eps = 1e-16
   return config
