@@ -236,7 +236,8 @@ def am_iteration(
   cfg: AMConfig, stage_params, x, y, start_codes, anchors, logits, weight_states, memory, count
 ):
   """One AM iteration on eq. (3) from given starting codes: the code updates (eqs. 4-5)
-  with proximal ``anchors``, then the weight updates (eqs. 6-7) on the new codes.
+  with proximal ``anchors``, then the weight updates (eqs. 6-7) on the new codes (each
+  layer's input: the new code below, or the starting one with ``weight_inputs="forward"``).
 
   Returns ``(new_stage_params, new_codes, new_weight_states, new_memory, batch_loss)``.
   """
