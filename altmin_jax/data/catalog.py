@@ -1,5 +1,11 @@
-"""What ``altmin_jax.data`` knows about each dataset: shapes, split sizes, normalization
-constants, the local files it reads, and the error raised when a dataset is missing."""
+"""Every fact ``altmin_jax.data`` knows about each dataset, one :class:`DatasetSpec` each:
+shapes, split sizes, normalization constants, the local file formats and TFDS builder it is
+read from, its download host and Debian package; and the error raised when it is missing.
+
+The other tables (:data:`TFDS_NAMES`, :data:`DEBIAN_PACKAGES`, the TFDS builder modules and
+download hosts, the IDX datasets of :mod:`altmin_jax.data.files`) are derived from
+:data:`SPECS`; the loaders read a spec's attributes and never compare a dataset's name.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,6 @@ DATA_DIR_ENV = "ALTMIN_JAX_DATA_DIR"
 #: four IDX files in ``/usr/share/datasets/fashion-mnist/``). Managed by the package manager:
 #: read, never written to or suggested as a place for files.
 SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
-
-#: Debian packages that install a dataset into a system data directory.
-DEBIAN_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
 
 #: HIGGS columns in the order of ``HIGGS.csv`` after the label (21 low-level kinematic
 #: features, then 7 high-level ones); TFDS uses the same names as feature keys.
@@ -50,10 +53,14 @@ HIGGS_FEATURES = (
   "m_wbb",
   "m_wwbb",
 )
-HIGGS_LABEL = "class_label"
 HIGGS_CSV = "HIGGS.csv.gz"
-HIGGS_NUM_TEST = 500_000  # the standard (and the paper's) test set: the last 500,000 rows
 
+#: The local file formats :mod:`altmin_jax.data.files` reads: ``"idx"``, the four original
+#: IDX files of the MNIST family (:data:`IDX_FILES`); ``"higgs_csv"``, the UCI HIGGS table
+#: (:data:`HIGGS_CSV`: no header, the label, then the features); ``"npz"``, a ``.npz``
+#: archive with the arrays :data:`NPZ_IMAGE_KEYS` (images) or :data:`NPZ_TABLE_KEYS`
+#: (tables).
+FILE_FORMATS = ("idx", "higgs_csv", "npz")
 IDX_FILES = {
   "train_images": "train-images-idx3-ubyte.gz",
   "train_labels": "train-labels-idx1-ubyte.gz",
@@ -69,14 +76,32 @@ class DatasetSpec:
   """Facts about one dataset.
 
   Attributes:
-    name: the name ``load_dataset`` takes (also the TFDS name, except ``bundled_mnist``).
+    name: the name ``load_dataset`` takes.
     num_classes: number of label classes.
     example_shape: shape of one raw example, ``(H, W, C)`` for images, ``(28,)`` for HIGGS.
     num_train: training samples taken from the training pool by default; the rest of the
       pool is the validation set (``None``: the whole pool, no validation).
     mean, std: per-channel normalization constants for images in ``[0, 1]`` (``None`` for
-      HIGGS, standardised with training statistics instead).
+      tables, standardised with training statistics instead).
     homepage: where the original files come from.
+    pool_size: examples in the full training pool: the official training split, all rows of
+      a table, or all bundled samples.
+    test_size: examples in the official test split (``None``: the test set is carved from
+      the pool, see ``test_rows_last`` and ``bundled``).
+    test_rows_last: tables: the default number of final rows forming the test set, never
+      shuffled (``None``: not a table read in rows; ``num_test`` and ``max_rows`` apply only
+      when set).
+    file_formats: the local file formats (of :data:`FILE_FORMATS`) searched for, in order.
+    tfds_name: the TensorFlow Datasets name (``None``: not read through TFDS).
+    tfds_module: the module that registers the TFDS builder, imported before reading.
+    tfds_splits: the TFDS splits read: ``("train", "test")``, or ``("train",)`` for a table
+      whose test rows are carved from its single split.
+    download_host: ``(host, port)`` TFDS downloads the files from, probed before a download.
+    debian_package: the Debian package installing the files in a system data directory.
+    features: tables: the feature names in the file's column order (also the TFDS feature
+      keys); ``label_feature`` is the TFDS key of the label.
+    bundled: shipped inside the package (always available); the samples after the training
+      (and validation) part form the test set.
   """
 
   name: str
@@ -86,16 +111,52 @@ class DatasetSpec:
   mean: tuple[float, ...] | None
   std: tuple[float, ...] | None
   homepage: str
+  pool_size: int = 0
+  test_size: int | None = None
+  test_rows_last: int | None = None
+  file_formats: tuple[str, ...] = ()
+  tfds_name: str | None = None
+  tfds_module: str | None = None
+  tfds_splits: tuple[str, ...] = ("train", "test")
+  download_host: tuple[str, int] | None = None
+  debian_package: str | None = None
+  features: tuple[str, ...] = ()
+  label_feature: str = "label"
+  bundled: bool = False
+
+  def __post_init__(self):
+    unknown = [f for f in self.file_formats if f not in FILE_FORMATS]
+    if unknown:
+      raise ValueError(f"{self.name}: unknown file_formats {unknown}; known: {FILE_FORMATS}")
+    if self.tabular and len(self.features) != self.example_shape[0]:
+      raise ValueError(f"{self.name}: features must name the {self.example_shape[0]} columns")
 
   @property
   def is_image(self) -> bool:
+    """Images ``(H, W, C)`` with pixels ``0..255``."""
     return len(self.example_shape) == 3
 
+  @property
+  def tabular(self) -> bool:
+    """Rows of real features (standardised with training statistics)."""
+    return len(self.example_shape) == 1
+
+
+_MNIST_FILES = dict(file_formats=("idx", "npz"))
+_MNIST_MODULE = "tensorflow_datasets.image_classification.mnist"
 
 SPECS: dict[str, DatasetSpec] = {
   # The 10k MNIST test split shipped inside the package (see bundled.py).
   "bundled_mnist": DatasetSpec(
-    "bundled_mnist", 10, (28, 28, 1), 8000, (0.1307,), (0.3081,), "bundled"
+    "bundled_mnist",
+    10,
+    (28, 28, 1),
+    8000,
+    (0.1307,),
+    (0.3081,),
+    "bundled",
+    pool_size=10_000,
+    bundled=True,
   ),
   # Paper, supplement D.1: first 50,000 training samples train, last 10,000 validate.
   "mnist": DatasetSpec(
@@ -106,6 +167,12 @@ SPECS: dict[str, DatasetSpec] = {
     (0.1307,),
     (0.3081,),
     "http://yann.lecun.com/exdb/mnist/",
+    pool_size=60_000,
+    test_size=10_000,
+    tfds_name="mnist",
+    tfds_module=_MNIST_MODULE,
+    download_host=("storage.googleapis.com", 443),
+    **_MNIST_FILES,
   ),
   # Paper, supplement B: 5/6 of the training split (50,000) train, the other 1/6 validates.
   "fashion_mnist": DatasetSpec(
@@ -116,6 +183,13 @@ SPECS: dict[str, DatasetSpec] = {
     (0.2860,),
     (0.3530,),
     "https://github.com/zalandoresearch/fashion-mnist",
+    pool_size=60_000,
+    test_size=10_000,
+    tfds_name="fashion_mnist",
+    tfds_module=_MNIST_MODULE,
+    download_host=("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
+    debian_package="dataset-fashion-mnist",
+    **_MNIST_FILES,
   ),
   # Paper, supplement D.2: first 40,000 training samples train, last 10,000 validate.
   "cifar10": DatasetSpec(
@@ -126,8 +200,14 @@ SPECS: dict[str, DatasetSpec] = {
     (0.4914, 0.4822, 0.4465),
     (0.2470, 0.2435, 0.2616),
     "https://www.cs.toronto.edu/~kriz/cifar.html",
+    pool_size=50_000,
+    test_size=10_000,
+    file_formats=("npz",),
+    tfds_name="cifar10",
+    tfds_module="tensorflow_datasets.image_classification.cifar",
+    download_host=("www.cs.toronto.edu", 443),
   ),
-  # Paper, section 4: 10.5M training rows, the last 500,000 rows for testing.
+  # Paper, section 4: 10.5M training rows, the last 500,000 rows (the standard test set).
   "higgs": DatasetSpec(
     "higgs",
     2,
@@ -136,9 +216,22 @@ SPECS: dict[str, DatasetSpec] = {
     None,
     None,
     "https://archive.ics.uci.edu/ml/datasets/HIGGS",
+    pool_size=11_000_000,
+    test_rows_last=500_000,
+    file_formats=("higgs_csv", "npz"),
+    tfds_name="higgs",
+    tfds_module="tensorflow_datasets.structured.higgs",
+    tfds_splits=("train",),
+    download_host=("archive.ics.uci.edu", 443),
+    features=HIGGS_FEATURES,
+    label_feature="class_label",
   ),
 }
-TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "higgs")
+
+#: Datasets read through TensorFlow Datasets.
+TFDS_NAMES = tuple(name for name, spec in SPECS.items() if spec.tfds_name)
+#: Debian packages that install a dataset into a system data directory.
+DEBIAN_PACKAGES = {name: spec.debian_package for name, spec in SPECS.items() if spec.debian_package}
 
 
 class DataNotAvailableError(FileNotFoundError):
@@ -153,6 +246,11 @@ def get_spec(name: str) -> DatasetSpec:
   if name not in SPECS:
     raise ValueError(f"unknown dataset name={name!r}; known datasets: {', '.join(SPECS)}")
   return SPECS[name]
+
+
+def names_where(predicate) -> tuple[str, ...]:
+  """The names of the datasets whose spec satisfies ``predicate``, in catalog order."""
+  return tuple(name for name, spec in SPECS.items() if predicate(spec))
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str | None:
@@ -199,30 +297,43 @@ def how_to_get(name: str, data_dir: str | None) -> str:
       "      Preparing image datasets with tensorflow-datasets 4.9 encodes PNGs with"
       " TensorFlow, so that one step needs `pip install tensorflow-cpu`; reading does not."
     )
-  if name in ("mnist", "fashion_mnist"):
+  lines += _how_to_place(spec, where)
+  bundled = ", ".join(repr(n) for n in names_where(lambda s: s.bundled))
+  lines.append(f"  The bundled MNIST 10k split is always available offline: {bundled}.")
+  return "\n".join(lines)
+
+
+def _how_to_place(spec: DatasetSpec, where: str) -> list[str]:
+  """The ``(b)`` (and ``(c)``) lines of :func:`how_to_get`: which files to place, chosen by
+  the spec's first file format."""
+  formats = spec.file_formats
+  if not formats:
+    return []
+  if formats[0] == "idx":
     files = ", ".join(IDX_FILES.values())
-    lines.append(f"  (b) place the IDX files {files} (from {spec.homepage}) in {where}/,")
-    lines.append(
-      f"      or {where}.npz with uint8 arrays x_train (N, 28, 28), y_train, x_test, y_test."
-    )
-    hyphenated = folder_names(name)[-1]
+    height, width = spec.example_shape[:2]
+    lines = [
+      f"  (b) place the IDX files {files} (from {spec.homepage}) in {where}/,",
+      f"      or {where}.npz with uint8 arrays x_train (N, {height}, {width}), y_train, x_test,"
+      " y_test.",
+    ]
+    hyphenated = folder_names(spec.name)[-1]
     system = ", ".join(os.path.join(root, hyphenated) for root in SYSTEM_DATA_DIRS)
-    if name in DEBIAN_PACKAGES:
+    if spec.debian_package:
       lines.append(
-        f"  (c) on Debian or Ubuntu: `sudo apt-get install {DEBIAN_PACKAGES[name]}` installs"
+        f"  (c) on Debian or Ubuntu: `sudo apt-get install {spec.debian_package}` installs"
         f" the IDX files in {system}/, which is searched after data_dir (no flag needed)."
       )
     else:
       lines.append(f"  (c) a system package installing the IDX files in {system}/ is found too.")
-  elif name == "cifar10":
-    lines.append(
-      f"  (b) place {where}.npz with uint8 arrays x_train (50000, 32, 32, 3), y_train,"
-      f" x_test (10000, 32, 32, 3), y_test (from {spec.homepage})."
-    )
-  elif name == "higgs":
-    lines.append(
-      f"  (b) place {HIGGS_CSV} (from {spec.homepage}; label first, then 28 features) in"
-      f" {where}/, or {where}.npz with arrays x (N, 28) and y (N,) in the CSV's row order."
-    )
-  lines.append("  The bundled MNIST 10k split is always available offline: 'bundled_mnist'.")
-  return "\n".join(lines)
+    return lines
+  if formats[0] == "higgs_csv":
+    n = len(spec.features)
+    return [
+      f"  (b) place {HIGGS_CSV} (from {spec.homepage}; label first, then {n} features) in"
+      f" {where}/, or {where}.npz with arrays x (N, {n}) and y (N,) in the CSV's row order."
+    ]
+  return [
+    f"  (b) place {where}.npz with uint8 arrays x_train {(spec.pool_size, *spec.example_shape)},"
+    f" y_train, x_test {(spec.test_size, *spec.example_shape)}, y_test (from {spec.homepage})."
+  ]

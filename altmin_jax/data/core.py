@@ -11,17 +11,16 @@ import numpy as np
 from altmin_jax.data.bundled import bundled_mnist
 from altmin_jax.data.catalog import (
   DATA_DIR_ENV,
-  HIGGS_NUM_TEST,
   DataNotAvailableError,
   DatasetSpec,
   get_spec,
   how_to_get,
+  names_where,
   resolve_data_dir,
 )
 from altmin_jax.data.files import Arrays, read_local_files, search_local_files
 from altmin_jax.data.tfds import TfdsUnavailableError, read_tfds
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 SOURCES = ("auto", "files", "tfds", "bundled")
 NORMALIZATIONS = ("standard", "train", "none")
 _CHUNK = 1 << 18  # rows per chunk when computing statistics (bounds float64 temporaries)
@@ -57,12 +56,6 @@ class Dataset:
   def input_shape(self) -> tuple[int, ...]:
     """Shape of one input example, e.g. ``(784,)`` or ``(28, 28, 1)``."""
     return tuple(self.train[0].shape[1:])
-
-
-def normalize_mnist(images: np.ndarray, flatten: bool = True) -> np.ndarray:
-  """Scales ``uint8 (N, 28, 28)`` pixels to [0, 1] and standardises with the MNIST mean and std."""
-  x = (images.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
-  return x.reshape(len(x), -1) if flatten else x[..., None]
 
 
 def load_dataset(
@@ -252,11 +245,11 @@ def _check_arguments(
     raise ValueError(f"unknown source={source!r}; choose one of {SOURCES}")
   if normalization not in NORMALIZATIONS:
     raise ValueError(f"unknown normalization={normalization!r}; choose one of {NORMALIZATIONS}")
-  bundled = spec.name == "bundled_mnist"
-  if bundled and source not in ("auto", "bundled"):
-    raise ValueError(f"bundled_mnist is read from the package; got source={source!r}")
-  if not bundled and source == "bundled":
-    raise ValueError(f"only 'bundled_mnist' is bundled, got source={source!r} for {spec.name!r}")
+  if spec.bundled and source not in ("auto", "bundled"):
+    raise ValueError(f"{spec.name} is read from the package; got source={source!r}")
+  if not spec.bundled and source == "bundled":
+    bundled = _names(lambda s: s.bundled)
+    raise ValueError(f"only {bundled} is bundled, got source={source!r} for {spec.name!r}")
   if download and source not in ("auto", "tfds"):
     raise ValueError(f"download=True needs source 'auto' or 'tfds', got source={source!r}")
   for arg, value in (("num_train", num_train), ("num_validation", num_validation)):
@@ -265,15 +258,21 @@ def _check_arguments(
   for arg, value in (("num_test", num_test), ("max_rows", max_rows)):
     if value is None:
       continue
-    if spec.name != "higgs":
-      raise ValueError(f"{arg} applies to 'higgs' only, got {arg}={value!r} for {spec.name!r}")
+    if spec.test_rows_last is None:  # a table whose test rows are its last rows
+      tables = _names(lambda s: s.test_rows_last is not None)
+      raise ValueError(f"{arg} applies to {tables} only, got {arg}={value!r} for {spec.name!r}")
     if not isinstance(value, int | np.integer) or value < 1:
       raise ValueError(f"{arg} must be a positive integer, got {arg}={value!r}")
 
 
+def _names(predicate) -> str:
+  """The quoted names of the datasets whose spec satisfies ``predicate``, for messages."""
+  return " or ".join(repr(name) for name in names_where(predicate))
+
+
 def _read(spec: DatasetSpec, data_dir, source, tfds_data_dir, download, max_rows):
   """``(pool, test, source description)`` of raw arrays from the first source that has them."""
-  if spec.name == "bundled_mnist":
+  if spec.bundled:
     images, labels = bundled_mnist()
     return (images[..., None], labels), None, "bundled"
   directory = resolve_data_dir(data_dir)
@@ -281,7 +280,9 @@ def _read(spec: DatasetSpec, data_dir, source, tfds_data_dir, download, max_rows
   if source in ("auto", "files"):
     search = search_local_files(spec.name, directory)
     if search.path is not None:
-      pool, test = read_local_files(spec.name, search.path, max_rows=max_rows)
+      pool, test = read_local_files(
+        spec.name, search.path, file_format=search.file_format, max_rows=max_rows
+      )
       return pool, test, f"files:{search.path}"
     if directory is None:
       tried.append(f"local files: no data directory given (data_dir= or ${DATA_DIR_ENV})")
@@ -313,11 +314,11 @@ def _split(
   split_seed,
 ) -> tuple[Arrays, Arrays | None, Arrays]:
   x, y = pool
-  if spec.name == "higgs":  # the test rows are the table's last rows, never shuffled
-    n_test = HIGGS_NUM_TEST if num_test is None else num_test
+  if spec.test_rows_last is not None:  # the test rows are the table's last rows, never shuffled
+    n_test = spec.test_rows_last if num_test is None else num_test
     if n_test >= len(x):
       raise ValueError(
-        f"num_test={n_test!r} must be smaller than the {len(x)} HIGGS rows read;"
+        f"num_test={n_test!r} must be smaller than the {len(x)} {spec.name} rows read;"
         " pass a smaller num_test (for example with max_rows)"
       )
     test = (x[len(x) - n_test :], y[len(x) - n_test :])
@@ -327,8 +328,7 @@ def _split(
     order = np.random.default_rng(split_seed).permutation(n)
     x, y = x[order], y[order]
   n_train = (spec.num_train or n) if num_train is None else num_train
-  bundled = spec.name == "bundled_mnist"
-  if bundled:
+  if spec.bundled:  # the samples after the training (and validation) part test
     n_val = 0 if num_validation is None else num_validation
     if not (0 < n_train and n_train + n_val < n):
       raise ValueError(
@@ -349,7 +349,7 @@ def _split(
       )
   stop = n_train + n_val
   validation = (x[n_train:stop], y[n_train:stop]) if n_val else None
-  if bundled:
+  if spec.bundled:
     test = (x[stop:], y[stop:])
   return (x[:n_train], y[:n_train]), validation, test
 

@@ -8,25 +8,28 @@ Directories searched, in order, the first complete set of files wins:
    (``/usr/share/datasets``, where Debian's ``dataset-fashion-mnist`` package installs
    ``fashion-mnist/``), read only.
 
-Layout of a searched directory ``D``, one entry per dataset name; ``<folder>`` is the
-dataset's name or its hyphenated form (``fashion_mnist`` or ``fashion-mnist``):
+Layout of a searched directory ``D``, one entry per file format (a dataset's spec lists
+its formats in search order, ``DatasetSpec.file_formats``); ``<folder>`` is the dataset's name
+or its hyphenated form (``fashion_mnist`` or ``fashion-mnist``):
 
-- ``mnist``, ``fashion_mnist``: the four original IDX files in ``D/<folder>/``
+- ``"idx"`` (``mnist``, ``fashion_mnist``): the four original IDX files in ``D/<folder>/``
   (``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
   ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``; uncompressed files without
   ``.gz`` work too), or, in the user's directory only, directly in ``D`` (unless ``D``'s own
   name is that of the other dataset: ``data_dir=".../fashion-mnist"`` never loads as
   ``mnist``). A folder holding only some of the four files is reported with the missing
   ones named.
-- ``higgs``: ``D/higgs/HIGGS.csv.gz`` or ``D/HIGGS.csv.gz`` (or ``HIGGS.csv``), the UCI file:
-  no header, the label (``0.0`` / ``1.0``) in the first column, then the 28 features.
-- any of ``mnist``, ``fashion_mnist``, ``cifar10``: ``D/<name>.npz`` or
+- ``"higgs_csv"`` (``higgs``): ``D/higgs/HIGGS.csv.gz`` or ``D/HIGGS.csv.gz`` (or
+  ``HIGGS.csv``), the UCI file: no header, the label (``0.0`` / ``1.0``) in the first
+  column, then the 28 features.
+- ``"npz"``, images (``mnist``, ``fashion_mnist``, ``cifar10``): ``D/<name>.npz`` or
   ``D/<folder>/<name>.npz`` with integer pixel arrays ``x_train`` ``(N, H, W)`` or
   ``(N, H, W, C)`` in ``0..255``, integer labels ``y_train`` ``(N,)``, and ``x_test`` /
   ``y_test`` likewise (the official splits; ``keras.datasets`` arrays saved with
   ``np.savez`` have this form). Float labels are rejected, not rounded.
-- ``higgs`` as ``.npz``: arrays ``x`` ``(N, 28)`` and ``y`` ``(N,)`` holding the table rows
-  in the CSV's order (the test set is carved from the end as for the CSV).
+- ``"npz"``, tables (``higgs``): the same places, arrays ``x`` ``(N, 28)`` and ``y``
+  ``(N,)`` holding the table rows in the CSV's order (the test set is carved from the end
+  as for the CSV).
 
 Unreadable files (a truncated or non-gzip ``.gz``, a corrupt ``.npz``, an invalid IDX
 header) raise ``ValueError`` naming the file.
@@ -40,6 +43,7 @@ import os
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,13 +54,16 @@ from altmin_jax.data.catalog import (
   IDX_FILES,
   NPZ_IMAGE_KEYS,
   NPZ_TABLE_KEYS,
+  DatasetSpec,
   folder_names,
   get_spec,
+  names_where,
 )
 from altmin_jax.data.idx import read_idx
 
 Arrays = tuple[np.ndarray, np.ndarray]
-IDX_DATASETS = ("mnist", "fashion_mnist")
+#: Datasets stored as the four IDX files (their folders are told apart by name).
+IDX_DATASETS = names_where(lambda spec: "idx" in spec.file_formats)
 # Errors of a truncated, corrupt or mislabelled compressed file (gzip.BadGzipFile is an
 # OSError; zipfile reports a bad archive or a bad CRC as BadZipFile).
 _CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
@@ -70,10 +77,12 @@ class LocalSearch:
     path: the directory of IDX files, the CSV or the ``.npz`` to read, or ``None``.
     tried: one line per searched place without a complete set (partial IDX sets name
       their missing files), for the error message.
+    file_format: the format (of ``catalog.FILE_FORMATS``) ``path`` holds, or ``None``.
   """
 
   path: str | None
   tried: tuple[str, ...]
+  file_format: str | None = None
 
 
 def search_directories(data_dir: str | None) -> list[tuple[str, bool]]:
@@ -95,69 +104,97 @@ def search_local_files(name: str, data_dir: str | None) -> LocalSearch:
     if not users and not os.path.isdir(directory):
       tried.append(f"{directory} (system data directory): not present")
       continue
-    path, lines, partial_here = _search_directory(name, directory, users)
+    path, file_format, lines, partial_here = _search_directory(name, directory, users)
     partial += partial_here
     if path is not None:
       for line in partial:
         warnings.warn(f"{line}; reading the complete set in {path} instead", stacklevel=3)
-      return LocalSearch(path, tuple(tried))
+      return LocalSearch(path, tuple(tried), file_format)
     tried += lines
   return LocalSearch(None, tuple(tried))
 
 
 def _search_directory(name: str, directory: str, users: bool):
-  """``(path or None, tried lines, partial-set lines)`` for one directory."""
+  """``(path or None, its format, tried lines, partial-set lines)`` for one directory: the
+  spec's file formats in order, the first found wins."""
+  spec = get_spec(name)
   lines, partial = [], []
+  for file_format in spec.file_formats:
+    path = FORMATS[file_format].find(spec, directory, users, lines, partial)
+    if path is not None:
+      return path, file_format, lines, partial
   kind = "data_dir" if users else "system data directory"
-  folders = []
-  if name in IDX_DATASETS:
-    folders = [os.path.join(directory, f) for f in folder_names(name)]
-    if users:
-      other = _other_idx_dataset(name, directory)
-      if other is None:
-        folders.append(directory)
-      elif any(_existing(os.path.join(directory, f)) for f in IDX_FILES.values()):
-        lines.append(
-          f"{directory}: its IDX files are not read as {name!r}: the folder's name says they"
-          f" hold {other!r}"
-        )
-    for folder in folders:
-      present = [f for f in IDX_FILES.values() if _existing(os.path.join(folder, f))]
-      if len(present) == len(IDX_FILES):
-        return folder, lines, partial
-      if present:
-        missing = [f for f in IDX_FILES.values() if f not in present]
-        partial.append(
-          f"{folder} holds {', '.join(present)} but lacks {', '.join(missing)}"
-          " (or the same names without .gz)"
-        )
-  if name == "higgs":
-    for folder in (os.path.join(directory, "higgs"), directory):
-      if path := _existing(os.path.join(folder, HIGGS_CSV)):
-        return path, lines, partial
-  if get_spec(name).name != "bundled_mnist":
-    npz = [os.path.join(directory, f"{name}.npz")]
-    npz += [os.path.join(directory, f, f"{name}.npz") for f in folder_names(name)]
-    for path in npz:
-      if os.path.isfile(path):
-        return path, lines, partial
   if partial:
     lines += [f"{line} ({kind})" for line in partial]
   else:
-    direct = users and name in IDX_DATASETS and directory in folders
-    lines.append(f"{directory} ({kind}): no {name} files ({_layouts(name, direct)})")
-  return None, lines, partial
+    lines.append(f"{directory} ({kind}): no {name} files ({_layouts(spec, directory, users)})")
+  return None, None, lines, partial
 
 
-def _layouts(name: str, direct: bool) -> str:
-  """The layouts looked for, in words (``direct``: IDX files at the top too)."""
-  folders = " or ".join(f"{f}/" for f in folder_names(name))
-  if name in IDX_DATASETS:
-    top = " or at the top" if direct else ""
-    return f"looked for the four IDX files in {folders}{top}, and {name}.npz"
-  if name == "higgs":
-    return f"looked for {HIGGS_CSV} in higgs/ or at the top, and higgs.npz"
-  return f"looked for {name}.npz at the top or in {folders}"
+def _layouts(spec: DatasetSpec, directory: str, users: bool) -> str:
+  """The layouts looked for in ``directory``, in words."""
+  looked = [FORMATS[f].looked_for(spec, directory, users) for f in spec.file_formats]
+  return "looked for " + ", and ".join(looked)
+
+
+def _idx_folders(spec: DatasetSpec, directory: str, users: bool) -> list[str]:
+  """Folders that may hold ``spec``'s IDX files: ``<folder>`` in ``directory`` and, for the
+  user's directory, ``directory`` itself unless its name is that of another IDX dataset."""
+  folders = [os.path.join(directory, f) for f in folder_names(spec.name)]
+  if users and _other_idx_dataset(spec.name, directory) is None:
+    folders.append(directory)
+  return folders
+
+
+def _find_idx(spec: DatasetSpec, directory: str, users: bool, lines, partial) -> str | None:
+  """The folder with all four IDX files; partial sets are added to ``partial``."""
+  if users and (other := _other_idx_dataset(spec.name, directory)) is not None:
+    if any(_existing(os.path.join(directory, f)) for f in IDX_FILES.values()):
+      lines.append(
+        f"{directory}: its IDX files are not read as {spec.name!r}: the folder's name says"
+        f" they hold {other!r}"
+      )
+  for folder in _idx_folders(spec, directory, users):
+    present = [f for f in IDX_FILES.values() if _existing(os.path.join(folder, f))]
+    if len(present) == len(IDX_FILES):
+      return folder
+    if present:
+      missing = [f for f in IDX_FILES.values() if f not in present]
+      partial.append(
+        f"{folder} holds {', '.join(present)} but lacks {', '.join(missing)}"
+        " (or the same names without .gz)"
+      )
+  return None
+
+
+def _looked_for_idx(spec: DatasetSpec, directory: str, users: bool) -> str:
+  folders = " or ".join(f"{f}/" for f in folder_names(spec.name))
+  top = " or at the top" if directory in _idx_folders(spec, directory, users) else ""
+  return f"the four IDX files in {folders}{top}"
+
+
+def _find_higgs_csv(spec: DatasetSpec, directory: str, users: bool, lines, partial):
+  for folder in (os.path.join(directory, spec.name), directory):
+    if path := _existing(os.path.join(folder, HIGGS_CSV)):
+      return path
+  return None
+
+
+def _looked_for_higgs_csv(spec: DatasetSpec, directory: str, users: bool) -> str:
+  return f"{HIGGS_CSV} in {spec.name}/ or at the top"
+
+
+def _find_npz(spec: DatasetSpec, directory: str, users: bool, lines, partial) -> str | None:
+  npz = [os.path.join(directory, f"{spec.name}.npz")]
+  npz += [os.path.join(directory, f, f"{spec.name}.npz") for f in folder_names(spec.name)]
+  return next((path for path in npz if os.path.isfile(path)), None)
+
+
+def _looked_for_npz(spec: DatasetSpec, directory: str, users: bool) -> str:
+  if len(spec.file_formats) > 1:  # after the main format: named briefly
+    return f"{spec.name}.npz"
+  folders = " or ".join(f"{f}/" for f in folder_names(spec.name))
+  return f"{spec.name}.npz at the top or in {folders}"
 
 
 def _other_idx_dataset(name: str, directory: str) -> str | None:
@@ -169,40 +206,47 @@ def _other_idx_dataset(name: str, directory: str) -> str | None:
   return None
 
 
-def find_local_files(name: str, data_dir: str) -> str | None:
+def find_local_files(name: str, data_dir: str | None) -> str | None:
   """The path (a directory of IDX files, a CSV or an ``.npz``) holding ``name`` in
   ``data_dir`` or a system data directory; ``None`` when no complete set is found."""
   return search_local_files(name, data_dir).path
 
 
 def read_local_files(
-  name: str, path: str, *, max_rows: int | None = None
+  name: str, path: str, *, file_format: str, max_rows: int | None = None
 ) -> tuple[Arrays, Arrays | None]:
-  """Reads what :func:`search_local_files` found.
+  """Reads what :func:`search_local_files` found, with the reader of ``file_format``.
 
   Returns:
     ``(pool, test)``: the official training split and test split as raw arrays (images
-    ``uint8 (N, H, W, C)``, labels ``int32``); for HIGGS ``pool`` holds all rows read
-    (features ``float32 (N, 28)``) and ``test`` is ``None``.
+    ``uint8 (N, H, W, C)``, labels ``int32``); for a table (HIGGS) ``pool`` holds all rows
+    read (features ``float32 (N, 28)``) and ``test`` is ``None``.
 
   Raises:
     ValueError: if the files are unreadable or do not have the shapes, dtypes or values the
       dataset needs (the message names the file).
   """
-  spec = get_spec(name)
-  if path.endswith(".npz"):
-    if spec.is_image:
-      return _read_image_npz(name, path)
-    return _read_table_npz(path, max_rows), None
-  if name == "higgs":
-    return read_higgs_csv(path, max_rows=max_rows), None
+  return FORMATS[file_format].read(get_spec(name), path, max_rows)
+
+
+def _read_idx_folder(spec: DatasetSpec, path: str, max_rows: int | None):
   files = {k: _existing(os.path.join(path, f)) for k, f in IDX_FILES.items()}
   parts = []
   for split in ("train", "test"):
     images, labels = files[f"{split}_images"], files[f"{split}_labels"]
     what = f"{images} and {labels}"
-    parts.append(image_arrays(name, what, read_idx(images), read_idx(labels)))
+    parts.append(image_arrays(spec.name, what, read_idx(images), read_idx(labels)))
   return parts[0], parts[1]
+
+
+def _read_higgs_csv(spec: DatasetSpec, path: str, max_rows: int | None):
+  return read_higgs_csv(path, max_rows=max_rows), None
+
+
+def _read_npz(spec: DatasetSpec, path: str, max_rows: int | None):
+  if spec.tabular:
+    return _read_table_npz(spec, path, max_rows), None
+  return _read_image_npz(spec.name, path)
 
 
 def read_higgs_csv(path: str | os.PathLike, *, max_rows: int | None = None) -> Arrays:
@@ -337,16 +381,17 @@ def _read_image_npz(name: str, path: str) -> tuple[Arrays, Arrays]:
   return train, test
 
 
-def _read_table_npz(path: str, max_rows: int | None) -> Arrays:
+def _read_table_npz(spec: DatasetSpec, path: str, max_rows: int | None) -> Arrays:
   f = load_npz(path, NPZ_TABLE_KEYS)
   x, y = f["x"][:max_rows], f["y"][:max_rows]
-  if x.ndim != 2 or x.shape[1] != len(HIGGS_FEATURES) or y.shape != x.shape[:1]:
+  width = len(spec.features)
+  if x.ndim != 2 or x.shape[1] != width or y.shape != x.shape[:1]:
     raise ValueError(
-      f"{path}: higgs needs x of shape (N, 28) and y of shape (N,), got shapes"
+      f"{path}: {spec.name} needs x of shape (N, {width}) and y of shape (N,), got shapes"
       f" {x.shape} and {y.shape}"
     )
   if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-    raise ValueError(f"{path}: higgs features x must be real numbers, got dtype {x.dtype}")
+    raise ValueError(f"{path}: {spec.name} features x must be real numbers, got dtype {x.dtype}")
   return x.astype(np.float32), binary_labels(y, f"{path} (y)")
 
 
@@ -356,3 +401,28 @@ def _existing(path: str) -> str | None:
     if os.path.isfile(candidate):
       return candidate
   return None
+
+
+@dataclasses.dataclass(frozen=True)
+class FileFormat:
+  """How one local file format is found in a directory and read.
+
+  Attributes:
+    find: ``(spec, directory, users, lines, partial) -> path or None``; appends to ``lines``
+      what the error message should say about ``directory`` and to ``partial`` incomplete
+      sets of files.
+    read: ``(spec, path, max_rows) -> (pool, test)``, as :func:`read_local_files`.
+    looked_for: ``(spec, directory, users) -> str``, the layout searched, in words.
+  """
+
+  find: Callable[..., str | None]
+  read: Callable[[DatasetSpec, str, int | None], tuple[Arrays, Arrays | None]]
+  looked_for: Callable[[DatasetSpec, str, bool], str]
+
+
+#: The reader of each format of ``catalog.FILE_FORMATS``.
+FORMATS = {
+  "idx": FileFormat(_find_idx, _read_idx_folder, _looked_for_idx),
+  "higgs_csv": FileFormat(_find_higgs_csv, _read_higgs_csv, _looked_for_higgs_csv),
+  "npz": FileFormat(_find_npz, _read_npz, _looked_for_npz),
+}

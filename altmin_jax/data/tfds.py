@@ -11,7 +11,8 @@ Notes on tensorflow-datasets 4.9:
 
 - TFDS imports its dataset modules lazily and stops at the first module whose optional
   dependency is missing (``h5py`` for ``nearest_neighbors``), which can leave ``higgs``
-  unregistered; :func:`read_tfds` imports the four builder modules it uses explicitly.
+  unregistered; :func:`read_tfds` imports the builder module of the dataset it reads
+  (``DatasetSpec.tfds_module``) explicitly.
 - Preparing (``download=True``) an image dataset encodes PNGs with TensorFlow, so that one
   step needs TensorFlow installed; HIGGS and all reading do not.
 - TFDS ``higgs`` has a single ``train`` split of 11,000,000 rows stored in a shuffled order,
@@ -31,23 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from altmin_jax.data.catalog import HIGGS_FEATURES, HIGGS_LABEL, TFDS_NAMES, get_spec
+from altmin_jax.data.catalog import TFDS_NAMES, DatasetSpec, get_spec
 from altmin_jax.data.files import Arrays, binary_labels, image_arrays
 
-_BUILDER_MODULES = {
-  "mnist": "tensorflow_datasets.image_classification.mnist",
-  "fashion_mnist": "tensorflow_datasets.image_classification.mnist",
-  "cifar10": "tensorflow_datasets.image_classification.cifar",
-  "higgs": "tensorflow_datasets.structured.higgs",
-}
-# The hosts tensorflow-datasets 4.9 downloads each dataset from (probed before a download:
-# offline, TFDS itself retries with exponential backoff for minutes before failing).
-DOWNLOAD_HOSTS = {
-  "mnist": ("storage.googleapis.com", 443),
-  "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
-  "cifar10": ("www.cs.toronto.edu", 443),
-  "higgs": ("archive.ics.uci.edu", 443),
-}
 PROBE_TIMEOUT_S = 10.0
 _PROGRESS_MIN = 100_000  # show a progress bar when reading at least this many examples
 
@@ -66,18 +53,19 @@ def read_tfds(
   """Reads dataset ``name`` with ``tfds.data_source``.
 
   Args:
-    name: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` or ``"higgs"``.
+    name: a dataset of ``catalog.TFDS_NAMES``: ``"mnist"``, ``"fashion_mnist"``,
+      ``"cifar10"`` or ``"higgs"``.
     data_dir: the TFDS data directory (``None``: TFDS's default, ``$TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``).
     download: when no prepared copy is found, download and prepare one as ArrayRecord
       (needs network; fails within seconds when the download host cannot be reached);
       ``False`` only reads what is prepared.
-    max_rows: HIGGS only: read only the first ``max_rows`` rows of the split.
+    max_rows: tables (HIGGS) only: read only the first ``max_rows`` rows of the split.
 
   Returns:
     ``(pool, test)`` as in :func:`altmin_jax.data.files.read_local_files`: images ``uint8
     (N, H, W, C)`` and ``int32`` labels of the official train and test splits; for HIGGS the
-    rows of its single split and ``None``.
+    rows of its single split and ``None`` (the spec's ``tfds_splits``).
 
   Raises:
     TfdsUnavailableError: TFDS is not installed, the dataset is not prepared in ``data_dir``
@@ -86,26 +74,25 @@ def read_tfds(
   if name not in TFDS_NAMES:
     raise ValueError(f"name={name!r} is not a TFDS dataset here; TFDS datasets: {TFDS_NAMES}")
   spec = get_spec(name)
-  splits = ["train", "test"] if spec.is_image else ["train"]
+  splits = list(spec.tfds_splits)
   try:
     import tensorflow_datasets as tfds  # slow; only when TFDS is used
 
-    importlib.import_module(_BUILDER_MODULES[name])
+    importlib.import_module(spec.tfds_module)
   except ImportError as err:
     raise TfdsUnavailableError(f"tensorflow_datasets cannot be imported: {err}") from err
   try:
-    sources = _data_source(tfds, name, splits, data_dir, download=False)
+    sources = _data_source(tfds, spec.tfds_name, splits, data_dir, download=False)
   except TfdsUnavailableError:
     if not download:
       raise
     probe_download_host(name)  # fail in seconds, not after TFDS's minutes of retries
-    sources = _data_source(tfds, name, splits, data_dir, download=True)
-  if spec.is_image:
-    train, test = (
-      _image_split(name, s, f"tfds {name}/{split}") for s, split in zip(sources, splits)
-    )
-    return train, test
-  return _higgs_rows(sources[0], max_rows), None
+    sources = _data_source(tfds, spec.tfds_name, splits, data_dir, download=True)
+  whats = [f"tfds {spec.tfds_name}/{split}" for split in splits]
+  if spec.tabular:
+    return _table_rows(spec, sources[0], whats[0], max_rows), None
+  train, test = (_image_split(name, s, what) for s, what in zip(sources, whats))
+  return train, test
 
 
 def _data_source(tfds, name: str, splits: list[str], data_dir, *, download: bool) -> list[Any]:
@@ -128,8 +115,9 @@ def _data_source(tfds, name: str, splits: list[str], data_dir, *, download: bool
 
 def probe_download_host(name: str) -> None:
   """Raises :class:`TfdsUnavailableError` within ``PROBE_TIMEOUT_S`` seconds when the host
-  TFDS downloads ``name`` from cannot be reached."""
-  host, port = DOWNLOAD_HOSTS[name]
+  TFDS downloads ``name`` from (its spec's ``download_host``) cannot be reached: offline,
+  TFDS itself retries with exponential backoff for minutes before failing."""
+  host, port = get_spec(name).download_host
   try:
     socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
   except OSError as err:
@@ -164,12 +152,13 @@ def _image_split(name: str, source: Sequence[Any], what: str) -> Arrays:
   return image_arrays(name, what, images, labels)
 
 
-def _higgs_rows(source: Sequence[Any], max_rows: int | None) -> Arrays:
+def _table_rows(spec: DatasetSpec, source: Sequence[Any], what: str, max_rows: int | None):
+  """The first ``max_rows`` rows of a table's split, features in the file's column order."""
   n = len(source) if max_rows is None else min(len(source), max_rows)
-  x = np.empty((n, len(HIGGS_FEATURES)), np.float32)
+  x = np.empty((n, len(spec.features)), np.float32)
   labels = np.empty(n, np.float32)
-  for i in _indices(n, "tfds higgs/train"):
+  for i in _indices(n, what):
     example = source[i]
-    x[i] = [example[f] for f in HIGGS_FEATURES]  # the CSV's column order
-    labels[i] = example[HIGGS_LABEL]
-  return x, binary_labels(labels, "tfds higgs/train", exact=False)  # a float feature
+    x[i] = [example[f] for f in spec.features]  # the CSV's column order
+    labels[i] = example[spec.label_feature]
+  return x, binary_labels(labels, what, exact=False)  # a float feature
