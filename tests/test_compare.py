@@ -11,7 +11,7 @@ import pytest
 
 from experiments import train
 from experiments.configs import common, fashion_mnist_compare
-from experiments.runners import compare
+from experiments.runners import compare, families
 
 
 def _smoke():
@@ -155,6 +155,73 @@ def test_full_config_lists_every_method_of_the_issue_with_a_grid():
     assert len(old & new) == 1 and (min(new) > min(old) or max(new) < max(old)), m
   with pytest.raises(common.ConfigError, match="500 goes with am_fc"):
     fashion_mnist_compare.get_config("500")
+
+
+def test_a_registered_family_is_trained_checked_and_reported_without_code_in_the_runner(
+  tmp_path, monkeypatch, capsys
+):
+  """A family added to the registry (here a fake one that trains nothing) is validated,
+  trained, reported and plotted by the comparison runner as the built-in ones are."""
+  calls = []
+
+  def toy_check(config, label):
+    if config.methods[label].rounds > 3:
+      raise common.ConfigError(f"config.methods.{label}: the toy family trains 3 rounds at most")
+
+  def toy_train(config, data, entry, seed, hooks):
+    calls.append((entry.method, entry.lr, seed, len(data.test[0])))
+    return {**_fake_train([])(config, data, entry, seed, hooks), "epoch": [0.0, 1.0]}
+
+  monkeypatch.setattr(families, "REGISTRY", dict(families.REGISTRY))
+  families.register(
+    families.Family(
+      name="toy",
+      methods=("toy_sgd",),
+      train_one=toy_train,
+      batch_text=lambda config: "7",
+      line_style="-.",
+      check=toy_check,
+    )
+  )
+  config = _smoke()
+  config.methods.toy = {"family": "toy", "method": "toy_sgd", "lr": 0.1, "rounds": 1}
+  config.methods.toy_fast = {"family": "toy", "method": "toy_sgd", "lr": 0.01, "rounds": 3}
+  config.method_list = ("toy", "toy_fast")
+  config.grid = {"toy": {"lr": (0.001, 0.003)}}
+  compare.validate(config)
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert calls == [
+    ("toy_sgd", 0.001, 0, 500),
+    ("toy_sgd", 0.003, 0, 500),
+    ("toy_sgd", 0.003, 0, 8500),
+    ("toy_sgd", 0.01, 0, 8500),
+  ]
+  assert [(r["method"], r["family"]) for r in metrics["summary"]] == [
+    ("toy", "toy"),
+    ("toy_fast", "toy"),
+  ]
+  assert "7 (toy family)" in (tmp_path / "table.md").read_text()
+  assert (tmp_path / compare.PLOT).exists()
+  config.methods.toy.rounds = 4
+  with pytest.raises(common.ConfigError, match="toy: the toy family trains 3 rounds at most"):
+    compare.validate(config)
+  config.methods.toy.update({"rounds": 1, "method": "sgd"})
+  with pytest.raises(
+    common.ConfigError, match=r"config.methods.toy.method must be one of \['toy_sgd'\]"
+  ):
+    compare.validate(config)
+  with pytest.raises(ValueError, match="a family named 'toy' is registered already"):
+    families.register(families.REGISTRY["toy"])
+
+
+def test_an_unknown_family_is_refused_with_the_registered_ones():
+  registered = r"registered families: \['am_fc', 'distributed', 'sm'\]"
+  with pytest.raises(ValueError, match="unknown family 'nope'; " + registered):
+    families.get("nope")
+  entry = _smoke().methods.adam
+  entry.family = "nope"
+  with pytest.raises(ValueError, match=registered):
+    compare.train_one(_smoke(), None, entry, 0, None)
 
 
 @pytest.mark.slow

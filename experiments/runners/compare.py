@@ -2,20 +2,9 @@
 accuracy, training loss and wall time to a stated accuracy (issue 15, requirement 6).
 
 Trains the same fully connected net (``config.hidden``, ``config.activation``) with methods
-of three families, each through its own runner's training function, so that metrics
-publishing, checkpoints and ``--config.resume=True`` work as there:
-
-* ``am_fc`` (:func:`experiments.runners.am_fc.train_one`): ``sgd``, ``adam``, ``am_adam``,
-  ``am_mem``, ``am_adam_offline``, ``am_mem_offline``, ``admm``; minibatches of
-  ``config.batch_size`` (the offline ones: one iteration per pass over the training set);
-* ``sm`` (:func:`experiments.runners.sm_tables.train_one`): ``sm``, ``gd_armijo``,
-  ``cg_block``, ``cg_block_armijo``, ``sso``, ``ddg``; shuffled minibatches of
-  ``config.sm_batch_size`` (``0``: full batch), one iteration each, ``inner_steps`` (N)
-  from the method's entry;
-* ``distributed`` (:func:`experiments.runners.distributed.train_one`): the methods of
-  ``distributed.P_WORKER`` and ``distributed.SINGLE`` with the entry's ``num_workers``
-  workers stacked on one device (simulation mode), ``config.worker_batch_size`` images per
-  worker per round, ``config.delay`` schedule; the centre variable is evaluated.
+of several families, each through its own runner's training function:
+:mod:`experiments.runners.families` registers them (today ``am_fc``, ``sm`` and
+``distributed``) and says what each trains and reads; this runner has no code per family.
 
 Every method gets the same budget of ``config.epochs`` passes over the training images
 (an iteration of a minibatch method sees ``batch`` images, a distributed round
@@ -27,10 +16,9 @@ Config fields (besides the data fields of :func:`experiments.runners._training.l
 and ``seeds``, ``progress``, ``num_train_eval``, ``resume``, ``overwrite``):
 
 * ``method_list``: labels, each a key of ``methods``;
-* ``methods``: label -> ``family``, ``method`` (a name of that family) and the method's
-  hyperparameters as its runner reads them (``lr``; :func:`experiments.configs.common.am_method`'s
-  fields; ``sm_tables``' fields and ``inner_steps``; ``distributed``'s ``lr``,
-  ``num_workers`` and hyperparameters);
+* ``methods``: label -> ``family`` (a registered family), ``method`` (a name of that family)
+  and the method's hyperparameters as its family's runner reads them (see
+  :mod:`experiments.runners.families`);
 * ``grid``: label -> field -> candidate values (the product of a method's fields is tried);
 * ``select``: stage 1, every grid point of every method in ``grid`` is trained with the
   first seed and evaluated on the validation split (``data.validation``); the point with the
@@ -64,13 +52,8 @@ import numpy as np
 
 from experiments import models, reporting, workdir
 from experiments.configs import common
-from experiments.runners import _training, am_fc, distributed, sm_tables
+from experiments.runners import _training, families
 
-FAMILIES = {
-  "am_fc": am_fc.ONLINE + am_fc.OFFLINE,
-  "sm": sm_tables.ALL_METHODS,
-  "distributed": tuple(distributed.P_WORKER) + tuple(distributed.SINGLE),
-}
 TABLE = "table.md"
 PLOT = "accuracy_vs_time.png"
 
@@ -95,23 +78,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   labels = common.check_names(config, "method_list", list(config.methods))
   common.check_hyperparameters(config, "methods")
   for label in labels:
-    entry = config.methods[label]
-    family = common.check_choice(config, f"methods.{label}.family", FAMILIES)
-    common.check_choice(config, f"methods.{label}.method", FAMILIES[family])
-    if family == "sm" and len(set(config.hidden)) != 1:
-      raise common.ConfigError(
-        f"config.methods.{label}: the sm family builds equal hidden widths, got"
-        f" config.hidden={tuple(config.hidden)!r}"
-      )
-    if family == "distributed":
-      common.check_int(config, f"methods.{label}.num_workers", minimum=1)
-      if config.activation != "relu":
-        raise common.ConfigError(
-          f"config.methods.{label}: the distributed family's MLP is ReLU, got"
-          f" config.activation={config.activation!r}"
-        )
-    if entry.method in sm_tables.N_METHODS:
-      common.check_int(config, f"methods.{label}.inner_steps", minimum=1)
+    name = common.check_choice(config, f"methods.{label}.family", families.REGISTRY)
+    family = families.get(name)
+    common.check_choice(config, f"methods.{label}.method", family.methods)
+    family.check(config, label)
   for label, fields in config.grid.items():
     if label not in config.methods:
       raise common.ConfigError(
@@ -173,83 +143,13 @@ def score(record: Mapping) -> float:
 # ------------------------------------------------------------------- training
 
 
-def family_config(config, entry: ml_collections.ConfigDict, eval_every: int):
-  """The config its family's ``train_one`` reads, holding ``entry`` as its only method."""
-  family, method = entry.family, entry.method
-  base = dict(
-    epochs=config.epochs,
-    progress=config.progress,
-    num_train_eval=config.num_train_eval,
-    seeds=config.seeds,
-  )
-  if family == "am_fc":
-    cfg = dict(
-      base,
-      hidden=tuple(config.hidden),
-      activation=config.activation,
-      batch_size=config.batch_size,
-      zoom_batches=0,
-      eval_every=eval_every,
-      eval_split="test",
-      methods={method: entry.to_dict()},
-    )
-  elif family == "sm":
-    cfg = dict(
-      base,
-      width=int(config.hidden[0]),
-      activation=config.activation,
-      batch_size=config.sm_batch_size,
-      eval_every=eval_every,
-      methods={method: entry.to_dict()},
-    )
-  else:
-    spec = {k: v for k, v in entry.to_dict().items() if k != "family"}
-    cfg = dict(
-      base,
-      model="mlp",
-      hidden=tuple(config.hidden),
-      width=16,
-      batch_size=config.worker_batch_size,
-      rounds=1,
-      lr_decay_epochs=(),
-      lr_decay_factor=1.0,
-      crop=0,
-      delay=config.delay,
-      eval_every=eval_every,
-      runs={method: spec},
-    )
-  return ml_collections.ConfigDict(cfg)
-
-
-def eval_every_of(config, entry, num_train: int) -> int:
-  """Evaluations about every ``config.eval_samples`` training images, in the family's unit
-  (minibatches, iterations, rounds); ``0`` (once per epoch) for offline AM methods and
-  full-batch SM methods, whose every iteration is an epoch."""
-  if entry.family == "am_fc":
-    return 0 if entry.method in am_fc.OFFLINE else max(1, config.eval_samples // config.batch_size)
-  if entry.family == "sm":
-    return max(1, config.eval_samples // config.sm_batch_size) if config.sm_batch_size else 0
-  per_round = distributed.workers_of(entry) * config.worker_batch_size
-  return max(1, round(config.eval_samples / per_round))
-
-
 def train_one(config, data, entry, seed: int, hooks: workdir.RunHooks) -> dict:
   """One method (``entry``), one seed on ``data`` (whose ``test`` is the held-out split of
-  this stage); the record of its family's runner plus ``epoch``, ``loadavg`` and ``wall_s``."""
-  num_train = len(data.train[0])
-  cfg = family_config(config, entry, eval_every_of(config, entry, num_train))
+  this stage), through its family's ``train_one``; that record plus ``loadavg`` and
+  ``wall_s``."""
+  family = families.get(entry.family)
   load_before, start = os.getloadavg(), time.perf_counter()
-  if entry.family == "am_fc":
-    record = am_fc.train_one(cfg, data, entry.method, seed, hooks)
-    steps_per_epoch = num_train // config.batch_size
-    record["epoch"] = [s / steps_per_epoch for s in record["step"]]
-  elif entry.family == "sm":
-    layers = len(config.hidden) + 1
-    n = entry.get("inner_steps") if entry.method in sm_tables.N_METHODS else None
-    record = sm_tables.train_one(cfg, data, layers, entry.method, n, seed, hooks)
-  else:
-    record = distributed.train_one(cfg, data, entry.method, seed, hooks)
-    record["epoch"] = [s / num_train for s in record["samples"]]
+  record = family.train_one(config, data, entry, seed, hooks)
   record["wall_s"] = time.perf_counter() - start
   record["loadavg"] = {"before": list(load_before), "after": list(os.getloadavg())}
   return record
@@ -319,7 +219,6 @@ def plot_accuracy_vs_time(path: str, runs: Mapping, labels, config, *, ylabel: s
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  styles = {"am_fc": "-", "sm": "--", "distributed": ":"}
   cmap = plt.get_cmap("tab20")
   fig, ax = plt.subplots(figsize=(9, 5.5))
   top = 0.0
@@ -336,7 +235,7 @@ def plot_accuracy_vs_time(path: str, runs: Mapping, labels, config, *, ylabel: s
       acc[keep],
       label=label,
       color=cmap(i % 20),
-      linestyle=styles[config.methods[label].family],
+      linestyle=families.get(config.methods[label].family).line_style,
       linewidth=1.5,
       marker=".",
       markersize=3,
@@ -359,15 +258,17 @@ def plot_accuracy_vs_time(path: str, runs: Mapping, labels, config, *, ylabel: s
 
 def markdown_report(config, header: Mapping, selection: list[dict], summary: list[dict]) -> str:
   target = f"time to {100 * config.target_accuracy:g}% (s)"
+  batches = ", ".join(
+    f"{family.batch_text(config)} ({family.name} family)" for family in families.REGISTRY.values()
+  )
   parts = [
     f"# {header['dataset']}: one {'-'.join(map(str, config.hidden))} net, every method",
     "",
     f"Data: {header['num_train']} training, {header['num_validation']} validation (selection),"
     f" {header['num_test']} test images ({header['source']}).",
     f"Budget: {config.epochs} passes over the training images per method; minibatches of"
-    f" {config.batch_size} (am_fc family), {config.sm_batch_size or 'full batch'} (sm family),"
-    f" {config.worker_batch_size} per worker per round (distributed family); evaluation about"
-    f" every {config.eval_samples} training images. Seeds: selection {header['seeds'][0]},"
+    f" {batches}; evaluation about every {config.eval_samples} training images. Seeds:"
+    f" selection {header['seeds'][0]},"
     f" final {', '.join(map(str, header['seeds']))}.",
     f"Machine: {header['machine']['cpu_count']} CPUs, JAX {header['machine']['jax_backend']};"
     f" load average (1, 5, 15 min) at the start of this process:"
