@@ -145,7 +145,7 @@ def test_eq6_inputs_fit_each_layer_to_the_code_change_less_what_the_code_below_a
   """After one SGD code step, fitting layer ``l`` on the updated code below (eq. 6) fits it,
   to first order, to ``-(I - 2 code_lr J J^T) r`` instead of the encoded inputs' ``-r``
   (``r``: the change of code ``l``, ``J``: the Jacobian of ``f_l(W, sigma(c))`` at the
-  encoded code below); docs/results.md uses this for LeNet-5's fc1."""
+  encoded code below); docs/results_diagnostics.md uses this for LeNet-5's fc1."""
   with jax.enable_x64(True):
     net, params, x, y = _setup()
     params = jax.tree.map(lambda t: t.astype(jnp.float64), params)
