@@ -76,12 +76,13 @@ def load_dataset(config: ml_collections.ConfigDict, **kwargs) -> amj.data.Datase
   if config.dataset != "bundled_mnist":
     kwargs["data_dir"] = config.data_dir or None
     kwargs["download"] = bool(config.get("download", False))
-  if config.dataset == "higgs" and kwargs.get("max_rows"):
-    num_test = kwargs.get("num_test", amj.data.catalog.HIGGS_NUM_TEST)
+  spec = amj.data.SPECS.get(config.dataset)  # an unknown name fails in load_dataset
+  if spec is not None and spec.test_rows_last is not None and kwargs.get("max_rows"):
+    num_test = kwargs.get("num_test", spec.test_rows_last)
     if num_test >= kwargs["max_rows"]:
       raise common.ConfigError(
-        f"config.max_rows={kwargs['max_rows']} leaves no HIGGS training rows before the"
-        f" {num_test} test rows: set --config.num_test below max_rows"
+        f"config.max_rows={kwargs['max_rows']} leaves no {config.dataset} training rows"
+        f" before the {num_test} test rows: set --config.num_test below max_rows"
       )
   try:
     return amj.data.load_dataset(config.dataset, **kwargs)
