@@ -73,9 +73,8 @@ def load_dataset(config: ml_collections.ConfigDict, **kwargs) -> amj.data.Datase
   for field in ("num_train", "num_validation", "max_rows", "num_test"):
     if config.get(field):
       kwargs[field] = int(config[field])
-  if config.dataset != "bundled_mnist":
-    kwargs["data_dir"] = config.data_dir or None
-    kwargs["download"] = bool(config.get("download", False))
+  kwargs["data_dir"] = config.data_dir or None  # the bundled set ignores both
+  kwargs["download"] = bool(config.get("download", False))
   spec = amj.data.SPECS.get(config.dataset)  # an unknown name fails in load_dataset
   if spec is not None and spec.test_rows_last is not None and kwargs.get("max_rows"):
     num_test = kwargs.get("num_test", spec.test_rows_last)

@@ -86,9 +86,10 @@ def build_model(config, input_shape, num_classes):
 def load_data(config) -> amj.data.Dataset:
   flatten = config.model == "mlp"
   normalization = config.get("normalization", "standard")
-  if config.dataset == "bundled_mnist":
+  spec = amj.data.SPECS.get(config.dataset)  # an unknown name fails in load_dataset
+  if spec is not None and spec.bundled:
     return amj.data.load_dataset(
-      "bundled_mnist", num_train=config.num_train, flatten=flatten, normalization=normalization
+      config.dataset, num_train=config.num_train, flatten=flatten, normalization=normalization
     )
   context = contextlib.nullcontext()
   kwargs = {"data_dir": config.data_dir or None}

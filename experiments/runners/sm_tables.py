@@ -39,9 +39,7 @@ LABELS = {
 
 
 def load_data(config) -> amj.data.Dataset:
-  if config.dataset == "bundled_mnist":
-    return amj.data.load_dataset("bundled_mnist", num_train=config.num_train)
-  return amj.data.load_dataset(
+  return amj.data.load_dataset(  # the bundled set ignores data_dir
     config.dataset, data_dir=config.data_dir or None, num_train=config.num_train
   )
 
