@@ -6,6 +6,9 @@ Families, each a set of factories returning ``optax.GradientTransformationExtraA
 * surrogate minimization and its baselines (:mod:`altmin_jax.sm`, Asad et al.);
 * delay-compensated asynchronous SGD and elastic averaging SGD
   (:mod:`altmin_jax.distributed`, Zheng et al. 2017; Zhang, Choromanska, LeCun 2015).
+
+The AM and SM methods are pipelined over a ``'stage'`` mesh axis with the GPipe machinery of
+:mod:`altmin_jax.pipeline` (``from altmin_jax import pipeline``).
 """
 
 from altmin_jax import (
@@ -16,6 +19,7 @@ from altmin_jax import (
   losses,
   networks,
   numerics,
+  pipeline,
   schedules,
   sm,
   training,
@@ -87,6 +91,7 @@ __all__ = [
   "mvasgd",
   "networks",
   "numerics",
+  "pipeline",
   "pipelined_am_adam",
   "pipelined_am_mem",
   "pipelined_gradient_descent",

@@ -18,7 +18,7 @@ when one is present) the benchmark
    steps on every device's layers, full batch, no collective); and the pipeline's
    point-to-point transfers alone;
 2. turns them into per-device operation times
-   (:class:`~altmin_jax.sm.schedule_model.Durations`: a pass of ``M + S - 1`` ticks gives
+   (:class:`~altmin_jax.pipeline.schedule_model.Durations`: a pass of ``M + S - 1`` ticks gives
    the time per micro-batch and device; a transfer is half the communication phase per
    tick; the input codes are their phase less one transfer) and models one iteration of
    GPipe + backprop with Adam (``"gd"`` with Adam's update time), GPipe + SM with N inner
@@ -70,9 +70,10 @@ import optax  # noqa: E402
 import pipeline_phases  # noqa: E402
 
 import altmin_jax as amj  # noqa: E402
+from altmin_jax import pipeline as pl  # noqa: E402
 from altmin_jax.am import pipelined as am_pl  # noqa: E402
-from altmin_jax.sm import pipeline as pl  # noqa: E402
-from altmin_jax.sm import schedule_model as sched  # noqa: E402
+from altmin_jax.pipeline import schedule_model as sched  # noqa: E402
+from altmin_jax.sm import pipelined as sm_pl  # noqa: E402
 
 LAYERS = 8
 SM_KW = dict(power_iterations=3)
@@ -155,7 +156,7 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
   boundary = config["boundary"]
   S = min(n_stages, len(devices))
   layers = LAYERS if boundary == "pad" else 2 + 2 * S
-  mesh = jax.make_mesh((S,), ("stage",), devices=devices[:S])
+  mesh = pl.pipeline_mesh(S, devices=devices)
   home = devices[0]
   data = amj.data.load_dataset("bundled_mnist", num_train=8000)
   x = jax.device_put(jnp.asarray(data.train[0][:batch]), home)
@@ -165,9 +166,9 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
 
   # 1. phases: GPipe and SM's (pipeline_phases), Adam's update, AM's
   kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
-  pipe = pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
+  pipe = sm_pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
   sm_phases = pipeline_phases.phase_functions(pipe, net, params, (x, y))
-  one = pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
+  one = sm_pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
   sc = amj.sm.local_losses.scales(one.cfg, batch, jnp.float32)
   solve_1 = lambda th, zi, zo, g, j, e, st, hs: one.solve(th, zi, zo, g, j, e, st, hs, sc)
   keep = ("forward", "backward", "gd_backward", "jacobians", "rest", "solve", "communication")
@@ -244,7 +245,7 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "pipelined_am_mem": pipelined(amj.pipelined_am_mem(net, **kw, **MEM_KW)),
     "sm_single_device": single(amj.sm.surrogate_minimization(net, inner_steps=N, **SM_KW), False),
     "pipelined_sm": pipelined(
-      pl.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
+      amj.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
     ),
   }
   # XLA's costs of each whole step; a pipelined step is a shard_map program, whose cost and

@@ -12,12 +12,11 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from altmin_jax.core.types import PyTree
-from altmin_jax.networks import LayeredNetwork
-from altmin_jax.sm import _common
+from altmin_jax.networks import LayeredNetwork, stages
+from altmin_jax.pipeline import gpipe
+from altmin_jax.pipeline.layout import fit
 from altmin_jax.sm import local_losses as ll
-from altmin_jax.sm.pipeline import gpipe
-from altmin_jax.sm.pipeline.layout import fit
-from altmin_jax.sm.pipeline.sm import SMPipeline
+from altmin_jax.sm.pipelined import SMPipeline
 
 
 def phase_functions(
@@ -25,7 +24,7 @@ def phase_functions(
 ) -> dict[str, tuple[Callable, tuple]]:
   """Each phase of a pipelined SM and GD step as a jitted function with concrete inputs.
 
-  For benchmarks and tests (``sp`` from :func:`~altmin_jax.sm.pipeline.sm_pipeline`; with
+  For benchmarks and tests (``sp`` from :func:`~altmin_jax.sm.pipelined.sm_pipeline`; with
   ``boundary="outside"`` the phases cover the stacked layers and the trial includes the
   head and tail). Returns ``{name: (fn, args)}`` for ``forward`` (GPipe forward pass
   storing every layer's inputs and outputs), ``backward`` (SM's backward pass: output
@@ -37,7 +36,7 @@ def phase_functions(
   alone); ``fn(*args)`` runs the phase.
   """
   pipe, cfg = sp.pipe, sp.cfg
-  net = _common.check_network(net)
+  net = stages.check_network(net)
   prep = gpipe.prepare(pipe, net, params, batch, "phase_functions")
   lay, M, dtype = pipe.layout, pipe.num_microbatches, prep.dtype
   sc = ll.scales(cfg, prep.x.shape[0], dtype)

@@ -15,7 +15,7 @@ present, over up to S of its devices) the benchmark
    local solves with N and with 1 inner step (giving the set-up and the time per inner
    step), GD's update, one Armijo trial (forward pass and loss) and the point-to-point
    transfers alone;
-2. turns them into per-device operation times (:class:`~altmin_jax.sm.schedule_model.
+2. turns them into per-device operation times (:class:`~altmin_jax.pipeline.schedule_model.
    Durations`: a pass of ``M + S - 1`` ticks gives the time per micro-batch and device)
    and models one iteration of GPipe + GD (fixed step; and Armijo with one trial) and
    GPipe + SM with N inner steps, dependency-driven (the SM paper's Figure 1) and
@@ -75,8 +75,9 @@ import optax  # noqa: E402
 import pipeline_phases  # noqa: E402
 
 import altmin_jax as amj  # noqa: E402
-from altmin_jax.sm import pipeline as pl  # noqa: E402
-from altmin_jax.sm import schedule_model as sched  # noqa: E402
+from altmin_jax import pipeline as pl  # noqa: E402
+from altmin_jax.pipeline import schedule_model as sched  # noqa: E402
+from altmin_jax.sm import pipelined as sm_pl  # noqa: E402
 
 LAYERS = 8
 SM_KW = dict(power_iterations=3)
@@ -116,7 +117,7 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
   boundary = config["boundary"]
   S = min(n_stages, len(devices))
   layers = LAYERS if boundary == "pad" else 2 + 2 * S  # outside: 2 stacked layers per device
-  mesh = jax.make_mesh((S,), ("stage",), devices=devices[:S])
+  mesh = pl.pipeline_mesh(S, devices=devices)
   home = devices[0]
   data = amj.data.load_dataset("bundled_mnist", num_train=8000)
   x = jax.device_put(jnp.asarray(data.train[0][:batch]), home)
@@ -126,9 +127,9 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
 
   # 1. phases
   kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
-  pipe = pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
+  pipe = sm_pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
   phases = pipeline_phases.phase_functions(pipe, net, params, (x, y))
-  one = pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
+  one = sm_pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
   sc = amj.sm.local_losses.scales(one.cfg, batch, jnp.float32)
   solve_1 = lambda th, zi, zo, g, j, e, st, hs: one.solve(th, zi, zo, g, j, e, st, hs, sc)
   phases["solve_1_step"] = (jax.jit(solve_1), phases["solve"][1])
@@ -184,10 +185,10 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "optax_sgd": single(optax.sgd(0.1), True),
     "sm_single_device": single(amj.sm.surrogate_minimization(net, inner_steps=N, **SM_KW), False),
     "pipelined_sm": pipelined(
-      pl.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
+      amj.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
     ),
-    "pipelined_gd": pipelined(pl.pipelined_gradient_descent(net, learning_rate=0.1, **kw)),
-    "pipelined_gd_armijo": pipelined(pl.pipelined_gradient_descent(net, **kw)),
+    "pipelined_gd": pipelined(amj.pipelined_gradient_descent(net, learning_rate=0.1, **kw)),
+    "pipelined_gd_armijo": pipelined(amj.pipelined_gradient_descent(net, **kw)),
   }
   # XLA's costs of each whole step; a pipelined step is a shard_map program, whose cost and
   # memory analysis is that of one device's program (per_device_program below)

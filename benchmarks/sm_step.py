@@ -63,6 +63,7 @@ import optax
 
 import altmin_jax as amj
 from altmin_jax import sm
+from altmin_jax.networks import stages
 from altmin_jax.sm import _common as sm_common
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import surrogate, young_bound
@@ -141,7 +142,7 @@ def phase_steps(layers: int, x, y, inner_steps: int = 10) -> dict:
   cfg = ll.sm_config(net, loss, ll.SMOptions(inner_steps=inner_steps))
   opts, m = cfg.options, net.num_stages
   params = net.init(jax.random.key(0))
-  stage_params = sm_common.prepare(net, params, (x, y), "benchmark", loss).stage_params
+  stage_params = stages.prepare(net, params, (x, y), "benchmark", loss).stage_params
   steps = jnp.full([m], opts.line_search.init_step, jnp.float32)
 
   @jax.jit

@@ -65,8 +65,8 @@ import numpy as np
 import optax
 
 import altmin_jax as amj
-from altmin_jax.sm import pipeline as pl
-from altmin_jax.sm import schedule_model as sched
+from altmin_jax import pipeline as pl
+from altmin_jax.pipeline import schedule_model as sched
 
 SMALL = os.environ.get("ALTMIN_JAX_SMALL") == "1"
 ITERATIONS = int(os.environ.get("ITERATIONS", 8 if SMALL else 100))
@@ -78,7 +78,7 @@ devices = jax.devices() if len(jax.devices()) >= STAGES else jax.devices("cpu")
 assert len(devices) >= STAGES, (
   f"{len(devices)} devices; restart the runtime so that XLA_FLAGS takes effect ({flags!r})"
 )
-mesh = jax.make_mesh((STAGES,), ("stage",), devices=devices[:STAGES])
+mesh = pl.pipeline_mesh(STAGES, devices=devices)
 print(f"{ITERATIONS} iterations on {NUM_TRAIN} images; mesh: {mesh}")
 
 # %% [markdown]
@@ -116,7 +116,7 @@ x_all, y_all = pl.replicate_on(mesh, (x_train, y_train))
 
 # %%
 sm_kw = dict(inner_steps=INNER_STEPS)
-sm = pl.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=MICROBATCHES, **sm_kw)
+sm = amj.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=MICROBATCHES, **sm_kw)
 single = amj.sm.surrogate_minimization(net, **sm_kw)
 
 updates, _ = jax.jit(lambda p, s: sm.update(None, s, p, batch=(x_all, y_all)))(
@@ -141,7 +141,7 @@ assert gap < 1e-4, gap  # float32 rounding only
 # paper's GD+Armijo.
 
 # %%
-gd = pl.pipelined_gradient_descent(net, mesh=mesh, num_microbatches=MICROBATCHES)
+gd = amj.pipelined_gradient_descent(net, mesh=mesh, num_microbatches=MICROBATCHES)
 
 
 def train(tx):
@@ -180,7 +180,7 @@ plt.show()
 
 # %% [markdown]
 # ## Where the time goes: the schedule model
-# `altmin_jax.sm.schedule_model` lays out one iteration on S = 4 devices with M = 4
+# `altmin_jax.pipeline.schedule_model` lays out one iteration on S = 4 devices with M = 4
 # micro-batches from per-device operation times: forward F, backward B, GD's update U,
 # SM's logits'-Jacobian pass J, the sweeps R of its rest bounds and its local solves L.
 # (Illustrative times below;

@@ -17,7 +17,7 @@ from conformance import Case, Problem
 from helpers import small_mlp, teacher_classification
 
 import altmin_jax as amj
-from altmin_jax.sm import pipeline as pl
+from altmin_jax import pipeline as pl
 
 
 def _net(dtype=jnp.float32):

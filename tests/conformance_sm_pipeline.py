@@ -17,8 +17,8 @@ from conformance import Case, Problem
 from helpers import small_mlp, teacher_classification
 
 import altmin_jax as amj
+from altmin_jax import pipeline as pl
 from altmin_jax.numerics import ArmijoSearch
-from altmin_jax.sm import pipeline as pl
 
 SIZES = (6, 8, 3)
 
@@ -61,35 +61,38 @@ CASES: list[Case] = [
   Case(
     "pipelined_sm",
     _pipeline_problem(
-      pl.pipelined_surrogate_minimization, inner_steps=5, delta=0.1, power_iterations=5
+      amj.pipelined_surrogate_minimization, inner_steps=5, delta=0.1, power_iterations=5
     ),
     bad_hyperparams=[
       (
-        lambda: pl.pipelined_surrogate_minimization(_net(), mesh=_mesh(), inner_steps=0),
+        lambda: amj.pipelined_surrogate_minimization(_net(), mesh=_mesh(), inner_steps=0),
         "inner_steps=0",
       ),
       (
-        lambda: pl.pipelined_surrogate_minimization(_net(), mesh=_mesh(), num_microbatches=0),
+        lambda: amj.pipelined_surrogate_minimization(_net(), mesh=_mesh(), num_microbatches=0),
         "num_microbatches=0",
       ),
       (
-        lambda: pl.pipelined_surrogate_minimization(_net(), mesh=_mesh(), boundary="middle"),
+        lambda: amj.pipelined_surrogate_minimization(_net(), mesh=_mesh(), boundary="middle"),
         "boundary='middle'",
       ),
-      (lambda: pl.pipelined_surrogate_minimization(_net(), mesh=_mesh(), delta=-1.0), "delta=-1.0"),
-      (lambda: pl.pipelined_surrogate_minimization(_net(), mesh="cpu"), "mesh='cpu'"),
+      (
+        lambda: amj.pipelined_surrogate_minimization(_net(), mesh=_mesh(), delta=-1.0),
+        "delta=-1.0",
+      ),
+      (lambda: amj.pipelined_surrogate_minimization(_net(), mesh="cpu"), "mesh='cpu'"),
     ],
   ),
   Case(
     "pipelined_gd_armijo",
-    _pipeline_problem(pl.pipelined_gradient_descent, line_search=ArmijoSearch(step_growth=1.0)),
+    _pipeline_problem(amj.pipelined_gradient_descent, line_search=ArmijoSearch(step_growth=1.0)),
     bad_hyperparams=[
       (
-        lambda: pl.pipelined_gradient_descent(_net(), mesh=_mesh(), learning_rate=-0.1),
+        lambda: amj.pipelined_gradient_descent(_net(), mesh=_mesh(), learning_rate=-0.1),
         "learning_rate=-0.1",
       ),
       (
-        lambda: pl.pipelined_gradient_descent(
+        lambda: amj.pipelined_gradient_descent(
           _net(), mesh=_mesh(), line_search=ArmijoSearch(armijo_c=0.0)
         ),
         "armijo_c=0.0",

@@ -2,11 +2,12 @@
 ``am_adam`` / ``am_mem`` steps on 2, 4 and 8 CPU devices and across two processes, both
 boundary choices, no collectives in the weight phase, Flax training loops and validation.
 
-The multi-device parts run the child programs of ``children/am_pipeline.py`` (which also
-holds the problems and the single-device references) through ``helpers.start_child``:
-``devices(n)`` in one process with n devices (the three device counts run concurrently)
-and ``worker()`` in each of two ``jax.distributed`` processes with 2 devices each; each
-runs once per session, for both methods.
+The multi-device parts (marked ``multidevice``) run the child programs of
+``children/am_pipeline.py`` (which also holds the single-device references; the problem
+and the launcher are ``children/pipeline_problems.py``'s, shared with the SM pipeline):
+``devices(n)`` in one process with n devices (the three device counts run concurrently,
+``helpers.start_child``) and ``worker()`` in each of two ``jax.distributed`` processes
+with 2 devices each (``helpers.run_child``); each runs once per session, for both methods.
 """
 
 from __future__ import annotations
@@ -21,43 +22,29 @@ import numpy as np
 import optax
 import pytest
 from children.am_pipeline import (
-  ATOL,
   MEM_ATOL,
   MEM_RTOL,
-  RTOL,
   VARIANTS,
   case_name,
   cases,
   comparable,
-  error,
-  leaves,
   mem_cases,
   mem_problem,
-  problem,
   reference_comparable,
   reference_run,
-  size,
 )
+from children.pipeline_problems import ATOL, RTOL, device_results, error, leaves, problem, size
 from flax import nnx
-from helpers import run_child, start_child, teacher_classification, tree_allclose
+from helpers import run_child, teacher_classification, tree_allclose
 
 import altmin_jax as amj
+from altmin_jax import pipeline as pl
 from altmin_jax.am import pipelined
-from altmin_jax.sm import pipeline as pl
 
 
-@functools.cache
 def _device_results(full: bool = False) -> dict:
-  """Runs the 2-, 4- and 8-device children concurrently; their results by n."""
-  children = {
-    n: start_child("am_pipeline.devices", n, full, devices=n, timeout=1800 if full else 600)
-    for n in (2, 4, 8)
-  }
-  try:
-    return {n: child.wait()[0] for n, child in children.items()}
-  finally:  # after a failure, the other children are not left running
-    for child in children.values():
-      child.kill()
+  """The 2-, 4- and 8-device children's results by n."""
+  return device_results("am_pipeline", full)
 
 
 @functools.cache
@@ -91,6 +78,7 @@ def _check_cases(results: dict, n: int, full: bool, mem: bool = False):
 # ------------------------------------------------------------------ the tests
 
 
+@pytest.mark.multidevice
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_pipelined_steps_equal_single_device_steps(n):
   """On n CPU devices (an 8-stage tanh MLP, its input and logits zero-padded), two
@@ -104,6 +92,7 @@ def test_pipelined_steps_equal_single_device_steps(n):
 
 
 @pytest.mark.slow
+@pytest.mark.multidevice
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_pipelined_steps_equal_single_device_steps_full(n):
   """Every variant with M in {1, 2, 3, 4, 6, 12} (and the outside boundary where the
@@ -111,6 +100,7 @@ def test_pipelined_steps_equal_single_device_steps_full(n):
   _check_cases(_device_results(full=True)[n], n, full=True)
 
 
+@pytest.mark.multidevice
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_pipelined_am_mem_steps_equal_single_device_steps(n):
   """AM-mem in float64 (the exact solve of a float32 memory amplifies rounding beyond any
@@ -127,12 +117,14 @@ def test_pipelined_am_mem_steps_equal_single_device_steps(n):
 
 
 @pytest.mark.slow
+@pytest.mark.multidevice
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_pipelined_am_mem_steps_equal_single_device_steps_full(n):
   """Both AM-mem solvers with M in {1, 2, 3, 4, 6, 12} (pad) and {1, 4} (outside)."""
   _check_cases(_device_results(full=True)[n], n, full=True, mem=True)
 
 
+@pytest.mark.multidevice
 def test_weight_phase_has_no_collectives():
   """The compiled weight-update phase (4 devices) contains no collective op, for AM-Adam
   and for AM-mem (memory updates and block-coordinate sweeps), while the forward pass,
@@ -145,6 +137,7 @@ def test_weight_phase_has_no_collectives():
     assert "collective-permute" in hlo[phase], (phase, hlo[phase])
 
 
+@pytest.mark.multidevice
 def test_two_processes_match_the_single_process_step():
   """Two processes (jax.distributed on localhost, gloo CPU collectives, 2 devices each)
   run a 4-device pipeline, layers 0-3 on one process and 4-7 on the other: two steps
@@ -161,6 +154,7 @@ def test_two_processes_match_the_single_process_step():
     np.testing.assert_array_equal(got[rank][f"owned/{rank}"], np.arange(4) + 4 * rank)
 
 
+@pytest.mark.multidevice
 def test_am_mem_two_processes_match_the_single_process_step():
   """AM-mem across the same two processes, in float64: three steps with the memories
   zero-padded into a 4-device pipeline (layers 0-3 on one process, 4-7 on the other)

@@ -21,7 +21,7 @@ import pytest
 from helpers import small_mlp, teacher_classification, tree_allclose
 
 import altmin_jax as amj
-from altmin_jax.sm import pipeline as pl
+from altmin_jax import pipeline as pl
 
 P = 4  # workers of the distributed methods
 N = 16  # samples

@@ -20,7 +20,7 @@ from jax.flatten_util import ravel_pytree
 from scipy.linalg import block_diag
 
 import altmin_jax as amj
-from altmin_jax.networks import Stage
+from altmin_jax.networks import Stage, stages
 from altmin_jax.sm import _common, paper_bound, surrogate_minimization
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import surrogate as sur
@@ -472,7 +472,7 @@ def test_paper_psi_quadratic_has_the_coupling_term(x64):
   net, params, x, y = _problem(sizes=(5, 6, 6, 3))
   sp = net.stage_params(params)
   fb = _common.forward_backward(net, sp, x, y, LOSS)
-  psi = paper_bound.make_psi(_common.stage_function(net, 2), fb.g_z[1], fb.z[2], 0.3)
+  psi = paper_bound.make_psi(stages.stage_function(net, 2), fb.g_z[1], fb.z[2], 0.3)
   _, mv = paper_bound.psi_quadratic(psi, fb.z[1], sp[1], 0.01, False)
   _, mv1 = paper_bound.psi_quadratic(psi, fb.z[1], sp[1], 0.01, True)
   assert not np.allclose(_matrix(mv, sp[1]), _matrix(mv1, sp[1]))

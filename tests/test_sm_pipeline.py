@@ -2,17 +2,18 @@
 CPU devices and across two processes, zero padding against layers kept outside the
 pipeline, no collectives in the local-solve phase, and the schedule model.
 
-The multi-device parts run the child programs of ``children/sm_pipeline.py`` (which also
-holds the problem and the single-device reference) through ``helpers.start_child``, since
+The multi-device parts (marked ``multidevice``) run the child programs of
+``children/sm_pipeline.py`` (which also holds the single-device reference; the problem and
+the launcher are ``children/pipeline_problems.py``'s, shared with the AM pipeline), since
 the number of CPU devices is fixed when JAX starts: ``devices(n)`` in one process with n
-devices (the three device counts run concurrently) and ``worker()`` in each of two
-``jax.distributed`` processes with 2 devices each.
+devices (the three device counts run concurrently, ``helpers.start_child``) and
+``worker()`` in each of two ``jax.distributed`` processes with 2 devices each
+(``helpers.run_child``).
 """
 
 from __future__ import annotations
 
 import doctest
-import functools
 import json
 
 import jax
@@ -20,38 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from children.sm_pipeline import (
-  ATOL,
-  RTOL,
-  SM_KW,
-  case_name,
-  cases,
-  error,
-  leaves,
-  problem,
-  reference_run,
-  size,
-)
-from helpers import run_child, start_child
+from children.pipeline_problems import ATOL, RTOL, device_results, error, leaves, problem, size
+from children.sm_pipeline import SM_KW, case_name, cases, reference_run
+from helpers import run_child
 
 import altmin_jax as amj
-from altmin_jax.sm import pipeline as pl
-from altmin_jax.sm import schedule_model
-from altmin_jax.sm.schedule_model import Durations, compare, gpipe_schedule
+from altmin_jax import pipeline as pl
+from altmin_jax.pipeline import schedule_model
+from altmin_jax.pipeline.schedule_model import Durations, compare, gpipe_schedule
+from altmin_jax.sm import pipelined, pipelined_gd
 
 
-@functools.cache
 def _device_results(full: bool = False) -> dict:
-  """Runs the 2-, 4- and 8-device children concurrently; their results by n."""
-  children = {
-    n: start_child("sm_pipeline.devices", n, full, devices=n, timeout=1800 if full else 600)
-    for n in (2, 4, 8)
-  }
-  try:
-    return {n: child.wait()[0] for n, child in children.items()}
-  finally:  # after a failure, the other children are not left running
-    for child in children.values():
-      child.kill()
+  """The 2-, 4- and 8-device children's results by n."""
+  return device_results("sm_pipeline", full)
 
 
 def _check_cases(results: dict, n: int, full: bool):
@@ -68,6 +51,7 @@ def _check_cases(results: dict, n: int, full: bool):
 # ------------------------------------------------------------------ the tests
 
 
+@pytest.mark.multidevice
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_pipelined_steps_equal_single_device_steps(n):
   """On n CPU devices (an 8-stage tanh MLP, 8/n layers per device, its input and
@@ -83,6 +67,7 @@ def test_pipelined_steps_equal_single_device_steps(n):
 
 
 @pytest.mark.slow
+@pytest.mark.multidevice
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_pipelined_steps_equal_single_device_steps_full(n):
   """Every variant with M in {1, 2, 3, 4, 6, 12} (and the outside boundary where the
@@ -90,6 +75,7 @@ def test_pipelined_steps_equal_single_device_steps_full(n):
   _check_cases(_device_results(full=True)[n], n, full=True)
 
 
+@pytest.mark.multidevice
 def test_local_solve_phase_has_no_collectives():
   """The compiled local-solve phase (and GD's update) contains no collective op, while
   the forward, backward, Jacobian and rest-bound phases do communicate (so the check can
@@ -100,6 +86,7 @@ def test_local_solve_phase_has_no_collectives():
     assert "collective-permute" in hlo[phase], (phase, hlo[phase])
 
 
+@pytest.mark.multidevice
 def test_two_processes_match_the_single_process_step():
   """Two processes (jax.distributed on localhost, gloo CPU collectives, 2 devices each)
   run a 4-stage pipeline with one stage group (layers 0-3, 4-7) per process: the
@@ -125,7 +112,7 @@ def test_zero_padding_and_layers_outside_the_pipeline_change_no_result():
   mesh = pl.pipeline_mesh(1)
   want = reference_run("sm", net, params, jnp.asarray(x), jnp.asarray(y), 2)
   for boundary, shape in (("pad", (4, 9, 6)), ("outside", (2, 6, 6))):
-    tx = pl.pipelined_surrogate_minimization(
+    tx = amj.pipelined_surrogate_minimization(
       net, mesh=mesh, num_microbatches=2, boundary=boundary, **SM_KW
     )
     stacked = pl.stack_params(net, params, boundary=boundary, mesh=mesh)
@@ -154,19 +141,19 @@ def test_stack_and_unstack_round_trip_and_validation():
     assert error(back, params) == 0.0
   mesh = pl.pipeline_mesh(1)
   with pytest.raises(ValueError, match="num_microbatches=0"):
-    pl.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=0)
+    amj.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=0)
   with pytest.raises(ValueError, match="boundary='middle'"):
-    pl.pipelined_surrogate_minimization(net, mesh=mesh, boundary="middle")
+    amj.pipelined_surrogate_minimization(net, mesh=mesh, boundary="middle")
   with pytest.raises(ValueError, match="mesh="):
-    pl.pipelined_gradient_descent(net, mesh="cpu")
+    amj.pipelined_gradient_descent(net, mesh="cpu")
   with pytest.raises(ValueError, match="axis_name='layers'"):
-    pl.pipelined_gradient_descent(net, mesh=mesh, axis_name="layers")
+    amj.pipelined_gradient_descent(net, mesh=mesh, axis_name="layers")
   with pytest.raises(ValueError, match="activation\\(0\\) == 0"):  # padded sigmoid units
     pl.pipeline_layout(amj.networks.mlp([4, 6, 3, 6, 2], activation=jax.nn.sigmoid))
   pl.pipeline_layout(amj.networks.mlp([4, 6, 6, 2], activation=jax.nn.sigmoid))  # no padding
   with pytest.raises(ValueError, match="at least 3 stages"):
     pl.pipeline_layout(amj.networks.mlp([4, 6, 2]), boundary="outside")
-  tx = pl.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=5)
+  tx = amj.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=5)
   with pytest.raises(ValueError, match="shape"):  # 12 samples in 5 micro-batches
     tx.update(None, tx.init(params), params, batch=(x, y))
   with pytest.raises(ValueError, match="shape"):
@@ -328,7 +315,7 @@ def test_schedule_model_sm_fills_the_update_phase():
 
 
 def test_docstring_examples_run():
-  for module in (pl.layout, pl.sm, pl.gd, schedule_model):
+  for module in (pl.layout, pipelined, pipelined_gd, schedule_model):
     result = doctest.testmod(module, raise_on_error=False, verbose=False)
     assert result.attempted > 0 and result.failed == 0, module.__name__
 

@@ -30,10 +30,8 @@ import optax
 
 from altmin_jax.am import codes as codes_lib
 from altmin_jax.am import weights as weights_lib
-from altmin_jax.core.batches import require_params, unpack_batch
 from altmin_jax.core.checks import (
   check_choice,
-  check_instance,
   check_int,
   check_loss,
   check_nonnegative,
@@ -46,19 +44,20 @@ from altmin_jax.core.trees import (
   cast_tree,
   compute_dtype,
   first_dtype,
-  update_difference,
   where_tree,
 )
-from altmin_jax.core.types import Array, Loss, ScalarOrSchedule
-from altmin_jax.networks import LayeredNetwork, as_arrays
+from altmin_jax.core.types import Loss, ScalarOrSchedule
+from altmin_jax.networks import LayeredNetwork, stages
+from altmin_jax.networks.stages import batch_mean_loss
 from altmin_jax.schedules import as_schedule
 
 # ------------------------------------------------------------------ checks
 
 
-def check_network(net: Any) -> LayeredNetwork:
-  """``net`` when it is a :class:`~altmin_jax.networks.LayeredNetwork` with a hidden layer."""
-  check_instance("net", net, LayeredNetwork, "an altmin_jax.networks.LayeredNetwork")
+def check_has_hidden_layer(net: Any) -> LayeredNetwork:
+  """``net`` when it is a :class:`~altmin_jax.networks.LayeredNetwork`
+  (:func:`~altmin_jax.networks.stages.check_network`) with a hidden layer (a code)."""
+  stages.check_network(net)
   if net.num_codes < 1:
     raise ValueError(
       "alternating minimization needs a network with at least one hidden "
@@ -75,15 +74,22 @@ def check_dense(net: LayeredNetwork, num_stages: int, requirement: str) -> None:
       raise ValueError(f"{requirement}; stage {l} ({stage.name}) is not dense")
 
 
-def sized_batch(
-  model: Any, batch: Any, size: int | None, rule: str, loss: Loss | None = None
-) -> tuple[Array, Array]:
-  """:func:`~altmin_jax.core.unpack_batch` (with ``loss``'s label rule), and with ``size``
-  a batch of exactly ``size`` samples (``rule`` says why, for the error message)."""
-  x, y = unpack_batch(model, batch, loss)
-  if size is not None and x.shape[0] != size:
-    raise ValueError(f"{rule}, got a batch of {x.shape[0]}")
-  return x, y
+def prepare_sized(
+  net: LayeredNetwork,
+  params: Any,
+  batch: Any,
+  method: str,
+  loss: Loss,
+  size: int | None,
+  rule: str,
+) -> stages.Prepared:
+  """:func:`~altmin_jax.networks.stages.prepare` (the batch with ``loss``'s label rule, the
+  params in compute precision), and with ``size`` a batch of exactly ``size`` samples
+  (``rule`` says why, for the error message)."""
+  prep = stages.prepare(net, params, batch, method, loss)
+  if size is not None and prep.x.shape[0] != size:
+    raise ValueError(f"{rule}, got a batch of {prep.x.shape[0]}")
+  return prep
 
 
 def in_compute_dtype(tree: Any) -> tuple[Any, Any]:
@@ -94,11 +100,6 @@ def in_compute_dtype(tree: Any) -> tuple[Any, Any]:
   in float16, and its first step divides by zero)."""
   dtype = compute_dtype(tree)
   return cast_tree(tree, dtype), dtype
-
-
-def mean_loss(loss: Loss, outputs: Array, y: Array) -> Array:
-  """The batch-mean loss in float32, recorded in the states as ``batch_loss``."""
-  return jnp.mean(loss(outputs, y)).astype(jnp.float32)
 
 
 def zero_codes(shapes: Sequence[tuple], num_samples: int | None, dtype) -> tuple:
@@ -184,7 +185,7 @@ def gradient_rule(
 ) -> weights_lib.WeightRule:
   """The weight rule of AM-Adam: a persistent optimizer per layer, ``weight_steps`` steps,
   on the inputs named by ``inputs`` (:data:`WEIGHT_INPUTS`)."""
-  net = check_network(net)
+  net = check_has_hidden_layer(net)
   optimizers = optimizers_per_part(
     weight_optimizer, output_optimizer, net.num_stages, "stage", optax.adam(1e-3)
   )
@@ -200,7 +201,7 @@ def memory_rule(
 ) -> weights_lib.WeightRule:
   """The weight rule of AM-mem: memory layers for the (dense) hidden stages, an
   optimizer for the output stage (default ``optax.sgd(0.1)``)."""
-  net = check_network(net)
+  net = check_has_hidden_layer(net)
   check_dense(net, net.num_codes, "AM-mem needs dense hidden layers")
   if output_optimizer is None:
     output_optimizer = optax.sgd(0.1)
@@ -229,7 +230,7 @@ class AMConfig(NamedTuple):
 
 def am_config(net: Any, loss: Any, codes: CodeStep, weights: weights_lib.WeightRule) -> AMConfig:
   """The validated :class:`AMConfig`."""
-  return AMConfig(check_network(net), check_loss(loss), codes, weights)
+  return AMConfig(check_has_hidden_layer(net), check_loss(loss), codes, weights)
 
 
 def am_iteration(
@@ -267,7 +268,13 @@ def am_iteration(
     mu=mu,
     input_codes=start_codes if cfg.weights.inputs == "forward" else None,
   )
-  return new_params, new_codes, weight_states, memory, mean_loss(cfg.loss, logits, y)
+  return (
+    new_params,
+    new_codes,
+    weight_states,
+    memory,
+    batch_mean_loss(cfg.loss, logits, y).astype(jnp.float32),
+  )
 
 
 def layered_am(
@@ -302,10 +309,10 @@ def layered_am(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # AM does not use gradients; unknown extra args are ignored.
-    params = as_arrays(require_params(params, "alternating minimization"))
-    x, y = sized_batch(net, batch, stored, size_rule, cfg.loss)
-    stage_params, dtype = in_compute_dtype(net.stage_params(params))
-    x = x.astype(dtype)
+    prep = prepare_sized(
+      net, params, batch, "alternating minimization", cfg.loss, stored, size_rule
+    )
+    x, y, stage_params, dtype = prep.x, prep.y, prep.stage_params, prep.dtype
     encoded, logits = net.forward_stages(stage_params, x)
     if resume:
       start = where_tree(state.count > 0, cast_tree(state.codes, dtype), encoded)
@@ -324,7 +331,6 @@ def layered_am(
       state.memory,
       state.count,
     )
-    new_params = net.merge_stage_params(new_stage_params, params)
     new_state = state_type(
       count=optax.safe_int32_increment(state.count),
       batch_loss=batch_loss,
@@ -332,6 +338,7 @@ def layered_am(
       memory=memory,
       codes=cast_like(new_codes, state.codes),
     )
-    return update_difference(new_params, params), new_state  # in the params' dtypes
+    # in the params' dtypes
+    return stages.params_update(net, new_stage_params, prep.params), new_state
 
   return checked_transformation("alternating minimization", init_fn, update_fn)

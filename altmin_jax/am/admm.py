@@ -44,13 +44,10 @@ from altmin_jax import losses as losses_lib
 from altmin_jax.am import weights as weights_lib
 from altmin_jax.am._common import (
   check_dense,
-  check_network,
-  in_compute_dtype,
-  mean_loss,
-  sized_batch,
+  check_has_hidden_layer,
+  prepare_sized,
   zero_codes,
 )
-from altmin_jax.core.batches import require_params
 from altmin_jax.core.checks import (
   check_int,
   check_loss,
@@ -59,15 +56,16 @@ from altmin_jax.core.checks import (
   is_traced,
 )
 from altmin_jax.core.states import checked_transformation
-from altmin_jax.core.trees import cast_like, first_dtype, update_difference
+from altmin_jax.core.trees import cast_like, first_dtype
 from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import (
   LayeredNetwork,
-  as_arrays,
   dense_kernel_bias,
   identity,
+  stages,
   with_dense_kernel_bias,
 )
+from altmin_jax.networks.stages import batch_mean_loss
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -175,7 +173,7 @@ def taylor_admm(
     >>> state.multiplier.shape
     (8, 3)
   """
-  net = check_network(net)
+  net = check_has_hidden_layer(net)
   check_dense(net, net.num_stages, "Taylor ADMM needs dense layers")
   z_updates = _z_updates(net)
   loss = check_loss(loss)
@@ -209,10 +207,8 @@ def taylor_admm(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # ADMM does not use gradients; unknown extra args are ignored.
-    params = as_arrays(require_params(params, "Taylor ADMM"))
-    x, y = sized_batch(net, batch, num_samples, size_rule, loss)
-    stage_params, dtype = in_compute_dtype(net.stage_params(params))  # at least float32
-    stage_params, x = list(stage_params), x.astype(dtype)
+    prep = prepare_sized(net, params, batch, "Taylor ADMM", loss, num_samples, size_rule)
+    x, y, stage_params = prep.x, prep.y, list(prep.stage_params)  # at least float32
     codes, logits = net.forward_stages(stage_params, x)
     first = state.count == 0
     fresh_a = tuple(net.activation(l)(c) for l, c in enumerate(codes, start=1))
@@ -236,14 +232,13 @@ def taylor_admm(
         z[l - 1] = output_update(m, state.multiplier, y)
         moving = (state.count >= warm_start).astype(m.dtype)
         multiplier = state.multiplier + moving * beta * (z[l - 1] - m)
-    new_params = net.merge_stage_params(stage_params, params)
     new_state = TaylorADMMState(
       count=optax.safe_int32_increment(state.count),
-      batch_loss=mean_loss(loss, logits, y),
+      batch_loss=batch_mean_loss(loss, logits, y).astype(jnp.float32),
       activations=cast_like(a, state.activations),
       preactivations=cast_like(z, state.preactivations),
       multiplier=multiplier.astype(state.multiplier.dtype),
     )
-    return update_difference(new_params, params), new_state
+    return stages.params_update(net, stage_params, prep.params), new_state
 
   return checked_transformation("Taylor ADMM", init_fn, update_fn)

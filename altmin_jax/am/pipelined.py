@@ -16,9 +16,9 @@ On a minibatch ``(x, y)`` AM minimises the relaxed objective (eq. 3)
 One step of :func:`pipelined_am_adam` (:func:`pipelined_am_mem`) is one step of
 :func:`~altmin_jax.am.am_adam` (:func:`~altmin_jax.am.am_mem`): same iterates to float
 tolerance, only summation orders differ. It runs over the layout of
-:mod:`altmin_jax.sm.pipeline.layout` (the dense stages stacked on a layer axis,
+:mod:`altmin_jax.pipeline.layout` (the dense stages stacked on a layer axis,
 zero-padded to common widths, sharded ``P('stage')``: device :math:`s` of :math:`S` holds
-:math:`K` consecutive layers) with the schedules of :class:`~altmin_jax.sm.pipeline.gpipe.
+:math:`K` consecutive layers) with the schedules of :class:`~altmin_jax.pipeline.gpipe.
 Pipeline`, on :math:`M` micro-batches of :math:`b = B / M` samples; the phases are in
 :mod:`altmin_jax.am.pipelined_phases`:
 
@@ -98,7 +98,6 @@ from altmin_jax.am._common import (
   am_config,
   code_step,
   gradient_rule,
-  mean_loss,
   memory_rule,
 )
 from altmin_jax.am.pipelined_phases import (
@@ -112,8 +111,9 @@ from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
 from altmin_jax.loops import optimizer_steps
 from altmin_jax.networks import LayeredNetwork, as_arrays
-from altmin_jax.sm.pipeline import gpipe
-from altmin_jax.sm.pipeline.layout import (
+from altmin_jax.networks.stages import batch_mean_loss
+from altmin_jax.pipeline import gpipe
+from altmin_jax.pipeline.layout import (
   AXIS,
   PipelineParams,
   fit,
@@ -163,7 +163,7 @@ def am_step(pipe: gpipe.Pipeline, cfg: AMConfig, prep: gpipe.Prepared, state: Pi
     logits = net.stage_apply(m, prep.tail, top[:, : lay.widths[-2]])
   else:
     logits = top[:, : lay.widths[-1]]
-  batch_loss = mean_loss(cfg.loss, logits, y)
+  batch_loss = batch_mean_loss(cfg.loss, logits, y).astype(jnp.float32)
   # 2. every layer's input code
   cin, c_top = input_codes(pipe, prep.theta, zin, per_micro(bottom, lay.in_width), top=outside)
   # 3. code updates, top-down: the top code outside (eq. 4), then the reverse pass
@@ -213,7 +213,7 @@ def am_step(pipe: gpipe.Pipeline, cfg: AMConfig, prep: gpipe.Prepared, state: Pi
 
 
 class AMPipeline(NamedTuple):
-  """A :class:`~altmin_jax.sm.pipeline.gpipe.Pipeline` and the validated AM configuration
+  """A :class:`~altmin_jax.pipeline.gpipe.Pipeline` and the validated AM configuration
   of a pipelined AM step (built by :func:`am_pipeline` or :func:`am_mem_pipeline`; its
   phases are the functions of :mod:`~altmin_jax.am.pipelined_phases` and
   :func:`am_step`)."""
@@ -440,7 +440,7 @@ def pipelined_am_adam(
       hidden layer; zero-padded hidden layers need ``activation(0) == 0``.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
     mesh: a mesh with axis ``axis_name`` of ``S`` devices
-      (:func:`~altmin_jax.sm.pipeline.pipeline_mesh`); the stacked layers must split
+      (:func:`~altmin_jax.pipeline.pipeline_mesh`); the stacked layers must split
       evenly.
     num_microbatches: M, GPipe micro-batches per batch (the batch size must be a
       multiple).
@@ -459,8 +459,8 @@ def pipelined_am_adam(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state :class:`PipelinedAMState`.
     ``update(grads, state, params, *, batch=(x, y))`` ignores ``grads`` and takes either
-    :class:`~altmin_jax.sm.pipeline.PipelineParams` (from
-    :func:`~altmin_jax.sm.pipeline.stack_params` with ``mesh``: the efficient form,
+    :class:`~altmin_jax.pipeline.PipelineParams` (from
+    :func:`~altmin_jax.pipeline.stack_params` with ``mesh``: the efficient form,
     updates come back the same way) or the network's own params (stacked and unstacked
     inside the step). Arithmetic runs in at least float32; the optimizer states are kept
     in that precision.
@@ -468,7 +468,7 @@ def pipelined_am_adam(
   Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> import altmin_jax as amj
-    >>> from altmin_jax.sm import pipeline
+    >>> from altmin_jax import pipeline
     >>> net = amj.networks.mlp([4, 6, 6, 3], activation=jnp.tanh)
     >>> mesh = pipeline.pipeline_mesh(1)
     >>> tx = amj.pipelined_am_adam(net, mesh=mesh, num_microbatches=2, code_steps=2)
@@ -549,7 +549,7 @@ def pipelined_am_mem(
   Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> import altmin_jax as amj
-    >>> from altmin_jax.sm import pipeline
+    >>> from altmin_jax import pipeline
     >>> net = amj.networks.mlp([4, 6, 6, 3], activation=jnp.tanh)
     >>> mesh = pipeline.pipeline_mesh(1)
     >>> tx = amj.pipelined_am_mem(net, mesh=mesh, num_microbatches=2, code_steps=2)

@@ -1,5 +1,5 @@
 r"""The phases of a pipelined online AM step (:mod:`altmin_jax.am.pipelined`), each one
-``jax.shard_map`` over the ``'stage'`` axis of a :class:`~altmin_jax.sm.pipeline.gpipe.
+``jax.shard_map`` over the ``'stage'`` axis of a :class:`~altmin_jax.pipeline.gpipe.
 Pipeline` (exposed for benchmarks and tests): the input codes (:func:`input_codes`, one
 ``ppermute``), the top-down code updates as a reverse GPipe pass (:func:`code_updates`,
 eqs. 4-5) and every stacked layer's weight update where it lives (:func:`weight_updates`,
@@ -35,8 +35,8 @@ from altmin_jax.am._common import AMConfig
 from altmin_jax.core.types import Array
 from altmin_jax.loops import optimizer_steps
 from altmin_jax.networks import LayeredNetwork, identity
-from altmin_jax.sm.pipeline import gpipe
-from altmin_jax.sm.pipeline.layout import fit
+from altmin_jax.pipeline import gpipe
+from altmin_jax.pipeline.layout import fit
 
 # --------------------------------------------------------------- layer maths
 

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
-from altmin_jax.am._common import code_step, in_compute_dtype, mean_loss, optimizers_per_part
+from altmin_jax.am._common import code_step, in_compute_dtype, optimizers_per_part
 from altmin_jax.am.codes import minimize, squared_norm, with_proximal
 from altmin_jax.core.batches import require_params, unpack_batch
 from altmin_jax.core.checks import check_instance, check_int, check_loss
@@ -54,6 +54,7 @@ from altmin_jax.core.trees import update_difference
 from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
 from altmin_jax.loops import optimizer_steps
 from altmin_jax.networks.rnn import ElmanRNN
+from altmin_jax.networks.stages import batch_mean_loss
 
 PARTS = ("recurrent", "readout", "classifier")
 
@@ -336,7 +337,7 @@ def am_adam_rnn(
       new_states.append(s)
     new_state = RNNAMState(
       count=optax.safe_int32_increment(state.count),
-      batch_loss=mean_loss(loss, logits, y),
+      batch_loss=batch_mean_loss(loss, logits, y).astype(jnp.float32),
       weight_states=tuple(new_states),
     )
     return update_difference(new_params, dict(user_params)), new_state

@@ -1,9 +1,10 @@
 """One family of mesh and sharding helpers for both parallel axes: ``'stage'``
-(pipeline-parallel layers, :mod:`altmin_jax.sm.pipeline`) and ``'workers'``
+(pipeline-parallel layers, :mod:`altmin_jax.pipeline`) and ``'workers'``
 (data-parallel workers, :mod:`altmin_jax.distributed`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -21,16 +22,22 @@ WORKER_AXIS = "workers"
 
 
 def make_mesh(
-  num_devices: int | None, axis_name: str, *, explicit: bool, what: str = "num_devices"
+  num_devices: int | None,
+  axis_name: str,
+  *,
+  explicit: bool,
+  what: str = "num_devices",
+  devices: Sequence[Any] | None = None,
 ) -> Mesh:
-  """A 1-D mesh named ``axis_name`` over the first ``num_devices`` of ``jax.devices()``
-  (all by default; across processes after ``jax.distributed.initialize``).
+  """A 1-D mesh named ``axis_name`` over the first ``num_devices`` (all by default) of
+  ``devices`` (``jax.devices()`` by default: across processes after
+  ``jax.distributed.initialize``).
 
   ``explicit`` selects ``jax.sharding.AxisType.Explicit`` (shardings are part of every
   array's type; ``jax.make_mesh``'s default, used for the pipeline's ``'stage'`` axis) or
   ``Auto`` (the compiler propagates shardings; the ``'workers'`` axis).
   """
-  devices = jax.devices()
+  devices = jax.devices() if devices is None else list(devices)
   if num_devices is not None:
     check_int(what, num_devices, 1)
   n = len(devices) if num_devices is None else num_devices

@@ -1,6 +1,8 @@
 """Layered networks: the chain-of-stages view that AM and SM optimise (Choromanska et al.
-2019, sec. 2)."""
+2019, sec. 2), and in :mod:`~altmin_jax.networks.stages` the stage plumbing that both
+families and :mod:`altmin_jax.pipeline` use."""
 
+from altmin_jax.networks import stages
 from altmin_jax.networks.binary import binary_mlp, sign_activation, sign_ste, sign_tanh
 from altmin_jax.networks.builders import dense_stage, mlp
 from altmin_jax.networks.flax_adapters import from_nnx
@@ -36,5 +38,6 @@ __all__ = [
   "sign_activation",
   "sign_ste",
   "sign_tanh",
+  "stages",
   "with_dense_kernel_bias",
 ]

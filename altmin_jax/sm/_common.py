@@ -1,18 +1,10 @@
-r"""What every method of the surrogate-minimization family shares: the network read as a
-chain of post-activation stage maps, the batch-mean objective, the preparation of a step
-(validated batch, params in compute precision) and its updates, and one forward and
-backward pass.
+r"""What the methods of the surrogate-minimization family share beyond the network-stage
+plumbing (:mod:`altmin_jax.networks.stages`): their states, the smoothness of the
+library's losses, the whole network's batch-mean loss, and one forward and backward pass.
 
-A :class:`~altmin_jax.networks.LayeredNetwork` with ``m`` stages is read as
-
-.. math::
-   z^{(0)} = x,\qquad z^{(i)} = f_i(z^{(i-1)}, \theta_i) = \sigma_i(\mathrm{apply}_i(\theta_i,
-   z^{(i-1)})) \quad (i < m),\qquad z^{(m)} = \mathrm{apply}_m(\theta_m, z^{(m-1)}),
-
-so one SM stage is one network stage *including* its activation and the last stage
-outputs the logits. The objective is the **batch mean** of the per-sample loss,
-:math:`h(\theta) = \ell(z^{(m)}) = \frac1B \sum_b \mathrm{loss}(z^{(m)}_b, y_b)`, so every
-gradient and curvature of the family is that of the mean (it scales like :math:`1/B`).
+Every gradient and curvature of the family is that of the batch-mean objective
+:math:`h(\theta) = \frac1B \sum_b \mathrm{loss}(z^{(m)}_b, y_b)` (it scales like
+:math:`1/B`).
 """
 
 from __future__ import annotations
@@ -21,14 +13,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from altmin_jax import losses as losses_lib
-from altmin_jax.core import batches, checks, trees
+from altmin_jax.core import checks
 from altmin_jax.core.types import Array, Loss, PyTree
-from altmin_jax.networks import LayeredNetwork, as_arrays
-
-StageFn = Callable[[PyTree, Array], Array]  # f_i(theta, z) -> z^(i)
+from altmin_jax.networks import LayeredNetwork
+from altmin_jax.networks.stages import batch_mean_loss, stage_function
 
 # ---------------------------------------------------------------- states
 
@@ -62,11 +52,6 @@ KNOWN_LOSS_SMOOTHNESS: dict[Callable, float] = {
 }
 
 
-def check_network(net: Any) -> LayeredNetwork:
-  """``net`` unless it is not a :class:`~altmin_jax.networks.LayeredNetwork`."""
-  return checks.check_instance("net", net, LayeredNetwork, "an altmin_jax.networks.LayeredNetwork")
-
-
 def resolve_loss_smoothness(loss: Loss, loss_smoothness: Any) -> Any:
   """The per-sample smoothness constant ``L`` of ``loss`` in the network output.
 
@@ -84,56 +69,9 @@ def resolve_loss_smoothness(loss: Loss, loss_smoothness: Any) -> Any:
   return checks.check_positive("loss_smoothness", loss_smoothness)
 
 
-def stage_function(net: LayeredNetwork, i: int) -> StageFn:
-  """The post-activation map ``f_i(theta, z) -> z^(i)`` of stage ``i`` (1-based).
-
-  Hidden stages apply their activation; the last stage returns the logits (as
-  :meth:`LayeredNetwork.apply` does).
-  """
-  stage = net.stages[i - 1]
-  if i == net.num_stages:
-    return stage.apply
-  return lambda theta, z: stage.activation(stage.apply(theta, z))
-
-
-def batch_mean_loss(loss: Loss, outputs: Array, y: Array) -> Array:
-  """:math:`\\ell(z^{(m)}) = \\frac1B \\sum_b \\mathrm{loss}(z^{(m)}_b, y_b)`."""
-  return jnp.mean(loss(outputs, y))
-
-
 def network_loss(net: LayeredNetwork, loss: Loss, x: Array, y: Array) -> Callable:
   """``stage_params -> h``: the batch-mean loss of the whole network on ``(x, y)``."""
   return lambda stage_params: batch_mean_loss(loss, net.forward_stages(stage_params, x)[1], y)
-
-
-class Prepared(NamedTuple):
-  """A validated batch and the user's params as per-stage params in compute precision."""
-
-  x: Array  # in the compute dtype
-  y: Array
-  params: PyTree  # the user's params (NNX wrappers stripped)
-  stage_params: tuple  # per-stage params in the compute dtype
-  dtype: Any
-
-
-def prepare(
-  net: LayeredNetwork, params: PyTree, batch: Any, method: str, loss: Loss | None = None
-) -> Prepared:
-  """Checks ``params`` and ``batch`` (with ``loss``'s label rule,
-  :func:`~altmin_jax.core.unpack_batch`) and returns them ready for an update, upcast to
-  at least float32 (:func:`params_update` casts the result back to the params' dtypes)."""
-  batches.require_params(params, method)
-  x, y = batches.unpack_batch(net, batch, loss)
-  params = as_arrays(params)
-  stage_params = net.stage_params(params)
-  dtype = trees.compute_dtype(stage_params)
-  return Prepared(x.astype(dtype), y, params, trees.cast_tree(stage_params, dtype), dtype)
-
-
-def params_update(net: LayeredNetwork, new_stage_params: Sequence[PyTree], params: PyTree):
-  """``updates = new_params - params`` in the user's params structure and dtypes."""
-  new_params = net.merge_stage_params(list(new_stage_params), params)
-  return trees.update_difference(new_params, params)
 
 
 class ForwardBackward(NamedTuple):

@@ -43,16 +43,10 @@ from altmin_jax.core import checks
 from altmin_jax.core.types import Array, Loss, MatVec, PyTree
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.networks.layered import dense_kernel_bias, identity, with_dense_kernel_bias
+from altmin_jax.networks.stages import StageFn, check_network, stage_function
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
 from altmin_jax.sm import paper_bound, young_bound
-from altmin_jax.sm._common import (
-  KNOWN_LOSS_SMOOTHNESS,
-  ForwardBackward,
-  StageFn,
-  check_network,
-  resolve_loss_smoothness,
-  stage_function,
-)
+from altmin_jax.sm._common import KNOWN_LOSS_SMOOTHNESS, ForwardBackward, resolve_loss_smoothness
 
 SOLVERS = ("cg", "armijo")
 CURVATURES = ("full", "scalar")

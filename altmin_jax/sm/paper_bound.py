@@ -35,7 +35,8 @@ import optax
 from altmin_jax import numerics
 from altmin_jax.core.types import Array, Loss, MatVec, PyTree
 from altmin_jax.networks import LayeredNetwork
-from altmin_jax.sm._common import ForwardBackward, StageFn, batch_mean_loss, stage_function
+from altmin_jax.networks.stages import StageFn, batch_mean_loss, stage_function
+from altmin_jax.sm._common import ForwardBackward
 
 
 def make_psi(fn: StageFn, g_out: Array, z_out: Array, c_next: Array) -> Callable:

@@ -18,7 +18,7 @@ import optax
 from altmin_jax import losses as losses_lib
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss, PyTree
-from altmin_jax.networks import LayeredNetwork
+from altmin_jax.networks import LayeredNetwork, stages
 from altmin_jax.numerics.line_search import ArmijoSearch
 from altmin_jax.sm import _common, paper_bound, young_bound
 from altmin_jax.sm import local_losses as ll
@@ -270,7 +270,7 @@ def surrogate_minimization(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # SM needs no gradients; unknown extra args are ignored.
-    prep = _common.prepare(cfg.net, params, batch, "surrogate minimization", cfg.loss)
+    prep = stages.prepare(cfg.net, params, batch, "surrogate minimization", cfg.loss)
     new, value, curv, solves = iterate(prep.stage_params, prep.x, prep.y, state.step_size)
     new_state = SMState(
       count=optax.safe_int32_increment(state.count),
@@ -280,6 +280,6 @@ def surrogate_minimization(
       inner_iterations=jnp.stack([s.iterations for s in solves]).astype(jnp.int32),
       step_size=jnp.stack([s.step for s in solves]).astype(jnp.float32),
     )
-    return _common.params_update(cfg.net, new, prep.params), new_state
+    return stages.params_update(cfg.net, new, prep.params), new_state
 
   return checked_transformation("surrogate minimization", init_fn, update_fn)

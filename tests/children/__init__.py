@@ -14,6 +14,8 @@ child build them from the same code; importing a module starts no JAX work.
 
 * ``sm_pipeline``: pipelined SM and GD on 2, 4, 8 devices and across two processes.
 * ``am_pipeline``: pipelined AM-Adam and AM-mem on 2, 4, 8 devices and across two processes.
+* ``pipeline_problems``: the problem, error measures and 2/4/8-device launcher that the
+  two pipeline modules and their tests share.
 * ``distributed_modes``: stacked workers against workers on a device mesh, on 4 devices
   and across two processes.
 * ``probe``: what the launcher itself guarantees (device count, thread pool, failures).

@@ -1,5 +1,7 @@
 """Pipelined AM-Adam and AM-mem against the single-device ``am_adam`` / ``am_mem`` steps:
-the problems, their references, and the child programs of ``test_am_pipeline.py``.
+the AM-mem problems, the references, and the child programs of ``test_am_pipeline.py``
+(AM-Adam's problem is that of ``children/pipeline_problems.py``, shared with the SM
+pipeline).
 
 * :func:`devices` (one process, n CPU devices): the pipelined steps of :func:`cases` and
   :func:`mem_cases` against :func:`reference_run`, as errors relative to rtol 1e-4 /
@@ -11,7 +13,6 @@ the problems, their references, and the child programs of ``test_am_pipeline.py`
 from __future__ import annotations
 
 import itertools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -19,47 +20,27 @@ import numpy as np
 import optax
 
 import altmin_jax as amj
+from altmin_jax import pipeline as pl
 from altmin_jax.am import pipelined
 from altmin_jax.am import pipelined_phases as phases
-from altmin_jax.sm import pipeline as pl
+from children.pipeline_problems import (
+  ATOL,
+  BATCH,
+  RTOL,
+  SIZES,
+  collectives,
+  error,
+  layers_per_device,
+  leaves,
+  problem,
+  size,
+)
 
-SIZES = (7, 6, 6, 6, 6, 6, 6, 6, 3)  # 8 stages: input 7 and logits 3 are zero-padded to 7/6
 # AM-mem: hidden widths vary, so that both boundaries pad the memories of hidden layers;
 # 8 stages (pad on 2, 4, 8 devices; outside, 6 middle layers, on 2) and 10 stages
 # (outside, 8 middle layers, on 4 and 8 devices)
 MEM_SIZES = {8: (7, 6, 5, 6, 4, 6, 6, 6, 3), 10: (7, 6, 5, 6, 4, 6, 6, 5, 6, 6, 3)}
-BATCH = 12
-RTOL, ATOL = 1e-4, 1e-6
 MEM_RTOL, MEM_ATOL = 1e-8, 1e-10  # AM-mem, in float64
-COLLECTIVES = (
-  "all-reduce",
-  "all-gather",
-  "collective-permute",
-  "all-to-all",
-  "reduce-scatter",
-  "collective-broadcast",
-)
-
-
-def problem(sizes=SIZES, n=BATCH, seed=0):
-  """A tanh MLP of the given layer sizes, its params and a batch of n samples."""
-  net = amj.networks.mlp(list(sizes), activation=jnp.tanh)
-  params = net.init(jax.random.key(seed))
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, sizes[0])).astype(np.float32)
-  y = rng.integers(0, sizes[-1], size=n).astype(np.int32)
-  return net, params, x, y
-
-
-def leaves(tree):
-  return [np.asarray(a, np.float64) for a in jax.tree.leaves(amj.distributed.fetch(tree))]
-
-
-def error(got, want, rtol=RTOL, atol=ATOL):
-  """max over entries of |got - want| / (atol + rtol |want|): <= 1 means allclose."""
-  a, b = leaves(got), leaves(want)
-  assert len(a) == len(b), (len(a), len(b))
-  return max(float(np.max(np.abs(x - y) / (atol + rtol * np.abs(y)))) for x, y in zip(a, b))
 
 
 def mem_problem(stages: int, n=BATCH, seed=0):
@@ -79,10 +60,6 @@ def mem_problem(stages: int, n=BATCH, seed=0):
   x = jnp.asarray(rng.normal(size=(n, sizes[0])))
   y = jnp.asarray(rng.integers(0, sizes[-1], size=n).astype(np.int32))
   return net, params, x, y
-
-
-def size(tree):
-  return max(float(np.max(np.abs(x))) for x in leaves(tree))
 
 
 # name -> keyword arguments shared by am_adam and pipelined_am_adam
@@ -233,7 +210,7 @@ def pipelined_run(variant, net, params, x, y, steps, mesh, m, boundary, form):
 def _compiled(fn, *args):
   """``(collectives in the compiled fn, fn(*args))``: compiled once, run once."""
   compiled = jax.jit(fn).lower(*args).compile()
-  return sorted(set(re.findall("|".join(COLLECTIVES), compiled.as_text()))), compiled(*args)
+  return collectives(compiled), compiled(*args)
 
 
 def phase_collectives(net, params, x, y, mesh) -> dict[str, list[str]]:
@@ -316,9 +293,7 @@ def run_cases(todo, mesh) -> dict:
       "state_max_abs": max(max_abs(g[1], w[1]) for g, w in zip(got, want)),
       "padding": pad,
       "moved": size(jax.tree.map(lambda a, b: a - b, want[-1][0], params)),
-      "layers_per_device": sorted({s.data.shape[0] for s in updates.kernel.addressable_shards})
-      if form == "stacked"
-      else [],
+      "layers_per_device": layers_per_device(updates.kernel) if form == "stacked" else [],
     }
   return results
 
@@ -357,8 +332,7 @@ def worker() -> dict[str, np.ndarray]:
   owned = sorted(i for s in updates.kernel.addressable_shards for i in range(8)[s.index[0]])
   saved[f"owned/{rank}"] = np.asarray(owned)
   first = [next(d for d in jax.devices() if d.process_index == p) for p in (0, 1)]
-  explicit = (jax.sharding.AxisType.Explicit,)
-  pair = jax.make_mesh((2,), (pl.AXIS,), axis_types=explicit, devices=first)
+  pair = pl.pipeline_mesh(2, devices=first)
   with jax.enable_x64(True):
     net, params, x, y = mem_problem(8)
     for boundary, on in (("pad", mesh), ("outside", pair)):

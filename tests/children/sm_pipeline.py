@@ -1,5 +1,6 @@
-"""Pipelined SM and GD against the single-device step: the problem, its reference, and
-the child programs of ``test_sm_pipeline.py``.
+"""Pipelined SM and GD against the single-device step: the variants, their references, and
+the child programs of ``test_sm_pipeline.py`` (the problem is that of
+``children/pipeline_problems.py``, shared with the AM pipeline).
 
 * :func:`devices` (one process, n CPU devices): the pipelined steps of :func:`cases`
   against :func:`reference_run`, as errors relative to rtol 1e-4 / atol 1e-6, plus (4
@@ -11,7 +12,6 @@ the child programs of ``test_sm_pipeline.py``.
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 import jax
@@ -20,48 +20,22 @@ import numpy as np
 import optax
 
 import altmin_jax as amj
-from altmin_jax.sm import gd_armijo, surrogate_minimization
-from altmin_jax.sm import pipeline as pl
+from altmin_jax import pipeline as pl
+from altmin_jax.core import meshes as core_meshes
+from altmin_jax.sm import gd_armijo, pipelined, surrogate_minimization
+from children.pipeline_problems import (
+  SIZES,
+  collectives,
+  error,
+  layers_per_device,
+  leaves,
+  problem,
+  size,
+)
 
 LOSS = amj.losses.softmax_cross_entropy
-SIZES = (7, 6, 6, 6, 6, 6, 6, 6, 3)  # 8 stages: input 7 and logits 3 are zero-padded to 6/7
-BATCH = 12
 SM_KW = dict(inner_steps=4, delta=0.1, power_iterations=5)
-RTOL, ATOL = 1e-4, 1e-6
-COLLECTIVES = (
-  "all-reduce",
-  "all-gather",
-  "collective-permute",
-  "all-to-all",
-  "reduce-scatter",
-  "collective-broadcast",
-)
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "benchmarks")
-
-
-def problem(sizes=SIZES, n=BATCH, seed=0):
-  """A tanh MLP of the given layer sizes, its params and a batch of n samples."""
-  net = amj.networks.mlp(list(sizes), activation=jnp.tanh)
-  params = net.init(jax.random.key(seed))
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, sizes[0])).astype(np.float32)
-  y = rng.integers(0, sizes[-1], size=n).astype(np.int32)
-  return net, params, x, y
-
-
-def leaves(tree):
-  return [np.asarray(a, np.float64) for a in jax.tree.leaves(amj.distributed.fetch(tree))]
-
-
-def error(got, want):
-  """max over entries of |got - want| / (ATOL + RTOL |want|): <= 1 means allclose."""
-  a, b = leaves(got), leaves(want)
-  assert len(a) == len(b)
-  return max(float(np.max(np.abs(x - y) / (ATOL + RTOL * np.abs(y)))) for x, y in zip(a, b))
-
-
-def size(tree):
-  return max(float(np.max(np.abs(x))) for x in leaves(tree))
 
 
 # name -> (pipelined factory kwargs, single-device reference)
@@ -120,7 +94,7 @@ def make(variant, net, mesh, m, boundary):
   """The pipelined transformation of a variant."""
   kw = dict(VARIANTS[variant][0])
   kind = kw.pop("kind")
-  factory = pl.pipelined_surrogate_minimization if kind == "sm" else pl.pipelined_gradient_descent
+  factory = amj.pipelined_surrogate_minimization if kind == "sm" else amj.pipelined_gradient_descent
   return factory(net, mesh=mesh, num_microbatches=m, boundary=boundary, **kw)
 
 
@@ -154,11 +128,6 @@ def _pipelined_run(tx, net, params, x, y, steps, form, mesh, boundary):
   return out, updates
 
 
-def _hlo_collectives(fn, args) -> list[str]:
-  text = fn.lower(*args).compile().as_text()
-  return sorted(set(re.findall("|".join(COLLECTIVES), text)))
-
-
 def devices(n: int, full: bool = False) -> dict:
   """Child: every case of ``cases(n, full)`` on n CPU devices, and (n = 4, not full) the
   collectives of each compiled pipeline phase (``benchmarks/pipeline_phases.py``)."""
@@ -167,7 +136,7 @@ def devices(n: int, full: bool = False) -> dict:
   x, y = jnp.asarray(x), jnp.asarray(y)
   meshes = {
     "make_mesh": pl.pipeline_mesh(n),
-    "auto_mesh": jax.sharding.Mesh(np.asarray(jax.devices()), ("stage",)),
+    "auto_mesh": core_meshes.make_mesh(n, pl.AXIS, explicit=False),
   }
   todo = list(cases(n, full))
   refs, results = {}, {}
@@ -186,18 +155,16 @@ def devices(n: int, full: bool = False) -> dict:
       else max(error(g[1], w[1]) for g, w in zip(got, want)),
       "moved": size(jax.tree.map(lambda a, b: a - b, want[-1][0], params)),
       # layers of the stacked update held by each device (stacked form only)
-      "layers_per_device": sorted({s.data.shape[0] for s in updates.kernel.addressable_shards})
-      if form == "stacked"
-      else [],
+      "layers_per_device": layers_per_device(updates.kernel) if form == "stacked" else [],
     }
   hlo = {}
   if n == 4 and not full:
     sys.path.insert(0, BENCHMARKS)
     import pipeline_phases  # the benchmark's phase functions
 
-    pipe = pl.sm_pipeline(net, mesh=meshes["make_mesh"], num_microbatches=2, **SM_KW)
+    pipe = pipelined.sm_pipeline(net, mesh=meshes["make_mesh"], num_microbatches=2, **SM_KW)
     for name, (fn, args) in pipeline_phases.phase_functions(pipe, net, params, (x, y)).items():
-      hlo[name] = _hlo_collectives(fn, args)
+      hlo[name] = collectives(fn.lower(*args).compile())
   return {"cases": results, "hlo": hlo}
 
 

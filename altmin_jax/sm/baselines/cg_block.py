@@ -34,7 +34,7 @@ from altmin_jax import numerics
 from altmin_jax.core import checks
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss
-from altmin_jax.networks import LayeredNetwork
+from altmin_jax.networks import LayeredNetwork, stages
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
 from altmin_jax.sm import _common
 
@@ -125,7 +125,7 @@ def cg_block(
     >>> state.inner_iterations.shape
     (2,)
   """
-  net = _common.check_network(net)
+  net = stages.check_network(net)
   loss = checks.check_loss(loss)
   inner_steps = checks.check_int("inner_steps", inner_steps, 1)
   damping = checks.check_positive("damping", damping, allow_zero=True)
@@ -179,7 +179,7 @@ def cg_block(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = _common.prepare(net, params, batch, "cg_block", loss)
+    prep = stages.prepare(net, params, batch, "cg_block", loss)
     new, value, models, iters, negs, step, failed = iterate(
       prep.stage_params, prep.x, prep.y, state.step_size
     )
@@ -192,6 +192,6 @@ def cg_block(
       step_size=jnp.asarray(step, jnp.float32),
       failed_count=state.failed_count + failed,
     )
-    return _common.params_update(net, list(new), prep.params), new_state
+    return stages.params_update(net, list(new), prep.params), new_state
 
   return checked_transformation("cg_block", init_fn, update_fn)

@@ -31,7 +31,7 @@ from altmin_jax import losses as losses_lib
 from altmin_jax.core import checks
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss
-from altmin_jax.networks import LayeredNetwork, as_arrays
+from altmin_jax.networks import LayeredNetwork, as_arrays, stages
 from altmin_jax.sm import _common
 
 
@@ -103,7 +103,7 @@ def ddg(
     >>> [float(jnp.abs(u["kernel"]).max()) > 0 for u in updates]  # modules 0, 1 wait
     [False, False, True]
   """
-  net = _common.check_network(net)
+  net = stages.check_network(net)
   loss = checks.check_loss(loss)
   m = net.num_stages
   num_modules = checks.check_int("num_modules", num_modules, 1)
@@ -155,7 +155,7 @@ def ddg(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = _common.prepare(net, params, batch, "ddg", loss)
+    prep = stages.prepare(net, params, batch, "ddg", loss)
     raw_params = tuple(net.stage_params(prep.params))
     new, value, buffers, inner_state = iterate(
       prep.stage_params, raw_params, prep.x, prep.y, state.buffers, state.inner_state
@@ -166,6 +166,6 @@ def ddg(
       buffers=buffers,
       inner_state=inner_state,
     )
-    return _common.params_update(net, new, prep.params), new_state
+    return stages.params_update(net, new, prep.params), new_state
 
   return checked_transformation("ddg", init_fn, update_fn)

@@ -16,7 +16,7 @@ from altmin_jax import numerics
 from altmin_jax.core import checks
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Loss
-from altmin_jax.networks import LayeredNetwork
+from altmin_jax.networks import LayeredNetwork, stages
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
 from altmin_jax.sm import _common
 from altmin_jax.sm._common import GDArmijoState
@@ -60,7 +60,7 @@ def gd_armijo(
     >>> int(state.count)
     1
   """
-  net = _common.check_network(net)
+  net = stages.check_network(net)
   loss = checks.check_loss(loss)
   search = check_search(line_search)
 
@@ -80,7 +80,7 @@ def gd_armijo(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = _common.prepare(net, params, batch, "gd_armijo", loss)
+    prep = stages.prepare(net, params, batch, "gd_armijo", loss)
     res = iterate(prep.stage_params, prep.x, prep.y, state.step_size)
     new_state = GDArmijoState(
       count=optax.safe_int32_increment(state.count),
@@ -88,6 +88,6 @@ def gd_armijo(
       step_size=res.next_step.astype(jnp.float32),
       failed_count=state.failed_count + res.failed_searches,
     )
-    return _common.params_update(net, res.x, prep.params), new_state
+    return stages.params_update(net, res.x, prep.params), new_state
 
   return checked_transformation("gd_armijo", init_fn, update_fn)

@@ -26,7 +26,7 @@ from altmin_jax import numerics
 from altmin_jax.core import checks
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss
-from altmin_jax.networks import LayeredNetwork
+from altmin_jax.networks import LayeredNetwork, stages
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
 from altmin_jax.sm import _common
 
@@ -92,7 +92,7 @@ def sso(
     >>> bool(state.surrogate <= 0)
     True
   """
-  net = _common.check_network(net)
+  net = stages.check_network(net)
   loss = checks.check_loss(loss)
   inner_steps = checks.check_int("inner_steps", inner_steps, 1)
   if eta is None:
@@ -113,7 +113,7 @@ def sso(
   @jax.jit
   def iterate(stage_params, x, y, step_size):
     f_t = net.forward_stages(stage_params, x)[1]
-    value, g_f = jax.value_and_grad(lambda f: _common.batch_mean_loss(loss, f, y))(f_t)
+    value, g_f = jax.value_and_grad(lambda f: stages.batch_mean_loss(loss, f, y))(f_t)
     scale = 1.0 / (2.0 * eta * f_t.shape[0])
 
     def surrogate(stage_params):
@@ -127,7 +127,7 @@ def sso(
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args
-    prep = _common.prepare(net, params, batch, "sso", loss)
+    prep = stages.prepare(net, params, batch, "sso", loss)
     res, value = iterate(prep.stage_params, prep.x, prep.y, state.step_size)
     new_state = SSOState(
       count=optax.safe_int32_increment(state.count),
@@ -136,6 +136,6 @@ def sso(
       step_size=res.next_step.astype(jnp.float32),
       failed_count=state.failed_count + res.failed_searches,
     )
-    return _common.params_update(net, res.x, prep.params), new_state
+    return stages.params_update(net, res.x, prep.params), new_state
 
   return checked_transformation("sso", init_fn, update_fn)

@@ -1,6 +1,6 @@
 r"""GPipe + GD: the SM paper's baseline in the setting of its Figure 1(a), one gradient
 update per pipelined forward and backward pass (the schedule of
-:mod:`altmin_jax.sm.pipeline.gpipe`)."""
+:mod:`altmin_jax.pipeline.gpipe`)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ from altmin_jax import numerics
 from altmin_jax.core import batches, checks, meshes
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Loss
-from altmin_jax.networks import LayeredNetwork
+from altmin_jax.networks import LayeredNetwork, stages
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
-from altmin_jax.sm import _common
+from altmin_jax.pipeline import gpipe
+from altmin_jax.pipeline.layout import AXIS
 from altmin_jax.sm._common import GDArmijoState
-from altmin_jax.sm.pipeline import gpipe
-from altmin_jax.sm.pipeline.layout import AXIS
 
 
 def _gd_gradients(pipe: gpipe.Pipeline, net, loss, prep: gpipe.Prepared):
@@ -34,7 +33,7 @@ def _gd_gradients(pipe: gpipe.Pipeline, net, loss, prep: gpipe.Prepared):
   if outside:
     g_tail = fw.tail_vjp(fw.g_logits)[0]
     g_z1 = gpipe.flat(g_bottom)[:, : lay.widths[1]]
-    _, head_vjp = jax.vjp(lambda th: _common.stage_function(net, 1)(th, prep.x), prep.head)
+    _, head_vjp = jax.vjp(lambda th: stages.stage_function(net, 1)(th, prep.x), prep.head)
     (g_head,) = head_vjp(g_z1)
   return fw.value, (g_theta, g_head, g_tail)
 
@@ -66,7 +65,7 @@ def pipelined_gradient_descent(
 
   Args:
     net, mesh, num_microbatches, boundary, axis_name: as in
-      :func:`~altmin_jax.sm.pipeline.pipelined_surrogate_minimization`.
+      :func:`~altmin_jax.sm.pipelined_surrogate_minimization`.
     loss: per-sample loss; the objective is its batch mean.
     learning_rate: a fixed step, or ``None`` for the Armijo search.
     line_search: the :class:`~altmin_jax.numerics.ArmijoSearch` (as in
@@ -80,16 +79,16 @@ def pipelined_gradient_descent(
   Example:
     >>> import jax, jax.numpy as jnp
     >>> import altmin_jax as amj
-    >>> from altmin_jax.sm import pipeline
+    >>> from altmin_jax import pipeline
     >>> net = amj.networks.mlp([4, 6, 3], activation=jnp.tanh)
-    >>> tx = pipeline.pipelined_gradient_descent(net, mesh=pipeline.pipeline_mesh(1))
+    >>> tx = amj.pipelined_gradient_descent(net, mesh=pipeline.pipeline_mesh(1))
     >>> params = net.init(jax.random.key(0))
     >>> x, y = jnp.ones((6, 4)), jnp.array([0, 1, 2, 0, 1, 2])
     >>> updates, state = tx.update(None, tx.init(params), params, batch=(x, y))
     >>> int(state.count)
     1
   """
-  net = _common.check_network(net)
+  net = stages.check_network(net)
   loss = checks.check_loss(loss)
   search = check_search(line_search)
   if learning_rate is not None:

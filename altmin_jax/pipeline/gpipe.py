@@ -31,8 +31,8 @@ from jax.sharding import PartitionSpec as P
 from altmin_jax.core import batches, checks, meshes, trees
 from altmin_jax.core.types import Array, Loss, PyTree
 from altmin_jax.networks import LayeredNetwork, as_arrays
-from altmin_jax.sm._common import batch_mean_loss, stage_function
-from altmin_jax.sm.pipeline.layout import (
+from altmin_jax.networks.stages import batch_mean_loss, stage_function
+from altmin_jax.pipeline.layout import (
   AXIS,
   PipelineLayout,
   PipelineParams,

@@ -8,7 +8,7 @@ leaves idle.
 
 One step (:func:`pipelined_surrogate_minimization`) computes exactly the per-stage data of
 the single-device step (:mod:`altmin_jax.sm.young_bound`) over the layout of
-:mod:`altmin_jax.sm.pipeline.layout` and the schedule of :mod:`altmin_jax.sm.pipeline.gpipe`:
+:mod:`altmin_jax.pipeline.layout` and the schedule of :mod:`altmin_jax.pipeline.gpipe`:
 
 1. **forward** (GPipe, micro-batched): every device keeps its layers' inputs and outputs.
 2. the loss and its gradient in the logits on the full batch.
@@ -20,14 +20,14 @@ the single-device step (:mod:`altmin_jax.sm.young_bound`) over the layout of
    Lanczos vector climbs the layers above in a sweep up the devices (Jacobian-vector
    products) and comes back in a sweep down (vector-Jacobian products), :math:`2S`
    sequential rounds per step on the full batch (:meth:`Pipeline.sequential
-   <altmin_jax.sm.pipeline.gpipe.Pipeline.sequential>`); the recurrences themselves are
+   <altmin_jax.pipeline.gpipe.Pipeline.sequential>`); the recurrences themselves are
    local.
 6. **local solves** with no collective at all: every device minimises each of its layers'
    local losses (:func:`~altmin_jax.sm.local_losses.solve_local_loss`).
 
 The per-layer maths are the single-device functions applied to zero-padded layers, with
 traced flags for the first and last stage; padded entries stay exact zeros
-(:func:`~altmin_jax.sm.pipeline.layout.stack_params`) and the start vectors are those of
+(:func:`~altmin_jax.pipeline.layout.stack_params`) and the start vectors are those of
 the unpadded arrays (:func:`~altmin_jax.numerics.start_vector` with real shapes), so every
 step equals :func:`~altmin_jax.sm.surrogate_minimization`'s to float tolerance (only
 summation orders differ). The paper's literal constants (``majorizer="paper"``) need
@@ -54,11 +54,11 @@ from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.networks.layered import dense_kernel_bias
 from altmin_jax.numerics.line_search import ArmijoSearch
+from altmin_jax.pipeline import gpipe
+from altmin_jax.pipeline.layout import AXIS, fit, layer_fn
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import young_bound as yb
 from altmin_jax.sm._common import SMState
-from altmin_jax.sm.pipeline import gpipe
-from altmin_jax.sm.pipeline.layout import AXIS, fit, layer_fn
 
 REST_SEED_OFFSET = 100  # the rest bound of stage i starts from seed + 100 + i (single device)
 
@@ -75,7 +75,7 @@ def _factor(stage) -> Array:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SMPipeline:
-  """A :class:`~altmin_jax.sm.pipeline.gpipe.Pipeline` and the SM configuration: the
+  """A :class:`~altmin_jax.pipeline.gpipe.Pipeline` and the SM configuration: the
   SM-specific phases of a pipelined step."""
 
   pipe: gpipe.Pipeline
@@ -405,10 +405,10 @@ def pipelined_surrogate_minimization(
   Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> import altmin_jax as amj
-    >>> from altmin_jax.sm import pipeline
+    >>> from altmin_jax import pipeline
     >>> net = amj.networks.mlp([4, 6, 6, 3], activation=jnp.tanh)
     >>> mesh = pipeline.pipeline_mesh(1)
-    >>> tx = pipeline.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=2)
+    >>> tx = amj.pipelined_surrogate_minimization(net, mesh=mesh, num_microbatches=2)
     >>> params = pipeline.stack_params(net, net.init(jax.random.key(0)), mesh=mesh)
     >>> x, y = jnp.ones((6, 4)), jnp.array([0, 1, 2, 0, 1, 2])
     >>> updates, state = tx.update(None, tx.init(params), params, batch=(x, y))

@@ -19,7 +19,7 @@ One iteration, starting with every device free at time 0 (a flushed pipeline):
   passes ``T(k, s, j)`` evaluate trial steps (trial ``k`` starts when every gradient is
   known and the previous trial's loss has reached device 0); then ``U(s)``, the update of
   device ``s``'s layers, after its own last backward (and the last trial's loss);
-* **SM** (:mod:`altmin_jax.sm.pipeline.sm`): ``J(s, j)``, the logits' Jacobian of
+* **SM** (:mod:`altmin_jax.sm.pipelined`): ``J(s, j)``, the logits' Jacobian of
   micro-batch ``j`` through device ``s``'s layers, a second reverse pass like the backward
   one (after ``J(s+1, j)`` plus ``comm`` and the device's own backwards); then
   ``rest_steps`` Lanczos steps of the rest bounds, each a sweep up the devices
@@ -43,7 +43,7 @@ Two executions of that graph are modelled:
 
 * ``lockstep=False`` (*dependency-driven*, the paper's Figure 1): every operation starts
   as soon as its dependencies are done;
-* ``lockstep=True`` (*as implemented* in :mod:`altmin_jax.sm.pipeline` with
+* ``lockstep=True`` (*as implemented* in :mod:`altmin_jax.pipeline` with
   ``jax.shard_map``): the passes are ``lax.scan``\ s of ``M + S - 1`` ticks, each tick as
   long as the slowest active device plus one ``ppermute``; the curvature chain is
   ``S`` rounds; every phase ends with all devices.
@@ -289,7 +289,7 @@ def gpipe_schedule(
     A :class:`Schedule`.
 
   Example:
-    >>> from altmin_jax.sm.schedule_model import Durations, gpipe_schedule
+    >>> from altmin_jax.pipeline.schedule_model import Durations, gpipe_schedule
     >>> gd = gpipe_schedule("gd", 2, 2, Durations(forward=1, backward=2, update=0.5))
     >>> gd.makespan, gd.busy, round(gd.utilization, 4)
     (9.5, (6.5, 6.5), 0.6842)

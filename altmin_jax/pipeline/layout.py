@@ -16,7 +16,7 @@ pipelined middle layers, replicated on every device). Padding provably changes n
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -29,7 +29,7 @@ from altmin_jax.core.meshes import replicate_on
 from altmin_jax.core.types import Array, PyTree
 from altmin_jax.networks import LayeredNetwork, as_arrays
 from altmin_jax.networks.layered import dense_kernel_bias, with_dense_kernel_bias
-from altmin_jax.sm._common import StageFn, check_network
+from altmin_jax.networks.stages import StageFn, check_network
 
 BOUNDARIES = ("pad", "outside")
 
@@ -219,7 +219,7 @@ def stack_params(
   Example:
     >>> import jax, jax.numpy as jnp
     >>> import altmin_jax as amj
-    >>> from altmin_jax.sm.pipeline import stack_params, unstack_params
+    >>> from altmin_jax.pipeline import stack_params, unstack_params
     >>> net = amj.networks.mlp([5, 6, 6, 3], activation=jnp.tanh)
     >>> params = net.init(jax.random.key(0))
     >>> stacked = stack_params(net, params)
@@ -292,11 +292,13 @@ def unstack_params(net: LayeredNetwork, stacked: PipelineParams, like: PyTree = 
   return net.merge_stage_params(stages, as_arrays(like))
 
 
-def pipeline_mesh(num_stages: int | None = None, *, axis_name: str = AXIS) -> Mesh:
-  """A 1-D mesh with the explicit axis ``axis_name`` over the first ``num_stages`` of
-  ``jax.devices()`` (all by default; across processes after ``jax.distributed.initialize``):
-  ``jax.make_mesh((S,), (axis_name,))``."""
-  return meshes.make_mesh(num_stages, axis_name, explicit=True, what="num_stages")
+def pipeline_mesh(
+  num_stages: int | None = None, *, axis_name: str = AXIS, devices: Sequence | None = None
+) -> Mesh:
+  """A 1-D mesh with the explicit axis ``axis_name`` over the first ``num_stages`` (all by
+  default) of ``devices`` (``jax.devices()`` by default: across processes after
+  ``jax.distributed.initialize``): ``jax.make_mesh((S,), (axis_name,), devices=devices[:S])``."""
+  return meshes.make_mesh(num_stages, axis_name, explicit=True, what="num_stages", devices=devices)
 
 
 def layer_theta(kernel: Array, bias: Array | None) -> dict:
