@@ -1,4 +1,4 @@
-"""Conformance cases of the distributed family (DC-ASGD and EASGD, SPEC sections 6-7).
+"""Conformance cases of the distributed family (DC-ASGD and EASGD).
 
 The p-worker methods run on P stacked workers of a linear softmax model: ``params`` carry a leading
 worker axis and the problem's loss sums the workers' losses on their own batches, so

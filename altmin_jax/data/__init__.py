@@ -1,4 +1,4 @@
-"""Datasets as numpy arrays, offline first (SPEC section 8).
+"""Datasets as numpy arrays, offline first.
 
 ``load_dataset(name, ...)`` is the entry point: ``bundled_mnist`` (the MNIST 10k test split
 shipped in the package, always available), and ``mnist``, ``fashion_mnist``, ``cifar10``,

@@ -3,24 +3,25 @@
 ResNet-20 (``ResNet20`` in ``experiments/models.py``; batch normalization with batch
 statistics only), 4 or 8 simulated workers with round-robin staleness p - 1.
 DC-ASGD-c with lambda_0 = 0.04 and DC-ASGD-a with lambda_0 = 2 (m = 0.95, eps = 1e-7),
-against ASGD and SSGD: the defaults of SPEC section 6, which the supplement's section G
-supports (DC-ASGD-a on CIFAR-10 degrades for lambda_0 > 2 "in this setting").
+against ASGD and SSGD: the library's defaults (``altmin_jax.dc_asgd``, Zheng et al.,
+"Asynchronous Stochastic Gradient Descent with Delay Compensation", ICML 2017), which the
+supplement's section G supports (DC-ASGD-a on CIFAR-10 degrades for lambda_0 > 2 "in this
+setting").
 
 Training settings: minibatches of 128 per worker, 160 epochs (passes over the training
 images; an epoch is num_train / (128 p) rounds), learning rate 0.5 divided by 10 after 80
 and 120 epochs, the EASGD supplement's random 28 x 28 crops with flips (centre patch to
 test) so that both CIFAR-10 configs see the same data.
 
-Where these come from: the part of the DC-ASGD paper in this project
-(``papers/003``, the supplement) states none of the learning rate, its decay schedule, the
+Where these come from: the part of the DC-ASGD paper this project had (the supplement of
+Zheng et al., ICML 2017) states none of the learning rate, its decay schedule, the
 minibatch size, the number of epochs or the preprocessing; its only CIFAR-10 material is
 section G's Figure 1 (error against effective passes for several lambda_0). The main
-text's experimental section, which has them, is not in ``papers/`` and could not be read
-here. So the values above are this project's choice: the batch of 128, the 160 epochs and
-the two divisions by 10 at one half and three quarters of training are He et al.'s (2016)
-ResNet schedule for CIFAR-10 expressed in epochs, and 0.5 is the initial rate we recall
-from the DC-ASGD paper. Check them against its section 6 before calling a run a
-reproduction.
+text's experimental section, which has them, was not available to this project. So the
+values above are this project's choice: the batch of 128, the 160 epochs and the two
+divisions by 10 at one half and three quarters of training are He et al.'s (2016) ResNet
+schedule for CIFAR-10 expressed in epochs, and 0.5 is the initial rate we recall from the
+DC-ASGD paper. Check them against its section 6 before calling a run a reproduction.
 
 Options after a colon, comma separated: ``p=4`` / ``p=8`` (default 4), ``random`` (seeded
 random delays), ``smoke`` (CI size: TFDS mock data, a narrow net, a few rounds).

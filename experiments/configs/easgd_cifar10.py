@@ -2,7 +2,8 @@
 
 The 7-layer convnet (``ConvNet7`` in ``experiments/models.py``, after the paper's
 description), p local workers, communication period tau, minibatches of 128 per
-worker. From the supplement (``papers/004``):
+worker. From the supplement of Zhang, Choromanska and LeCun, "Deep learning with Elastic
+Averaging SGD", NeurIPS 2015:
 
 * section 9.1, data: pixels re-scaled to [0, 1] (``normalization = "none"``, no mean or
   std), random 3 x 28 x 28 crops with their horizontal flips for training and the centre
