@@ -166,9 +166,9 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
 
   # 1. phases: GPipe and SM's (pipeline_phases), Adam's update, AM's
   kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
-  pipe = sm_pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
+  pipe = sm_pl.sm_pipeline(net, pipeline=pl.PipelineOptions(**kw), inner_steps=N, **SM_KW)
   sm_phases = pipeline_phases.phase_functions(pipe, net, params, (x, y))
-  one = sm_pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
+  one = sm_pl.sm_pipeline(net, pipeline=pl.PipelineOptions(**kw), inner_steps=1, **SM_KW)
   sc = amj.sm.local_losses.scales(one.cfg, batch, jnp.float32)
   solve_1 = lambda th, zi, zo, g, j, e, st, hs: one.solve(th, zi, zo, g, j, e, st, hs, sc)
   keep = ("forward", "backward", "gd_backward", "jacobians", "rest", "solve", "communication")

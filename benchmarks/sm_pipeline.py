@@ -127,9 +127,9 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
 
   # 1. phases
   kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
-  pipe = sm_pl.sm_pipeline(net, inner_steps=N, **kw, **SM_KW)
+  pipe = sm_pl.sm_pipeline(net, pipeline=pl.PipelineOptions(**kw), inner_steps=N, **SM_KW)
   phases = pipeline_phases.phase_functions(pipe, net, params, (x, y))
-  one = sm_pl.sm_pipeline(net, inner_steps=1, **kw, **SM_KW)
+  one = sm_pl.sm_pipeline(net, pipeline=pl.PipelineOptions(**kw), inner_steps=1, **SM_KW)
   sc = amj.sm.local_losses.scales(one.cfg, batch, jnp.float32)
   solve_1 = lambda th, zi, zo, g, j, e, st, hs: one.solve(th, zi, zo, g, j, e, st, hs, sc)
   phases["solve_1_step"] = (jax.jit(solve_1), phases["solve"][1])

@@ -121,6 +121,7 @@ from altmin_jax.pipeline.layout import (
   pipeline_layout,
   stack_params,
 )
+from altmin_jax.pipeline.options import PipelineOptions
 
 
 class PipelinedAMState(NamedTuple):
@@ -225,9 +226,8 @@ class AMPipeline(NamedTuple):
 def _pipeline(cfg: AMConfig, mesh, num_microbatches, boundary, axis_name) -> AMPipeline:
   """The validated :class:`AMPipeline` of a validated AM configuration: the stacked layers
   trained by gradient steps share one optimizer (its state is vmapped over the layers)."""
-  pipe = gpipe.make_pipeline(
-    cfg.net, mesh, num_microbatches=num_microbatches, boundary=boundary, axis_name=axis_name
-  )
+  options = PipelineOptions(mesh, num_microbatches, boundary, axis_name)
+  pipe = gpipe.make_pipeline(cfg.net, options)
   lay = pipe.layout
   stacked = cfg.weights.optimizers[lay.first : lay.first + lay.num_layers]
   gradient = [tx for tx in stacked if tx is not None]

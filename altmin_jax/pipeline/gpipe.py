@@ -28,12 +28,11 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from altmin_jax.core import batches, checks, meshes, trees
+from altmin_jax.core import batches, meshes, trees
 from altmin_jax.core.types import Array, Loss, PyTree
 from altmin_jax.networks import LayeredNetwork, as_arrays
 from altmin_jax.networks.stages import batch_mean_loss, stage_function
 from altmin_jax.pipeline.layout import (
-  AXIS,
   PipelineLayout,
   PipelineParams,
   fit,
@@ -43,6 +42,7 @@ from altmin_jax.pipeline.layout import (
   stack_params,
   unstack_params,
 )
+from altmin_jax.pipeline.options import PipelineOptions
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -376,21 +376,14 @@ class Pipeline:
     return self.shard_map(device, in_specs=(P(), P()), out_specs=P(self.axis_name))(xin, g_top)
 
 
-def make_pipeline(
-  net: LayeredNetwork,
-  mesh: Mesh,
-  *,
-  num_microbatches: int,
-  boundary: str = "pad",
-  axis_name: str = AXIS,
-) -> Pipeline:
-  """A validated :class:`Pipeline`: the layout of ``net``, a mesh whose axis
-  ``axis_name`` splits the stacked layers evenly, and ``num_microbatches >= 1``."""
-  layout = pipeline_layout(net, boundary=boundary)
-  what = f"stacked layers (boundary={boundary!r})"
-  meshes.check_mesh(mesh, axis_name, count=layout.num_layers, what=what)
-  M = checks.check_int("num_microbatches", num_microbatches, 1)
-  return Pipeline(layout, mesh, axis_name, M)
+def make_pipeline(net: LayeredNetwork, options: PipelineOptions) -> Pipeline:
+  """A validated :class:`Pipeline`: the layout of ``net`` on validated
+  :class:`~altmin_jax.pipeline.options.PipelineOptions` whose mesh axis splits the
+  stacked layers evenly."""
+  layout = pipeline_layout(net, boundary=options.boundary)
+  what = f"stacked layers (boundary={options.boundary!r})"
+  meshes.check_mesh(options.mesh, options.axis_name, count=layout.num_layers, what=what)
+  return Pipeline(layout, options.mesh, options.axis_name, options.num_microbatches)
 
 
 class Prepared(NamedTuple):

@@ -49,13 +49,15 @@ from jax.sharding import PartitionSpec as P
 from altmin_jax import losses as losses_lib
 from altmin_jax import numerics
 from altmin_jax.core import batches, meshes
+from altmin_jax.core.options import documented
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss
 from altmin_jax.networks import LayeredNetwork
 from altmin_jax.networks.layered import dense_kernel_bias
 from altmin_jax.numerics.line_search import ArmijoSearch
 from altmin_jax.pipeline import gpipe
-from altmin_jax.pipeline.layout import AXIS, fit, layer_fn
+from altmin_jax.pipeline.layout import fit, layer_fn
+from altmin_jax.pipeline.options import PipelineOptions
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import young_bound as yb
 from altmin_jax.sm._common import SMState
@@ -230,41 +232,35 @@ class SMPipeline:
     return pipe.map_layers(one, theta, zin, zout, gz, jac, e, step0, out_specs=specs, shared=hess)
 
 
-def _sm_pipeline(cfg: ll.SMConfig, mesh, num_microbatches, boundary, axis_name) -> SMPipeline:
+def _sm_pipeline(cfg: ll.SMConfig, pipeline: PipelineOptions) -> SMPipeline:
   if cfg.options.majorizer != "young":
     raise ValueError(
       "pipelined surrogate minimization computes majorizer='young' (the paper's constants "
       f"need Hessian-vector products through every layer above a stage), got "
       f"majorizer={cfg.options.majorizer!r}"
     )
-  pipe = gpipe.make_pipeline(
-    cfg.net, mesh, num_microbatches=num_microbatches, boundary=boundary, axis_name=axis_name
-  )
-  return SMPipeline(pipe, cfg)
+  return SMPipeline(gpipe.make_pipeline(cfg.net, pipeline), cfg)
 
 
 def sm_pipeline(
   net: LayeredNetwork,
   loss: Loss = losses_lib.softmax_cross_entropy,
   *,
-  mesh: Mesh,
-  num_microbatches: int = 1,
-  boundary: str = "pad",
-  axis_name: str = AXIS,
+  pipeline: PipelineOptions,
   **options,
 ) -> SMPipeline:
   """The :class:`SMPipeline` of a pipelined SM step (its phases, for benchmarks and tests).
 
   ``options`` are :class:`~altmin_jax.sm.local_losses.SMOptions` fields (the keyword
-  arguments of :func:`~altmin_jax.sm.surrogate_minimization`); the other arguments are
-  those of :func:`pipelined_surrogate_minimization`.
+  arguments of :func:`~altmin_jax.sm.surrogate_minimization`); ``pipeline`` holds the
+  pipeline keywords of :func:`pipelined_surrogate_minimization`.
   """
   try:
     opts = ll.SMOptions(**options)
   except TypeError:
     known = sorted(f.name for f in dataclasses.fields(ll.SMOptions))
     raise ValueError(f"unknown SM options {sorted(options)}; known: {known}") from None
-  return _sm_pipeline(ll.sm_config(net, loss, opts), mesh, num_microbatches, boundary, axis_name)
+  return _sm_pipeline(ll.sm_config(net, loss, opts), pipeline)
 
 
 def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
@@ -350,14 +346,15 @@ def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
   )
 
 
+@documented(PipelineOptions)
 def pipelined_surrogate_minimization(
   net: LayeredNetwork,
   loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   mesh: Mesh,
-  num_microbatches: int = 1,
-  boundary: str = "pad",
-  axis_name: str = AXIS,
+  num_microbatches: int = PipelineOptions.num_microbatches,
+  boundary: str = PipelineOptions.boundary,
+  axis_name: str = PipelineOptions.axis_name,
   inner_steps: int = 10,
   solver: str = "cg",
   majorizer: str = "young",
@@ -381,13 +378,8 @@ def pipelined_surrogate_minimization(
   Args:
     net: a network of dense stages (:func:`~altmin_jax.networks.mlp`).
     loss: per-sample loss; the objective is its batch mean.
-    mesh: a mesh with axis ``axis_name`` of ``S`` devices (:func:`pipeline_mesh`); the
-      stacked layers must split evenly.
-    num_microbatches: M, GPipe micro-batches per batch (the batch size must be a
-      multiple).
-    boundary: ``"pad"`` (all stages pipelined, zero-padded to common widths) or
-      ``"outside"`` (first and last stage run on the full batch outside the pipeline).
-    axis_name: the mesh axis of the pipeline stages.
+    mesh, num_microbatches, boundary, axis_name: the pipeline options
+      (:class:`~altmin_jax.pipeline.PipelineOptions`).
     inner_steps, solver, majorizer, delta, power_iterations, loss_smoothness, curvature,
       curvature_tol, line_search, seed: the SM options, as in
       :func:`~altmin_jax.sm.surrogate_minimization` (validated by
@@ -417,7 +409,8 @@ def pipelined_surrogate_minimization(
     (3,)
   """
   options = ll.SMOptions.from_arguments(locals())
-  sp = _sm_pipeline(ll.sm_config(net, loss, options), mesh, num_microbatches, boundary, axis_name)
+  pipeline = PipelineOptions.from_arguments(locals())
+  sp = _sm_pipeline(ll.sm_config(net, loss, options), pipeline)
   net = sp.cfg.net
   m = net.num_stages
 

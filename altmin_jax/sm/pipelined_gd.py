@@ -13,12 +13,13 @@ from jax.sharding import Mesh
 from altmin_jax import losses as losses_lib
 from altmin_jax import numerics
 from altmin_jax.core import batches, checks, meshes
+from altmin_jax.core.options import documented
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Loss
 from altmin_jax.networks import LayeredNetwork, stages
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
 from altmin_jax.pipeline import gpipe
-from altmin_jax.pipeline.layout import AXIS
+from altmin_jax.pipeline.options import PipelineOptions
 from altmin_jax.sm._common import GDArmijoState
 
 
@@ -38,14 +39,15 @@ def _gd_gradients(pipe: gpipe.Pipeline, net, loss, prep: gpipe.Prepared):
   return fw.value, (g_theta, g_head, g_tail)
 
 
+@documented(PipelineOptions)
 def pipelined_gradient_descent(
   net: LayeredNetwork,
   loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   mesh: Mesh,
-  num_microbatches: int = 1,
-  boundary: str = "pad",
-  axis_name: str = AXIS,
+  num_microbatches: int = PipelineOptions.num_microbatches,
+  boundary: str = PipelineOptions.boundary,
+  axis_name: str = PipelineOptions.axis_name,
   learning_rate: float | None = None,
   line_search: ArmijoSearch | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -64,9 +66,10 @@ def pipelined_gradient_descent(
   is one more pipelined forward pass and the step equals ``gd_armijo``'s.
 
   Args:
-    net, mesh, num_microbatches, boundary, axis_name: as in
-      :func:`~altmin_jax.sm.pipelined_surrogate_minimization`.
+    net: a network of dense stages (:func:`~altmin_jax.networks.mlp`).
     loss: per-sample loss; the objective is its batch mean.
+    mesh, num_microbatches, boundary, axis_name: the pipeline options
+      (:class:`~altmin_jax.pipeline.PipelineOptions`).
     learning_rate: a fixed step, or ``None`` for the Armijo search.
     line_search: the :class:`~altmin_jax.numerics.ArmijoSearch` (as in
       :func:`~altmin_jax.sm.gd_armijo`).
@@ -93,9 +96,7 @@ def pipelined_gradient_descent(
   search = check_search(line_search)
   if learning_rate is not None:
     learning_rate = checks.check_positive("learning_rate", learning_rate)
-  pipe = gpipe.make_pipeline(
-    net, mesh, num_microbatches=num_microbatches, boundary=boundary, axis_name=axis_name
-  )
+  pipe = gpipe.make_pipeline(net, PipelineOptions.from_arguments(locals()))
 
   def init_fn(params):
     del params

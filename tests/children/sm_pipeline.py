@@ -162,7 +162,9 @@ def devices(n: int, full: bool = False) -> dict:
     sys.path.insert(0, BENCHMARKS)
     import pipeline_phases  # the benchmark's phase functions
 
-    pipe = pipelined.sm_pipeline(net, mesh=meshes["make_mesh"], num_microbatches=2, **SM_KW)
+    pipe = pipelined.sm_pipeline(
+      net, pipeline=pl.PipelineOptions(meshes["make_mesh"], num_microbatches=2), **SM_KW
+    )
     for name, (fn, args) in pipeline_phases.phase_functions(pipe, net, params, (x, y)).items():
       hlo[name] = collectives(fn.lower(*args).compile())
   return {"cases": results, "hlo": hlo}
