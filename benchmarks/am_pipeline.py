@@ -55,13 +55,9 @@ samples, M in {2, 8}, both layouts, 7 repeats. The last line printed is one JSON
 
 from __future__ import annotations
 
-import argparse
-
 import fake_devices  # benchmarks/fake_devices.py: S fake CPU devices, before JAX starts
 
 fake_devices.configure()
-
-import platform  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py: the scripts run from this folder)
 import jax  # noqa: E402
@@ -73,7 +69,6 @@ import altmin_jax as amj  # noqa: E402
 from altmin_jax import pipeline as pl  # noqa: E402
 from altmin_jax.am import pipelined as am_pl  # noqa: E402
 from altmin_jax.pipeline import schedule_model as sched  # noqa: E402
-from altmin_jax.sm import pipelined as sm_pl  # noqa: E402
 
 LAYERS = 8
 SM_KW = dict(power_iterations=3)
@@ -82,28 +77,15 @@ AM_KW = dict(code_steps=5, code_lr=0.1, mu=0.1, weight_steps=1)  # as the notebo
 MEM_KW = dict(code_steps=5, code_lr=0.1, mu=0.1, sweeps=1)  # AM-mem: one sweep, SGD output layer
 
 
-def median_times(fns: dict, repeats: int, costs: dict | None = None):
-  """Median seconds of each jitted ``fn(*args)`` in ``{name: (fn, args)}``, measured
-  together by ``common.time_steps``: two warm-up calls each (compilation), then the
-  functions take turns, one call at a time, ``repeats`` times; asserts no recompilation.
-  With ``costs`` (:func:`common.compiled_costs` of each function) the functions are timed
-  beside their matmul references (``common.measure``) and ``(medians, rates)`` returned."""
-
-  def once(fn, args):
-    return lambda: jax.block_until_ready(fn(*args))
-
-  timed = {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}
-  if costs is not None:
-    return common.measure(timed, costs, repeats, inner=1)
-  return common.time_steps(timed, repeats, inner=1)
-
-
 def am_phase_functions(net, params, x, y, mesh, M: int, boundary: str) -> dict:
   """Pipelined AM-Adam's phases as ``{name: (jitted fn, args)}``: ``input_codes``,
   ``code_updates`` and ``weight_updates``, each on the previous phase's outputs (as in a
   step, with ``mu`` fixed)."""
   am_kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary, **AM_KW)
-  pipe, cfg = am_pl.am_pipeline(net, weight_optimizer=optax.adam(LEARNING_RATE), **am_kw)
+  codes = amj.am.CodeStepOptions.from_arguments(AM_KW)
+  rule = am_pl.gradient_rule(net, optax.adam(LEARNING_RATE), None, AM_KW["weight_steps"])
+  cfg = am_pl.am_config(net, amj.losses.softmax_cross_entropy, codes, rule)
+  pipe, cfg = am_pl.am_pipeline(cfg, pl.PipelineOptions(mesh, M, boundary))
   tx = amj.pipelined_am_adam(net, weight_optimizer=optax.adam(LEARNING_RATE), **am_kw)
   stacked = pl.stack_params(net, params, boundary=boundary, mesh=mesh)
   states = tx.init(stacked).weight_states
@@ -121,12 +103,8 @@ def am_phase_functions(net, params, x, y, mesh, M: int, boundary: str) -> dict:
   else:
     carry = (jnp.zeros((M, b, lay.out_width), prep.dtype), pl.gpipe.microbatches(prep.y, M))
   zin = jax.jit(lambda th: pipe.forward(th, xin)[0])(prep.theta)
-  out = {}
-
-  def add(name, fn, *args):
-    fn = jax.jit(fn)
-    out[name] = (fn, args)
-    return fn(*args)
+  out = pipeline_phases.JittedPhases()
+  add = out.add
 
   cin, _ = add(
     "input_codes",
@@ -152,28 +130,14 @@ def am_phase_functions(net, params, x, y, mesh, M: int, boundary: str) -> dict:
 
 
 def run_platform(devices, n_stages: int, config: dict, repeats: int):
-  width, batch, M, N = config["width"], config["batch"], config["M"], config["N"]
-  boundary = config["boundary"]
-  S = min(n_stages, len(devices))
-  layers = LAYERS if boundary == "pad" else 2 + 2 * S
-  mesh = pl.pipeline_mesh(S, devices=devices)
-  home = devices[0]
-  data = amj.data.load_dataset("bundled_mnist", num_train=8000)
-  x = jax.device_put(jnp.asarray(data.train[0][:batch]), home)
-  y = jax.device_put(jnp.asarray(data.train[1][:batch]), home)
-  net = amj.networks.mlp([784] + [width] * (layers - 1) + [10], activation=jax.nn.relu)
-  params = jax.device_put(net.init(jax.random.key(0)), home)
+  N, boundary = config["N"], config["boundary"]
+  prob = common.pipeline_problem(devices, n_stages, config, LAYERS)
+  S, M, net, params, x, y = prob.stages, prob.microbatches, prob.net, prob.params, prob.x, prob.y
 
   # 1. phases: GPipe and SM's (pipeline_phases), Adam's update, AM's
-  kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
-  pipe = sm_pl.sm_pipeline(net, pipeline=pl.PipelineOptions(**kw), inner_steps=N, **SM_KW)
-  sm_phases = pipeline_phases.phase_functions(pipe, net, params, (x, y))
-  one = sm_pl.sm_pipeline(net, pipeline=pl.PipelineOptions(**kw), inner_steps=1, **SM_KW)
-  sc = amj.sm.local_losses.scales(one.cfg, batch, jnp.float32)
-  solve_1 = lambda th, zi, zo, g, j, e, st, hs: one.solve(th, zi, zo, g, j, e, st, hs, sc)
-  keep = ("forward", "backward", "gd_backward", "jacobians", "rest", "solve", "communication")
-  phases = {name: sm_phases[name] for name in keep}
-  phases["solve_1_step"] = (jax.jit(solve_1), sm_phases["solve"][1])
+  pipe, sm_phases = prob.sm_phases(N, **SM_KW)
+  keep = ("forward", "backward", "gd_backward", "jacobians", "rest", "solve", "solve_1_step")
+  phases = {name: sm_phases[name] for name in (*keep, "communication")}
   gd_backward, gd_args = sm_phases["gd_backward"]
   theta, grads = gd_args[0], gd_backward(*gd_args)[1]
   adam = optax.adam(LEARNING_RATE)
@@ -182,11 +146,11 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     updates, st = adam.update(g, st, th)
     return optax.apply_updates(th, updates), st
 
-  with jax.set_mesh(mesh):  # Adam's step count placed on the mesh with the moments
+  with jax.set_mesh(prob.mesh):  # Adam's step count placed on the mesh with the moments
     adam_state = jax.jit(adam.init)(theta)
   phases["adam_update"] = (jax.jit(adam_update), (theta, grads, adam_state))
-  phases.update(am_phase_functions(net, params, x, y, mesh, M, boundary))
-  measured = median_times(phases, repeats)
+  phases.update(am_phase_functions(net, params, x, y, prob.mesh, M, boundary))
+  measured = common.median_times(phases, repeats)
 
   # 2. per-device operation times and the model
   ticks, k = M + S - 1, SM_KW["power_iterations"]
@@ -221,52 +185,24 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     ).as_dict()
 
   # 3. whole steps
-  stacked = pl.stack_params(net, params, boundary=boundary, mesh=mesh)
-  loss = amj.losses.softmax_cross_entropy
-  xm, ym = pl.replicate_on(mesh, (x, y))
-
-  def pipelined(tx):
-    state = tx.init(stacked)
-    step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(xm, ym)))
-    return step, (stacked, state)
-
-  def single(tx, grads):
-    state = tx.init(params)
-    g = jax.grad(lambda p: jnp.mean(loss(net.apply(p, x), y)))
-    step = jax.jit(lambda p, s: tx.update(g(p) if grads else None, s, p, batch=(x, y)))
-    return step, (params, state)
-
   am_kw = dict(weight_optimizer=optax.adam(LEARNING_RATE), **AM_KW)
+  sm = amj.sm.surrogate_minimization
   steps = {
-    "optax_adam": single(optax.adam(LEARNING_RATE), True),
-    "am_adam_single_device": single(amj.am_adam(net, **am_kw), False),
-    "pipelined_am_adam": pipelined(amj.pipelined_am_adam(net, **kw, **am_kw)),
-    "am_mem_single_device": single(amj.am_mem(net, **MEM_KW), False),
-    "pipelined_am_mem": pipelined(amj.pipelined_am_mem(net, **kw, **MEM_KW)),
-    "sm_single_device": single(amj.sm.surrogate_minimization(net, inner_steps=N, **SM_KW), False),
-    "pipelined_sm": pipelined(
-      amj.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
+    "optax_adam": prob.single(optax.adam(LEARNING_RATE), True),
+    "am_adam_single_device": prob.single(amj.am_adam(net, **am_kw), False),
+    "pipelined_am_adam": prob.pipelined(amj.pipelined_am_adam(net, **prob.kw, **am_kw)),
+    "am_mem_single_device": prob.single(amj.am_mem(net, **MEM_KW), False),
+    "pipelined_am_mem": prob.pipelined(amj.pipelined_am_mem(net, **prob.kw, **MEM_KW)),
+    "sm_single_device": prob.single(sm(net, inner_steps=N, **SM_KW), False),
+    "pipelined_sm": prob.pipelined(
+      amj.pipelined_surrogate_minimization(net, inner_steps=N, **prob.kw, **SM_KW)
     ),
   }
-  # XLA's costs of each whole step; a pipelined step is a shard_map program, whose cost and
-  # memory analysis is that of one device's program (per_device_program below)
-  step_costs = {name: common.compiled_costs(fn, *args) for name, (fn, args) in steps.items()}
-  step_times, step_rates = median_times(steps, repeats, step_costs)
-  base = step_times["optax_adam"]
+  whole = prob.time_steps(steps, repeats, "optax_adam")
+  step_times = whole["step_seconds"]
   busy = {name: sum(model[name]["busy"]) for name in ("am_adam", "sm")}
-  real = sum(a.size for a in jax.tree.leaves(params))
-  padded = sum(a.size for a in jax.tree.leaves(stacked))
   return {
-    "device": devices[0].device_kind,
-    "platform": devices[0].platform,
-    "stages": S,
-    "boundary": boundary,
-    "layers": layers,
-    "layers_per_device": pipe.pipe.layers_per_stage,
-    "width": width,
-    "padded_params_ratio": padded / real,
-    "batch": batch,
-    "microbatches": M,
+    **prob.fields(pipe.pipe.layers_per_stage),
     "sm_inner_steps": N,
     "am": {**AM_KW, "weight_optimizer": f"adam({LEARNING_RATE})"},
     "am_mem": {**MEM_KW, "output_optimizer": "sgd(0.1)"},
@@ -274,12 +210,7 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
     "durations": durations._asdict(),
     "gpipe_adam_durations": adam_durations._asdict(),
     "model": model,
-    "step_seconds": step_times,
-    "step_costs": {
-      name: {**r, "per_device_program": name.startswith("pipelined")}
-      for name, r in step_rates.items()
-    },
-    "ratio_to_optax_adam": {name: v / base for name, v in step_times.items()},
+    **whole,
     "modelled_utilization": {name: v["utilization"] for name, v in model.items()},
     "modelled_busy": {name: v["busy"] for name, v in model.items()},
     "modelled_idle": {name: v["idle"] for name, v in model.items()},
@@ -292,51 +223,25 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
 
 
 def main() -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="one small configuration")
-  parser.add_argument("--out", default=None, help="also write the JSON to this file")
-  parser.add_argument("--stages", type=int, default=4, help="pipeline devices S")
-  args = parser.parse_args()
-  if args.quick:
-    configs, repeats = [dict(width=64, batch=256, M=4, N=10, boundary="pad")], 3
-  else:
-    configs = [
+  return common.run_pipelines(
+    "am_pipeline",
+    __doc__.split("\n")[0],
+    run_platform,
+    quick=[dict(width=64, batch=256, M=4, N=10, boundary="pad")],
+    full=[
       dict(width=128, batch=1024, M=m, N=10, boundary=b) for b in ("pad", "outside") for m in (2, 8)
-    ]
-    repeats = 7
-  platforms = {"cpu": jax.devices("cpu")}
-  if jax.default_backend() != "cpu":
-    platforms[jax.default_backend()] = jax.devices()
-  runs = []
-  for name, devices in platforms.items():
-    for c in configs:
-      r = run_platform(devices, args.stages, c, repeats)
-      runs.append(r)
-      print(
-        f"{name} {r['boundary']} L={r['layers']} S={r['stages']} M={r['microbatches']} "
-        f"w={r['width']}: "
-        + "  ".join(
-          f"{k} {1e3 * v:.1f} ms ({r['ratio_to_optax_adam'][k]:.1f}x Adam)"
-          for k, v in r["step_seconds"].items()
-        )
-      )
-      for line in common.pipeline_run_lines(r):
-        print(line)
-  report = {
-    "benchmark": "am_pipeline",
-    "platform": platform.platform(),
-    "jax": jax.__version__,
-    "load_average": common.load_average(),
-    "quick": args.quick,
-    "notes": [
+    ],
+    notes=[
       "fake CPU devices share the host's cores: parallel phases are serialised",
       "GPipe + Adam is modelled only (schedule model 'gd' with Adam's update time)",
       "boundary 'outside': the first and last layer run replicated on every device and "
       "are not part of the modelled busy time",
     ],
-    "runs": runs,
-  }
-  return common.finish(report, args.out)
+    headline=lambda r: "  ".join(
+      f"{k} {1e3 * v:.1f} ms ({r['ratio_to_optax_adam'][k]:.1f}x Adam)"
+      for k, v in r["step_seconds"].items()
+    ),
+  )
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ One module per method (:mod:`~altmin_jax.am.online`, :mod:`~altmin_jax.am.offlin
 :mod:`~altmin_jax.am.pipelined` with its phases in
 :mod:`~altmin_jax.am.pipelined_phases`) over the shared building blocks
 :mod:`~altmin_jax.am.codes` (code subproblems) and :mod:`~altmin_jax.am.weights`
-(weight subproblems); what the methods share otherwise lives in ``_common``.
+(weight subproblems); what the methods share otherwise lives in ``_common``, among it
+:class:`CodeStepOptions`, the validated code-step keywords every AM factory takes.
 """
 
-from altmin_jax.am._common import WEIGHT_INPUTS
+from altmin_jax.am._common import WEIGHT_INPUTS, CodeStepOptions
 from altmin_jax.am.admm import TaylorADMMState, taylor_admm
 from altmin_jax.am.codes import (
   encode_anchors,
@@ -28,6 +29,7 @@ __all__ = [
   "AMOfflineState",
   "AMState",
   "CoactivationMemory",
+  "CodeStepOptions",
   "PipelinedAMState",
   "RNNAMState",
   "TaylorADMMState",

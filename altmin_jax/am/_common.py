@@ -14,9 +14,11 @@ by alternating (:func:`am_iteration`): the codes move top-down with the weights 
 independently with the codes fixed (eqs. 6-7, :func:`altmin_jax.am.weights.update_weights`).
 
 The hyperparameters the methods share are validated here, with the core checks
-(:mod:`altmin_jax.core.checks`). Real-valued ones (``mu``, ``code_lr``, ``forgetting``,
-``ridge``) may be traced, as under ``optax.inject_hyperparams``; integers that set loop
-lengths or shapes must be static.
+(:mod:`altmin_jax.core.checks`): the code-step options as one object,
+:class:`CodeStepOptions`, the weight rules by :func:`gradient_rule` and
+:func:`memory_rule`. Real-valued ones (``mu``, ``code_lr``, ``forgetting``, ``ridge``) may
+be traced, as under ``optax.inject_hyperparams``; integers that set loop lengths or shapes
+must be static.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from altmin_jax.core.checks import (
   check_optimizer,
   check_unit_interval,
 )
+from altmin_jax.core.options import options_from
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.trees import (
   cast_like,
@@ -113,36 +116,70 @@ def zero_codes(shapes: Sequence[tuple], num_samples: int | None, dtype) -> tuple
 
 
 @dataclasses.dataclass(frozen=True)
-class CodeStep:
-  """The validated options of the code subproblems (eqs. 4-5), built by :func:`code_step`.
+class CodeStepOptions:
+  r"""How every AM method solves its code subproblems (eqs. 4-5), validated when built.
+
+  Every AM factory takes these fields as keywords, with these defaults, and builds the
+  object with :meth:`from_arguments` (``optax.inject_hyperparams`` injects keyword
+  arguments, so the factories keep them); ``mu`` and ``code_lr`` may be traced there.
 
   Attributes:
-    schedule: ``mu`` as a function of the step count.
-    tx: the code optimizer (its state is reset for every subproblem).
-    steps: ``K_c``, optimizer steps per subproblem.
-    proximal: keep the ``mu ||c - c_init||^2`` terms.
+    code_steps: ``K_c >= 0`` code-optimizer steps per code subproblem. Up to 8 steps are
+      unrolled at trace time (faster on CPU, see :func:`altmin_jax.loops.repeat`), more
+      run in a ``lax.fori_loop``; the results are the same.
+    code_lr: code step size for the named code optimizers. The steps are taken on each
+      subproblem *divided by* ``mu`` and summed over the batch (per-sample objectives,
+      :mod:`altmin_jax.am.codes`): in the paper's scaling the top code moves by
+      ``code_lr / mu`` times the loss gradient, and the hidden-code step does not
+      depend on ``mu``. Code step sizes from implementations that average the code
+      objectives (the authors' PyTorch code averages the top loss over the batch and the
+      hidden terms over batch and units) correspond to step sizes here divided by the
+      batch size (top code) or by batch size times code width (hidden codes).
+    code_optimizer: ``"sgd"``, ``"nesterov"`` (momentum 0.9), ``"adam"`` or an optax
+      transformation (then ``code_lr=None``); chaining
+      :func:`~altmin_jax.am.scale_by_model_minimizer` after it cuts each sample's step
+      where a fixed step would overshoot its subproblem. Its state is reset for every
+      subproblem.
+    mu: penalty weight of eq. (3): a positive constant or a schedule of the step count
+      (see :func:`altmin_jax.mu_schedule`).
+    code_proximal: keep the ``\mu \|c - c_{\rm init}\|^2`` terms of eqs. (4)-(5).
+
+  Derived when built: ``schedule`` (``mu`` as a function of the step count) and ``tx``
+  (the code optimizer).
+
+  Example:
+    >>> import altmin_jax as amj
+    >>> amj.am.CodeStepOptions(code_steps=2, mu=0.1).code_steps
+    2
+    >>> amj.am.CodeStepOptions(code_lr=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: code_lr must be a finite number > 0, got code_lr=-1.0
   """
 
-  schedule: optax.Schedule
-  tx: optax.GradientTransformation
-  steps: int
-  proximal: bool
+  code_steps: int = 5
+  code_lr: float | None = 0.01
+  code_optimizer: str | optax.GradientTransformation = "sgd"
+  mu: ScalarOrSchedule = 0.01
+  code_proximal: bool = True
+  schedule: optax.Schedule = dataclasses.field(init=False, repr=False, compare=False)
+  tx: optax.GradientTransformation = dataclasses.field(init=False, repr=False, compare=False)
 
+  def __post_init__(self):
+    derived = dict(
+      schedule=as_schedule(self.mu, "mu"),
+      tx=codes_lib.make_code_optimizer(self.code_optimizer, self.code_lr),
+      code_steps=check_int("code_steps", self.code_steps, 0),
+      code_proximal=bool(self.code_proximal),
+    )
+    for name, value in derived.items():
+      object.__setattr__(self, name, value)
 
-def code_step(
-  mu: ScalarOrSchedule,
-  code_steps: int,
-  code_lr: Any,
-  code_optimizer: str | optax.GradientTransformation,
-  code_proximal: bool,
-) -> CodeStep:
-  """Checks the code hyperparameters of an AM factory (in its argument order)."""
-  return CodeStep(
-    schedule=as_schedule(mu, "mu"),
-    tx=codes_lib.make_code_optimizer(code_optimizer, code_lr),
-    steps=check_int("code_steps", code_steps, 0),
-    proximal=bool(code_proximal),
-  )
+  @classmethod
+  def from_arguments(cls, arguments: dict[str, Any]) -> CodeStepOptions:
+    """The options among a factory's ``arguments`` (its ``locals()``; absent fields take
+    their defaults)."""
+    return options_from(cls, arguments)
 
 
 # ---------------------------------------------------------- weight options
@@ -224,11 +261,13 @@ class AMConfig(NamedTuple):
 
   net: LayeredNetwork
   loss: Loss
-  codes: CodeStep
+  codes: CodeStepOptions
   weights: weights_lib.WeightRule
 
 
-def am_config(net: Any, loss: Any, codes: CodeStep, weights: weights_lib.WeightRule) -> AMConfig:
+def am_config(
+  net: Any, loss: Any, codes: CodeStepOptions, weights: weights_lib.WeightRule
+) -> AMConfig:
   """The validated :class:`AMConfig`."""
   return AMConfig(check_has_hidden_layer(net), check_loss(loss), codes, weights)
 
@@ -252,8 +291,8 @@ def am_iteration(
     loss=cfg.loss,
     mu=mu,
     tx=cfg.codes.tx,
-    steps=cfg.codes.steps,
-    proximal=cfg.codes.proximal,
+    steps=cfg.codes.code_steps,
+    proximal=cfg.codes.code_proximal,
   )
   new_params, weight_states, memory = weights_lib.update_weights(
     cfg.weights,

@@ -20,13 +20,14 @@ import optax
 from altmin_jax import losses as losses_lib
 from altmin_jax.am._common import (
   AMConfig,
+  CodeStepOptions,
   am_config,
-  code_step,
   gradient_rule,
   layered_am,
   memory_rule,
 )
 from altmin_jax.core.checks import check_int
+from altmin_jax.core.options import documented
 from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
 from altmin_jax.networks import LayeredNetwork
 
@@ -47,6 +48,7 @@ def _offline(cfg: AMConfig, num_samples) -> optax.GradientTransformationExtraArg
   return layered_am(cfg, AMOfflineState, stored=num_samples, resume=True, size_rule=rule)
 
 
+@documented(CodeStepOptions)
 def am_adam_offline(
   net: LayeredNetwork,
   loss: Loss = losses_lib.softmax_cross_entropy,
@@ -55,26 +57,28 @@ def am_adam_offline(
   weight_optimizer: Optimizers | None = None,
   output_optimizer: optax.GradientTransformation | None = None,
   weight_steps: int = 1,
-  code_steps: int = 5,
-  code_lr: float | None = 0.01,
-  code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: ScalarOrSchedule = 0.01,
-  code_proximal: bool = True,
+  code_steps: int = CodeStepOptions.code_steps,
+  code_lr: float | None = CodeStepOptions.code_lr,
+  code_optimizer: str | optax.GradientTransformation = CodeStepOptions.code_optimizer,
+  mu: ScalarOrSchedule = CodeStepOptions.mu,
+  code_proximal: bool = CodeStepOptions.code_proximal,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Offline AM-Adam (AM-Adam-off): :func:`~altmin_jax.am_adam` on the full dataset
   with the codes of all ``num_samples`` samples kept in ``state.codes``.
 
   Each ``update(grads, state, params, *, batch=(X, Y))`` with the full training set
   is one AM iteration: the codes move from their stored values (eqs. 4-5), then every
-  layer's weights move by its own optimizer (eq. 6).
+  layer's weights move by its own optimizer (eq. 6). ``mu`` is scheduled on the iteration
+  count.
 
   Args:
     net: a :class:`~altmin_jax.networks.LayeredNetwork` with at least one hidden layer.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
     num_samples: ``n``, the size of the training set (the batch of every update).
-    weight_optimizer, output_optimizer, weight_steps, code_steps, code_lr,
-      code_optimizer, mu, code_proximal: as in :func:`~altmin_jax.am_adam`, per
-      iteration instead of per minibatch (``mu`` is scheduled on the iteration count).
+    weight_optimizer, output_optimizer, weight_steps: as in :func:`~altmin_jax.am_adam`,
+      per iteration instead of per minibatch.
+    code_steps, code_lr, code_optimizer, mu, code_proximal: the code-step options
+      (:class:`~altmin_jax.am.CodeStepOptions`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state is :class:`AMOfflineState`.
@@ -92,10 +96,11 @@ def am_adam_offline(
     [(6, 8)]
   """
   weights = gradient_rule(net, weight_optimizer, output_optimizer, weight_steps)
-  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
+  codes = CodeStepOptions.from_arguments(locals())
   return _offline(am_config(net, loss, codes, weights), num_samples)
 
 
+@documented(CodeStepOptions)
 def am_mem_offline(
   net: LayeredNetwork,
   loss: Loss = losses_lib.softmax_cross_entropy,
@@ -107,11 +112,11 @@ def am_mem_offline(
   solver: str = "bcd",
   forgetting: float = 0.0,
   ridge: float = 1e-6,
-  code_steps: int = 5,
-  code_lr: float | None = 0.01,
-  code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: ScalarOrSchedule = 0.01,
-  code_proximal: bool = True,
+  code_steps: int = CodeStepOptions.code_steps,
+  code_lr: float | None = CodeStepOptions.code_lr,
+  code_optimizer: str | optax.GradientTransformation = CodeStepOptions.code_optimizer,
+  mu: ScalarOrSchedule = CodeStepOptions.mu,
+  code_proximal: bool = CodeStepOptions.code_proximal,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Offline AM-mem (AM-mem-off): :func:`~altmin_jax.am_mem` on the full dataset with
   the codes of all samples stored in ``state.codes``.
@@ -119,7 +124,7 @@ def am_mem_offline(
   With the default ``forgetting=0`` the memories are rebuilt from all ``n`` samples at
   each iteration, so each hidden layer moves towards the least-squares fit of the
   current codes over the whole dataset (eq. 7; one block-coordinate sweep by default,
-  exactly with ``solver="exact"``).
+  exactly with ``solver="exact"``). ``mu`` is scheduled on the iteration count.
 
   Args:
     net: a layered network whose hidden stages are dense.
@@ -127,9 +132,10 @@ def am_mem_offline(
     num_samples: ``n``, the size of the training set.
     forgetting: ``beta`` in ``[0, 1]`` (default 0: memories of the current iteration
       only).
-    output_optimizer, output_steps, sweeps, solver, ridge, code_steps, code_lr,
-      code_optimizer, mu, code_proximal: as in :func:`~altmin_jax.am_mem`, per
-      iteration instead of per minibatch.
+    output_optimizer, output_steps, sweeps, solver, ridge: as in
+      :func:`~altmin_jax.am_mem`, per iteration instead of per minibatch.
+    code_steps, code_lr, code_optimizer, mu, code_proximal: the code-step options
+      (:class:`~altmin_jax.am.CodeStepOptions`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state is :class:`AMOfflineState`.
@@ -146,5 +152,5 @@ def am_mem_offline(
     (5, 5)
   """
   weights = memory_rule(net, output_optimizer, output_steps, sweeps, solver, forgetting, ridge)
-  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
+  codes = CodeStepOptions.from_arguments(locals())
   return _offline(am_config(net, loss, codes, weights), num_samples)

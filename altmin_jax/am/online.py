@@ -21,13 +21,14 @@ import optax
 from altmin_jax import losses as losses_lib
 from altmin_jax.am._common import (
   AMConfig,
+  CodeStepOptions,
   am_config,
-  code_step,
   gradient_rule,
   layered_am,
   memory_rule,
 )
 from altmin_jax.core.checks import check_optional_int
+from altmin_jax.core.options import documented
 from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
 from altmin_jax.networks import LayeredNetwork
 
@@ -49,6 +50,7 @@ def _online(cfg: AMConfig, record_codes) -> optax.GradientTransformationExtraArg
   return layered_am(cfg, AMState, stored=record_codes, resume=False, size_rule=rule)
 
 
+@documented(CodeStepOptions)
 def am_adam(
   net: LayeredNetwork,
   loss: Loss = losses_lib.softmax_cross_entropy,
@@ -56,11 +58,11 @@ def am_adam(
   weight_optimizer: Optimizers | None = None,
   output_optimizer: optax.GradientTransformation | None = None,
   weight_steps: int = 1,
-  code_steps: int = 5,
-  code_lr: float | None = 0.01,
-  code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: ScalarOrSchedule = 0.01,
-  code_proximal: bool = True,
+  code_steps: int = CodeStepOptions.code_steps,
+  code_lr: float | None = CodeStepOptions.code_lr,
+  code_optimizer: str | optax.GradientTransformation = CodeStepOptions.code_optimizer,
+  mu: ScalarOrSchedule = CodeStepOptions.mu,
+  code_proximal: bool = CodeStepOptions.code_proximal,
   record_codes: int | None = None,
   weight_inputs: str = "codes",
 ) -> optax.GradientTransformationExtraArgs:
@@ -76,30 +78,14 @@ def am_adam(
     net: a :class:`~altmin_jax.networks.LayeredNetwork` with at least one hidden layer.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
     weight_optimizer: optax optimizer used for every layer (each keeps its own
-      state), or one per stage; default ``optax.adam(1e-3)``.
+      state), or one per stage; default ``optax.adam(1e-3)``. With one small code step,
+      the hidden layers' weight gradients are backprop's scaled down layer by layer (by
+      about ``2 code_lr ||W above||`` each), so an Adam with its default epsilon 1e-8
+      damps the lowest layers' steps (README, "In deep nets").
     output_optimizer: optional optimizer for the output layer only.
     weight_steps: ``K_w >= 1`` optimizer steps per layer and minibatch.
-    code_steps: ``K_c >= 0`` code-optimizer steps per code subproblem. Up to 8 steps are
-      unrolled at trace time (faster on CPU, see :func:`altmin_jax.loops.repeat`), more
-      run in a ``lax.fori_loop``; the results are the same.
-    code_lr: code step size for the named code optimizers. The steps are taken on each
-      subproblem *divided by* ``mu`` and summed over the batch (per-sample objectives,
-      :mod:`altmin_jax.am.codes`): in the paper's scaling the top code moves by
-      ``code_lr / mu`` times the loss gradient, and the hidden-code step does not
-      depend on ``mu``. Code step sizes from implementations that average the code
-      objectives (the authors' PyTorch code averages the top loss over the batch and the
-      hidden terms over batch and units) correspond to step sizes here divided by the
-      batch size (top code) or by batch size times code width (hidden codes).
-    code_optimizer: ``"sgd"``, ``"nesterov"``, ``"adam"`` or an optax transformation
-      (then ``code_lr=None``); chaining
-      :func:`~altmin_jax.am.scale_by_model_minimizer` after it cuts each sample's step
-      where a fixed step would overshoot its subproblem. With one small code step, the
-      hidden layers' weight gradients are backprop's scaled down layer by layer (by about
-      ``2 code_lr ||W above||`` each), so a ``weight_optimizer`` Adam with its default
-      epsilon 1e-8 damps the lowest layers' steps (README, "In deep nets").
-    mu: penalty weight: a positive constant or a schedule of the step count
-      (see :func:`altmin_jax.mu_schedule`).
-    code_proximal: keep the ``\mu \|c - c_{\rm init}\|^2`` terms of eqs. (4)-(5).
+    code_steps, code_lr, code_optimizer, mu, code_proximal: the code-step options
+      (:class:`~altmin_jax.am.CodeStepOptions`).
     record_codes: ``None`` (default) or a batch size ``B``: keep the updated codes of the
       last batch in ``state.codes`` for inspection and checkpoints (every batch must then
       hold ``B`` samples).
@@ -136,10 +122,11 @@ def am_adam(
     1
   """
   weights = gradient_rule(net, weight_optimizer, output_optimizer, weight_steps, weight_inputs)
-  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
+  codes = CodeStepOptions.from_arguments(locals())
   return _online(am_config(net, loss, codes, weights), record_codes)
 
 
+@documented(CodeStepOptions)
 def am_mem(
   net: LayeredNetwork,
   loss: Loss = losses_lib.softmax_cross_entropy,
@@ -150,11 +137,11 @@ def am_mem(
   solver: str = "bcd",
   forgetting: float = 1.0,
   ridge: float = 1e-6,
-  code_steps: int = 5,
-  code_lr: float | None = 0.01,
-  code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: ScalarOrSchedule = 0.01,
-  code_proximal: bool = True,
+  code_steps: int = CodeStepOptions.code_steps,
+  code_lr: float | None = CodeStepOptions.code_lr,
+  code_optimizer: str | optax.GradientTransformation = CodeStepOptions.code_optimizer,
+  mu: ScalarOrSchedule = CodeStepOptions.mu,
+  code_proximal: bool = CodeStepOptions.code_proximal,
   record_codes: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Online alternating minimization with co-activation memory (AM-mem).
@@ -182,8 +169,9 @@ def am_mem(
       minimum-norm least-squares solution (both solved through an eigendecomposition of
       ``A`` that drops directions below float rounding,
       :func:`~altmin_jax.am.weights.exact_solve`).
-    code_steps, code_lr, code_optimizer, mu, code_proximal, record_codes: as in
-      :func:`am_adam`.
+    code_steps, code_lr, code_optimizer, mu, code_proximal: the code-step options
+      (:class:`~altmin_jax.am.CodeStepOptions`).
+    record_codes: as in :func:`am_adam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (``update(grads, state, params, *,
@@ -201,5 +189,5 @@ def am_mem(
     (8, 5)
   """
   weights = memory_rule(net, output_optimizer, output_steps, sweeps, solver, forgetting, ridge)
-  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
+  codes = CodeStepOptions.from_arguments(locals())
   return _online(am_config(net, loss, codes, weights), record_codes)

@@ -95,8 +95,8 @@ from altmin_jax.am import codes as codes_lib
 from altmin_jax.am import weights as weights_lib
 from altmin_jax.am._common import (
   AMConfig,
+  CodeStepOptions,
   am_config,
-  code_step,
   gradient_rule,
   memory_rule,
 )
@@ -107,6 +107,7 @@ from altmin_jax.am.pipelined_phases import (
   weight_updates,
 )
 from altmin_jax.core import batches, meshes, trees
+from altmin_jax.core.options import documented
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
 from altmin_jax.loops import optimizer_steps
@@ -114,7 +115,6 @@ from altmin_jax.networks import LayeredNetwork, as_arrays
 from altmin_jax.networks.stages import batch_mean_loss
 from altmin_jax.pipeline import gpipe
 from altmin_jax.pipeline.layout import (
-  AXIS,
   PipelineParams,
   fit,
   layer_theta,
@@ -172,8 +172,8 @@ def am_step(pipe: gpipe.Pipeline, cfg: AMConfig, prep: gpipe.Prepared, state: Pi
     sigma = net.activation(m - 1)
     c_init = gpipe.flat(c_top)[:, : lay.widths[-2]]
     term = lambda c: jnp.sum(cfg.loss(net.stage_apply(m, prep.tail, sigma(c)), y)) / mu
-    objective = codes_lib.with_proximal(term, c_init, cs.proximal)
-    c_last = codes_lib.minimize(objective, c_init, cs.tx, cs.steps)
+    objective = codes_lib.with_proximal(term, c_init, cs.code_proximal)
+    c_last = codes_lib.minimize(objective, c_init, cs.tx, cs.code_steps)
     carry_top = (per_micro(c_last, lay.out_width), None)
   else:
     b = x.shape[0] // M
@@ -215,7 +215,7 @@ def am_step(pipe: gpipe.Pipeline, cfg: AMConfig, prep: gpipe.Prepared, state: Pi
 
 class AMPipeline(NamedTuple):
   """A :class:`~altmin_jax.pipeline.gpipe.Pipeline` and the validated AM configuration
-  of a pipelined AM step (built by :func:`am_pipeline` or :func:`am_mem_pipeline`; its
+  of a pipelined AM step (built by :func:`am_pipeline`; its
   phases are the functions of :mod:`~altmin_jax.am.pipelined_phases` and
   :func:`am_step`)."""
 
@@ -223,11 +223,12 @@ class AMPipeline(NamedTuple):
   cfg: AMConfig
 
 
-def _pipeline(cfg: AMConfig, mesh, num_microbatches, boundary, axis_name) -> AMPipeline:
-  """The validated :class:`AMPipeline` of a validated AM configuration: the stacked layers
-  trained by gradient steps share one optimizer (its state is vmapped over the layers)."""
-  options = PipelineOptions(mesh, num_microbatches, boundary, axis_name)
-  pipe = gpipe.make_pipeline(cfg.net, options)
+def am_pipeline(cfg: AMConfig, pipeline: PipelineOptions) -> AMPipeline:
+  """The validated :class:`AMPipeline` of a validated AM configuration
+  (:func:`~altmin_jax.am._common.am_config`) on validated pipeline options: the stacked
+  layers trained by gradient steps share one optimizer (its state is vmapped over the
+  layers)."""
+  pipe = gpipe.make_pipeline(cfg.net, pipeline)
   lay = pipe.layout
   stacked = cfg.weights.optimizers[lay.first : lay.first + lay.num_layers]
   gradient = [tx for tx in stacked if tx is not None]
@@ -239,55 +240,6 @@ def _pipeline(cfg: AMConfig, mesh, num_microbatches, boundary, axis_name) -> AMP
       + (" (an output_optimizer needs boundary='outside')" if lay.first == 0 else "")
     )
   return AMPipeline(pipe, cfg)
-
-
-def am_pipeline(
-  net: LayeredNetwork,
-  loss: Loss = losses_lib.softmax_cross_entropy,
-  *,
-  mesh: Mesh,
-  num_microbatches: int = 1,
-  boundary: str = "pad",
-  axis_name: str = AXIS,
-  weight_optimizer: Optimizers | None = None,
-  output_optimizer: optax.GradientTransformation | None = None,
-  weight_steps: int = 1,
-  code_steps: int = 5,
-  code_lr: float | None = 0.01,
-  code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: ScalarOrSchedule = 0.01,
-  code_proximal: bool = True,
-) -> AMPipeline:
-  """The validated :class:`AMPipeline` of :func:`pipelined_am_adam` (same arguments)."""
-  rule = gradient_rule(net, weight_optimizer, output_optimizer, weight_steps)
-  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
-  return _pipeline(am_config(net, loss, codes, rule), mesh, num_microbatches, boundary, axis_name)
-
-
-def am_mem_pipeline(
-  net: LayeredNetwork,
-  loss: Loss = losses_lib.softmax_cross_entropy,
-  *,
-  mesh: Mesh,
-  num_microbatches: int = 1,
-  boundary: str = "pad",
-  axis_name: str = AXIS,
-  output_optimizer: optax.GradientTransformation | None = None,
-  output_steps: int = 1,
-  sweeps: int = 1,
-  solver: str = "bcd",
-  forgetting: float = 1.0,
-  ridge: float = 1e-6,
-  code_steps: int = 5,
-  code_lr: float | None = 0.01,
-  code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: ScalarOrSchedule = 0.01,
-  code_proximal: bool = True,
-) -> AMPipeline:
-  """The validated :class:`AMPipeline` of :func:`pipelined_am_mem` (same arguments)."""
-  rule = memory_rule(net, output_optimizer, output_steps, sweeps, solver, forgetting, ridge)
-  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
-  return _pipeline(am_config(net, loss, codes, rule), mesh, num_microbatches, boundary, axis_name)
 
 
 # ------------------------------------------------- states in am_adam / am_mem form
@@ -408,22 +360,23 @@ def _transformation(am: AMPipeline, method: str) -> optax.GradientTransformation
   return checked_transformation(method, init_fn, update_fn)
 
 
+@documented(PipelineOptions, CodeStepOptions)
 def pipelined_am_adam(
   net: LayeredNetwork,
   loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   mesh: Mesh,
-  num_microbatches: int = 1,
-  boundary: str = "pad",
-  axis_name: str = AXIS,
+  num_microbatches: int = PipelineOptions.num_microbatches,
+  boundary: str = PipelineOptions.boundary,
+  axis_name: str = PipelineOptions.axis_name,
   weight_optimizer: Optimizers | None = None,
   output_optimizer: optax.GradientTransformation | None = None,
   weight_steps: int = 1,
-  code_steps: int = 5,
-  code_lr: float | None = 0.01,
-  code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: ScalarOrSchedule = 0.01,
-  code_proximal: bool = True,
+  code_steps: int = CodeStepOptions.code_steps,
+  code_lr: float | None = CodeStepOptions.code_lr,
+  code_optimizer: str | optax.GradientTransformation = CodeStepOptions.code_optimizer,
+  mu: ScalarOrSchedule = CodeStepOptions.mu,
+  code_proximal: bool = CodeStepOptions.code_proximal,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Online AM-Adam with the layers pipelined over the devices of a mesh axis.
 
@@ -439,22 +392,19 @@ def pipelined_am_adam(
     net: a network of dense stages (:func:`~altmin_jax.networks.mlp`) with at least one
       hidden layer; zero-padded hidden layers need ``activation(0) == 0``.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
-    mesh: a mesh with axis ``axis_name`` of ``S`` devices
-      (:func:`~altmin_jax.pipeline.pipeline_mesh`); the stacked layers must split
-      evenly.
-    num_microbatches: M, GPipe micro-batches per batch (the batch size must be a
-      multiple).
-    boundary: ``"pad"`` (all stages pipelined, zero-padded to common widths) or
-      ``"outside"`` (first and last stage on the full batch outside the pipeline).
-    axis_name: the mesh axis of the pipeline stages.
+    mesh, num_microbatches, boundary, axis_name: the pipeline options
+      (:class:`~altmin_jax.pipeline.PipelineOptions`).
     weight_optimizer: one optax optimizer for every layer (each layer keeps its own
       state; the stacked layers' states are stacked and sharded like the layers);
       default ``optax.adam(1e-3)``.
     output_optimizer: optimizer of the output layer (``boundary="outside"`` only).
-    weight_steps, code_steps, code_lr, code_optimizer, mu, code_proximal: as in
-      :func:`~altmin_jax.am.am_adam`. The code subproblems are solved per micro-batch,
-      which equals the full-batch solve for elementwise code optimizers (the named ones);
-      an optax transformation that couples samples (global-norm clipping) would differ.
+    weight_steps: as in :func:`~altmin_jax.am.am_adam`.
+    code_steps, code_lr, code_optimizer, mu, code_proximal: the code-step options
+      (:class:`~altmin_jax.am.CodeStepOptions`).
+
+  The code subproblems are solved per micro-batch, which equals the full-batch solve for
+  elementwise code optimizers (the named ones); an optax transformation that couples
+  samples (global-norm clipping) would differ.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state :class:`PipelinedAMState`.
@@ -479,28 +429,32 @@ def pipelined_am_adam(
     >>> state.weight_states[0].mu["kernel"].shape  # Adam's first moment, per layer
     (3, 6, 6)
   """
-  return _transformation(am_pipeline(**locals()), "pipelined AM-Adam")
+  rule = gradient_rule(net, weight_optimizer, output_optimizer, weight_steps)
+  cfg = am_config(net, loss, CodeStepOptions.from_arguments(locals()), rule)
+  am = am_pipeline(cfg, PipelineOptions.from_arguments(locals()))
+  return _transformation(am, "pipelined AM-Adam")
 
 
+@documented(PipelineOptions, CodeStepOptions)
 def pipelined_am_mem(
   net: LayeredNetwork,
   loss: Loss = losses_lib.softmax_cross_entropy,
   *,
   mesh: Mesh,
-  num_microbatches: int = 1,
-  boundary: str = "pad",
-  axis_name: str = AXIS,
+  num_microbatches: int = PipelineOptions.num_microbatches,
+  boundary: str = PipelineOptions.boundary,
+  axis_name: str = PipelineOptions.axis_name,
   output_optimizer: optax.GradientTransformation | None = None,
   output_steps: int = 1,
   sweeps: int = 1,
   solver: str = "bcd",
   forgetting: float = 1.0,
   ridge: float = 1e-6,
-  code_steps: int = 5,
-  code_lr: float | None = 0.01,
-  code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: ScalarOrSchedule = 0.01,
-  code_proximal: bool = True,
+  code_steps: int = CodeStepOptions.code_steps,
+  code_lr: float | None = CodeStepOptions.code_lr,
+  code_optimizer: str | optax.GradientTransformation = CodeStepOptions.code_optimizer,
+  mu: ScalarOrSchedule = CodeStepOptions.mu,
+  code_proximal: bool = CodeStepOptions.code_proximal,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Online AM-mem with the layers pipelined over the devices of a mesh axis.
 
@@ -532,13 +486,16 @@ def pipelined_am_mem(
     net: a network of dense stages (:func:`~altmin_jax.networks.mlp`) with at least one
       hidden layer; zero-padded hidden layers need ``activation(0) == 0``.
     loss: per-sample loss ``loss(logits, labels) -> (batch,)``.
-    mesh, num_microbatches, boundary, axis_name: as in :func:`pipelined_am_adam`.
+    mesh, num_microbatches, boundary, axis_name: the pipeline options
+      (:class:`~altmin_jax.pipeline.PipelineOptions`).
     output_optimizer: optimizer of the output layer; default ``optax.sgd(0.1)``. With
       ``boundary="pad"`` its state is kept for every stacked layer (only the output
       layer's changes).
     output_steps, sweeps, solver, forgetting, ridge: as in :func:`~altmin_jax.am.am_mem`.
-    code_steps, code_lr, code_optimizer, mu, code_proximal: as in
-      :func:`pipelined_am_adam`.
+    code_steps, code_lr, code_optimizer, mu, code_proximal: the code-step options
+      (:class:`~altmin_jax.am.CodeStepOptions`).
+
+  The code subproblems are solved per micro-batch, as in :func:`pipelined_am_adam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state :class:`PipelinedAMState`
@@ -560,4 +517,7 @@ def pipelined_am_mem(
     >>> state.memory.A.shape, state.memory.B.shape  # per layer: d = 6 + 1 (bias)
     ((3, 7, 7), (3, 6, 7))
   """
-  return _transformation(am_mem_pipeline(**locals()), "pipelined AM-mem")
+  rule = memory_rule(net, output_optimizer, output_steps, sweeps, solver, forgetting, ridge)
+  cfg = am_config(net, loss, CodeStepOptions.from_arguments(locals()), rule)
+  am = am_pipeline(cfg, PipelineOptions.from_arguments(locals()))
+  return _transformation(am, "pipelined AM-mem")

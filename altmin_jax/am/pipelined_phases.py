@@ -115,8 +115,8 @@ def code_updates(pipe, cfg: AMConfig, theta, cin, carry_top, mu, *, bottom: bool
     sigma = lambda c: activation(c, layer, w_in)
 
     def solve(term):
-      objective = codes_lib.with_proximal(term, c_init, cs.proximal)
-      return codes_lib.minimize(objective, c_init, cs.tx, cs.steps)
+      objective = codes_lib.with_proximal(term, c_init, cs.code_proximal)
+      return codes_lib.minimize(objective, c_init, cs.tx, cs.code_steps)
 
     # eq. (5) divided by mu: the updated code above against this layer's map of c
     hidden = lambda: solve(lambda c: codes_lib.squared_norm(above - _code(th, sigma(c))))

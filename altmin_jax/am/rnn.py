@@ -45,10 +45,11 @@ import jax.numpy as jnp
 import optax
 
 from altmin_jax import losses as losses_lib
-from altmin_jax.am._common import code_step, in_compute_dtype, optimizers_per_part
+from altmin_jax.am._common import CodeStepOptions, in_compute_dtype, optimizers_per_part
 from altmin_jax.am.codes import minimize, squared_norm, with_proximal
 from altmin_jax.core.batches import require_params, unpack_batch
 from altmin_jax.core.checks import check_instance, check_int, check_loss
+from altmin_jax.core.options import documented
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.trees import update_difference
 from altmin_jax.core.types import Array, Loss, Optimizers, ScalarOrSchedule
@@ -225,6 +226,7 @@ def classifier_objective(rnn: ElmanRNN, z: Array, y: Array, loss: Loss) -> Calla
 # ------------------------------------------------------------- transform
 
 
+@documented(CodeStepOptions)
 def am_adam_rnn(
   rnn: ElmanRNN,
   loss: Loss = losses_lib.softmax_cross_entropy,
@@ -232,11 +234,11 @@ def am_adam_rnn(
   weight_optimizer: Optimizers | None = None,
   output_optimizer: optax.GradientTransformation | None = None,
   weight_steps: int = 5,
-  code_steps: int = 5,
-  code_lr: float | None = 0.01,
-  code_optimizer: str | optax.GradientTransformation = "sgd",
-  mu: ScalarOrSchedule = 0.01,
-  code_proximal: bool = True,
+  code_steps: int = CodeStepOptions.code_steps,
+  code_lr: float | None = CodeStepOptions.code_lr,
+  code_optimizer: str | optax.GradientTransformation = CodeStepOptions.code_optimizer,
+  mu: ScalarOrSchedule = CodeStepOptions.mu,
+  code_proximal: bool = CodeStepOptions.code_proximal,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Online alternating minimization (AM-Adam) for the Elman RNN of supplement C.1.
 
@@ -256,15 +258,12 @@ def am_adam_rnn(
       paper's learning rate (supplement C.2).
     output_optimizer: optional optimizer for the classifier only.
     weight_steps: ``K_w >= 1`` steps per part and minibatch (paper: 5).
-    code_steps: ``K_c >= 0`` code-optimizer steps per code subproblem (paper: 5).
-    code_lr: code step size for the named code optimizers (the paper does not report
-      one; on sequential MNIST 0.003 learned fastest of 0.001-0.3, see
-      ``experiments/configs/rnn_mnist.py``).
-    code_optimizer: ``"sgd"``, ``"nesterov"``, ``"adam"`` or an optax transformation
-      (then ``code_lr=None``).
-    mu: a positive constant or a schedule of the step count
-      (:func:`altmin_jax.mu_schedule`); supplement C.2 starts from 0.01.
-    code_proximal: keep the proximal terms ``\mu\|c - c_{\rm init}\|^2``.
+    code_steps, code_lr, code_optimizer, mu, code_proximal: the code-step options
+      (:class:`~altmin_jax.am.CodeStepOptions`).
+
+  The paper uses ``code_steps=5`` and starts ``mu`` from 0.01 (supplement C.2); it does
+  not report a code step size: on sequential MNIST ``code_lr=0.003`` learned fastest of
+  0.001-0.3 (``experiments/configs/rnn_mnist.py``).
 
   Real hyperparameters (``mu``, ``code_lr``) can be injected with
   ``optax.inject_hyperparams``; list ``rnn``, ``loss``, ``weight_steps`` and
@@ -294,7 +293,7 @@ def am_adam_rnn(
     weight_optimizer, output_optimizer, 3, f"part {PARTS}", optax.adam(5e-3)
   )
   weight_steps = check_int("weight_steps", weight_steps, 1)
-  codes = code_step(mu, code_steps, code_lr, code_optimizer, code_proximal)
+  codes = CodeStepOptions.from_arguments(locals())
 
   def init_fn(params):
     return RNNAMState(
@@ -323,8 +322,8 @@ def am_adam_rnn(
       loss=loss,
       mu=mu_t,
       tx=codes.tx,
-      steps=codes.steps,
-      proximal=codes.proximal,
+      steps=codes.code_steps,
+      proximal=codes.code_proximal,
     )
     objectives = (  # eq. (6) for the shared U, W, b (eq. 17) and for V (eq. 15); eq. (16)
       recurrent_objective(rnn, x, c, mu_t),

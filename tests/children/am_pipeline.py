@@ -21,6 +21,7 @@ import optax
 
 import altmin_jax as amj
 from altmin_jax import pipeline as pl
+from altmin_jax.am import _common as am_common
 from altmin_jax.am import pipelined
 from altmin_jax.am import pipelined_phases as phases
 from children.pipeline_problems import (
@@ -217,7 +218,11 @@ def phase_collectives(net, params, x, y, mesh) -> dict[str, list[str]]:
   """The collectives in each compiled phase of a step (pad boundary, M = 2), each phase
   run on the previous one's outputs; ``weight_updates_mem`` is AM-mem's weight phase
   (memory updates and block-coordinate sweeps) on the same codes."""
-  pipe, cfg = pipelined.am_pipeline(net, mesh=mesh, num_microbatches=2, **VARIANTS["sgd"])
+  loss, two = amj.losses.softmax_cross_entropy, pl.PipelineOptions(mesh, num_microbatches=2)
+  kw = VARIANTS["sgd"]
+  rule = am_common.gradient_rule(net, kw["weight_optimizer"], None, weight_steps=1)
+  codes = amj.am.CodeStepOptions.from_arguments(kw)
+  pipe, cfg = pipelined.am_pipeline(am_common.am_config(net, loss, codes, rule), two)
   stacked = pl.stack_params(net, params, mesh=mesh)
   tx = amj.pipelined_am_adam(net, mesh=mesh, num_microbatches=2, **VARIANTS["sgd"])
   states = tx.init(stacked).weight_states
@@ -244,9 +249,18 @@ def phase_collectives(net, params, x, y, mesh) -> dict[str, list[str]]:
     cin_new,
     cout_new,
   )
-  mem_pipe, mem_cfg = pipelined.am_mem_pipeline(
-    net, mesh=mesh, num_microbatches=2, **MEM_VARIANTS["mem_bcd"]
+  kw = MEM_VARIANTS["mem_bcd"]
+  rule = am_common.memory_rule(
+    net,
+    kw["output_optimizer"],
+    output_steps=1,
+    sweeps=kw["sweeps"],
+    solver="bcd",
+    forgetting=kw["forgetting"],
+    ridge=1e-6,
   )
+  codes = amj.am.CodeStepOptions.from_arguments(kw)
+  mem_pipe, mem_cfg = pipelined.am_pipeline(am_common.am_config(net, loss, codes, rule), two)
   mem_state = amj.pipelined_am_mem(
     net, mesh=mesh, num_microbatches=2, **MEM_VARIANTS["mem_bcd"]
   ).init(stacked)
