@@ -45,9 +45,10 @@ def documented(*classes: type) -> Callable[[F], F]:
   """Writes the fields of each options class into the decorated factory's docstring.
 
   The factory's ``Args:`` section names them in one entry, ``code_steps, code_lr, ...:
-  <anything>`` (the fields in declaration order); that entry, with its continuation
-  lines, is replaced by the ``Attributes:`` entries of the class's docstring, so that
-  ``help(factory)`` documents every argument while the text is written once.
+  the code-step options (:class:`~altmin_jax.am.CodeStepOptions`).`` (the fields in
+  declaration order, ending with the reference to the class); that entry is replaced by
+  the ``Attributes:`` entries of the class's docstring, so that ``help(factory)``
+  documents every argument while the text is written once.
   """
 
   def decorate(fn: F) -> F:
@@ -63,6 +64,11 @@ def documented(*classes: type) -> Callable[[F], F]:
       end = at + 1
       while end < len(lines) and lines[end].startswith(indent + " ") and lines[end].strip():
         end += 1
+      if not " ".join(lines[at:end]).endswith(f"{cls.__name__}`)."):
+        raise ValueError(
+          f"{fn.__qualname__}'s docstring entry {head!r} must end with a reference to "
+          f"{cls.__name__} and say nothing else (it is replaced by the fields' text)"
+        )
       entries = [indent + line if line else line for line in _attributes(cls)]
       lines[at:end] = entries
     fn.__doc__ = "\n".join(lines)
