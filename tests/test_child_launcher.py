@@ -22,6 +22,7 @@ def test_child_environment_sets_devices_platform_and_thread_pool(monkeypatch):
   assert int(env["PJRT_NPROC"]) >= THREADS_PER_DEVICE * 8
 
 
+@pytest.mark.multidevice
 def test_child_gets_its_devices_and_a_thread_pool_per_device():
   """Eight CPU devices in one process, a psum over them, and at least
   ``THREADS_PER_DEVICE`` intra-op pool threads per device (XLA alone gives max(cores, 8))."""
@@ -31,6 +32,7 @@ def test_child_gets_its_devices_and_a_thread_pool_per_device():
   assert got["intra_op_threads"] >= THREADS_PER_DEVICE * 8, got
 
 
+@pytest.mark.multidevice
 def test_two_processes_join_one_job():
   got = run_child("probe.environment", devices=2, processes=2, timeout=300)
   assert [g["process_index"] for g in got] == [0, 1]
@@ -39,12 +41,20 @@ def test_two_processes_join_one_job():
     assert g["intra_op_threads"] >= THREADS_PER_DEVICE * 2, g
 
 
-def test_failing_or_hanging_child_fails_fast_with_its_stderr():
+@pytest.mark.multidevice
+def test_failing_child_fails_fast_with_its_stderr():
   """Process 1 raises while process 0 would sleep for 5 minutes: the test fails at once,
-  showing the exception; a child past its timeout is killed and reported."""
+  showing the exception."""
   start = time.monotonic()
   with pytest.raises(AssertionError, match=r"(?s)failed.*RuntimeError: boom in 1"):
     run_child("probe.fail", "boom in 1", 1, 300.0, devices=1, processes=2, timeout=300)
+  assert time.monotonic() - start < 120
+
+
+def test_hanging_child_is_killed_and_reported():
+  """One process, one device (the default run's check of the launcher): a child past its
+  timeout is killed and reported, without waiting for it."""
+  start = time.monotonic()
   with pytest.raises(AssertionError, match="ran past its timeout of 2 s"):
     run_child("probe.sleep", 300.0, timeout=2)
   assert time.monotonic() - start < 120

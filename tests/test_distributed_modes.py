@@ -29,6 +29,7 @@ def _check_modes(full):
     assert r["moved"] > 0.05, (key, r)  # the runs did something
 
 
+@pytest.mark.multidevice
 def test_stacked_and_mesh_modes_agree_on_four_devices():
   """Every p-worker method, 5 steps with random push orders and delays: stacked workers
   under vmap and workers sharded over a 4-device mesh under shard_map give the same
@@ -39,11 +40,13 @@ def test_stacked_and_mesh_modes_agree_on_four_devices():
 
 
 @pytest.mark.slow
+@pytest.mark.multidevice
 def test_stacked_and_mesh_modes_agree_for_every_layout():
   """The same for every method with 4 and 8 workers on auto- and explicit-axis meshes."""
   _check_modes(full=True)
 
 
+@pytest.mark.multidevice
 def test_two_processes_match_stacked_workers():
   """Two processes (jax.distributed on localhost, gloo CPU collectives, 2 devices each)
   run EASGD, EAMSGD, DOWNPOUR, DC-ASGD and SSGD with 8 workers on a mesh spanning both;

@@ -126,6 +126,7 @@ def _fault_run(tmp_path, extra=({}, {})):
   return Job(str(tmp_path), [{**base, **options} for options in extra])
 
 
+@pytest.mark.multidevice
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker_killed", "coordinator_killed"])
 def test_survivor_of_a_killed_process_exits_with_a_clear_error(tmp_path, victim):
   """Both processes train; once both finished step 10, one is killed with SIGKILL (process
@@ -147,6 +148,7 @@ def test_survivor_of_a_killed_process_exits_with_a_clear_error(tmp_path, victim)
     job.kill()
 
 
+@pytest.mark.multidevice
 @pytest.mark.parametrize(
   "victim, sign",
   [(1, "stopped sending heartbeats"), (0, "CoordinationService/Heartbeat")],
@@ -173,6 +175,7 @@ def test_survivor_of_a_frozen_process_exits_within_the_heartbeat_timeout(tmp_pat
     job.kill()
 
 
+@pytest.mark.multidevice
 def test_process_stuck_outside_collectives_ends_with_the_collective_timeout(tmp_path):
   """Process 1 stalls in its own code at step 10 (alive, heartbeats continue, never joins
   the step's all-reduce). Process 0's collective fails after ``COLLECTIVE`` seconds (XLA's
@@ -190,6 +193,7 @@ def test_process_stuck_outside_collectives_ends_with_the_collective_timeout(tmp_
     job.kill()
 
 
+@pytest.mark.multidevice
 def test_checkpointed_and_resumed_run_equals_an_uninterrupted_run(tmp_path):
   """A two-process run saves an orbax checkpoint after step 7 of 15 and stops; two fresh
   processes restore it and finish. Params, centre and step count equal those of an
