@@ -7,6 +7,12 @@ only the machinery: :class:`Problem`, :class:`Case` and ``CASES``, collected fro
 ``CASES`` list of every module ``tests/conformance_<family>.py`` (``conformance_am.py``,
 ``conformance_sm.py``, ...). A method is added by appending a :class:`Case` to its
 family's list; a new family by adding a module.
+
+Each case's problem is built once per session and dtype (:meth:`Case.problem`) and shared
+by every test that reads it (``test_conformance.py``, ``test_bad_input.py``): a
+:class:`Problem` is frozen, its params and batches are immutable jax arrays, its
+transformation is a pair of pure functions and ``extra_args`` returns a new dict per call,
+so no test can change what another one sees.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Problem:
   """One instantiated method on a small problem.
 
@@ -83,6 +90,16 @@ class Case:
   bad_hyperparams: Sequence[tuple[Callable[[], Any], str]] = ()
   descent_steps: int = 30
   descent_factor: float = 0.8
+
+  def problem(self, dtype) -> Problem:
+    """``make(dtype)``, built on the first call of the session and shared afterwards."""
+    key = (self.name, jnp.dtype(dtype).name)
+    if key not in _PROBLEMS:
+      _PROBLEMS[key] = self.make(dtype)
+    return _PROBLEMS[key]
+
+
+_PROBLEMS: dict[tuple[str, str], Problem] = {}
 
 
 def _family_cases() -> list[Case]:

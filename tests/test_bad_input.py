@@ -32,9 +32,8 @@ IDS = [case.name for case in CASES]
 BY_NAME = {case.name: case for case in CASES}
 
 
-@functools.cache
 def _problem(name: str, dtype=jnp.float32):
-  return BY_NAME[name].make(dtype)
+  return BY_NAME[name].problem(dtype)
 
 
 def _batch_problem(case, *, labels: bool = False):

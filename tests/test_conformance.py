@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,9 +23,24 @@ def _step(problem, params, state, extra):
   return optax.apply_updates(params, updates), state, updates
 
 
+_JITTED_STEPS: dict = {}
+
+
+def _jitted_step(case, dtype):
+  """``jit`` of one step of the case's shared problem, ``(params, state, extra) -> (params,
+  state, updates)``: one function per case and dtype, so the tests that run plain steps
+  trace and compile it once between them (a test that counts traces or cache entries jits
+  its own)."""
+  key = (case.name, jnp.dtype(dtype).name)
+  if key not in _JITTED_STEPS:
+    problem = case.problem(dtype)
+    _JITTED_STEPS[key] = jax.jit(lambda p, s, e: _step(problem, p, s, e))
+  return _JITTED_STEPS[key]
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_no_recompilation_after_first_step(case):
-  problem = case.make(jnp.float32)
+  problem = case.problem(jnp.float32)
   params, state = problem.params, problem.tx.init(problem.params)
   traces = []
 
@@ -40,18 +57,20 @@ def test_no_recompilation_after_first_step(case):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_unknown_extra_args_are_ignored(case):
-  problem = case.make(jnp.float32)
+  problem = case.problem(jnp.float32)
   state = problem.tx.init(problem.params)
   extra = problem.extra_args(0)
-  plain = _step(problem, problem.params, state, extra)
-  more = _step(problem, problem.params, state, {**extra, "unknown_arg": 3.0, "value": 1.0})
+  plain = _jitted_step(case, jnp.float32)(problem.params, state, extra)
+  more = jax.jit(lambda p, s, e: _step(problem, p, s, e))(
+    problem.params, state, {**extra, "unknown_arg": 3.0, "value": 1.0}
+  )
   assert tree_equal(plain, more)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_state_is_array_only_and_survives_checkpoint(case, tmp_path):
-  problem = case.make(jnp.float32)
-  step = jax.jit(lambda p, s, e: _step(problem, p, s, e))
+  problem = case.problem(jnp.float32)
+  step = _jitted_step(case, jnp.float32)
   params, state, _ = step(problem.params, problem.tx.init(problem.params), problem.extra_args(0))
   assert isinstance(state, tuple) and hasattr(state, "_fields"), "state must be a NamedTuple"
   for leaf in jax.tree.leaves(state):
@@ -85,7 +104,7 @@ def test_bad_hyperparameters_raise_at_construction(case, thunk, text):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_wrong_feature_size_raises_before_running(case):
-  problem = case.make(jnp.float32)
+  problem = case.problem(jnp.float32)
   if problem.bad_extra_args is None:
     pytest.skip("method takes no batch")
   state = problem.tx.init(problem.params)
@@ -100,12 +119,13 @@ def test_non_finite_batch_is_detectable_and_skippable(case, tmp_path):
   counted, and diverged params are refused by ``save_checkpoint``. An inf in the batch
   shows in the updates or the new state (DDG keeps it in its delay buffers), and the
   wrapper skips that step too."""
-  problem = case.make(jnp.float32)
+  problem = case.problem(jnp.float32)
   if problem.nonfinite_extra_args is None:
     pytest.skip("method takes no batch")
   state = problem.tx.init(problem.params)
   extra = problem.nonfinite_extra_args
-  new_params, _, updates = _step(problem, problem.params, state, extra)
+  step = _jitted_step(case, jnp.float32)
+  new_params, _, updates = step(problem.params, state, extra)
   assert not bool(amj.training.all_finite(updates))
   with pytest.raises(amj.training.NonFiniteError):
     amj.training.save_checkpoint(tmp_path / "bad", new_params)
@@ -114,7 +134,7 @@ def test_non_finite_batch_is_detectable_and_skippable(case, tmp_path):
     lambda a: jnp.where(jnp.isnan(a), jnp.inf, a) if jnp.issubdtype(a.dtype, jnp.floating) else a,
     extra,
   )
-  _, inf_state, inf_updates = _step(problem, problem.params, state, with_inf)
+  _, inf_state, inf_updates = step(problem.params, state, with_inf)
   assert not bool(amj.training.all_finite(inf_updates) & amj.training.all_finite(inf_state))
 
   guarded = amj.training.skip_nonfinite_updates(problem.tx, max_consecutive_errors=3)
@@ -139,14 +159,13 @@ def test_non_finite_batch_is_detectable_and_skippable(case, tmp_path):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_params_keep_their_dtype(case, dtype):
-  problem = case.make(dtype)
+  problem = case.problem(dtype)
   assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(problem.params))
   state = problem.tx.init(problem.params)
   params = problem.params
+  step = _jitted_step(case, dtype)
   for i in range(2):
-    params, state, updates = jax.jit(lambda p, s, e: _step(problem, p, s, e))(
-      params, state, problem.extra_args(i)
-    )
+    params, state, updates = step(params, state, problem.extra_args(i))
     assert [u.dtype for u in jax.tree.leaves(updates)] == [dtype] * len(jax.tree.leaves(updates))
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(params))
   assert bool(amj.training.all_finite(params))
@@ -154,23 +173,25 @@ def test_params_keep_their_dtype(case, dtype):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_composes_with_optax_chain(case):
-  problem = case.make(jnp.float32)
+  problem = case.problem(jnp.float32)
   chained = optax.chain(problem.tx, optax.scale(1.0))
   extra = problem.extra_args(0)
-  grads = problem.grads(problem.params, extra)
-  expected, _ = problem.tx.update(grads, problem.tx.init(problem.params), problem.params, **extra)
-  got, _ = chained.update(grads, chained.init(problem.params), problem.params, **extra)
+  *_, expected = _jitted_step(case, jnp.float32)(
+    problem.params, problem.tx.init(problem.params), extra
+  )
+  chained_step = jax.jit(lambda p, s, e: _step(dataclasses.replace(problem, tx=chained), p, s, e))
+  *_, got = chained_step(problem.params, chained.init(problem.params), extra)
   assert tree_equal(expected, got)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_decreases_the_loss_on_a_small_problem(case):
-  problem = case.make(jnp.float32)
-  step = jax.jit(lambda p, s, e: _step(problem, p, s, e)[:2])
+  problem = case.problem(jnp.float32)
+  step = _jitted_step(case, jnp.float32)
   params, state = problem.params, problem.tx.init(problem.params)
   before = float(problem.loss(params, problem.extra_args(0)))
   for i in range(case.descent_steps):
-    params, state = step(params, state, problem.extra_args(i))
+    params, state, _ = step(params, state, problem.extra_args(i))
   after = float(problem.loss(params, problem.extra_args(0)))
   assert np.isfinite(after)
   assert after < case.descent_factor * before, (before, after)
@@ -180,7 +201,7 @@ def test_decreases_the_loss_on_a_small_problem(case):
 def test_bfloat16_params_with_float32_batches_compile_once(case):
   """Mixed precision (bfloat16 params, float32 inputs) keeps the state's dtypes, so the
   jitted step does not recompile."""
-  problem = case.make(jnp.bfloat16)
+  problem = case.problem(jnp.bfloat16)
   if "batch" not in problem.extra_args(0):
     pytest.skip("method takes no batch")
 
