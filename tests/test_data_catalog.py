@@ -3,7 +3,6 @@ unknown names and bad arguments, the offline ``DataNotAvailableError`` saying ho
 dataset, and the docstring examples."""
 
 import ast
-import doctest
 import pathlib
 import re
 import time
@@ -171,12 +170,3 @@ def test_unknown_names_and_bad_arguments_fail_clearly():
 def test_bad_split_seed_names_the_argument(split_seed):
   with pytest.raises(ValueError, match=r"split_seed must be None .* got split_seed="):
     data.load_dataset("bundled_mnist", split_seed=split_seed)
-
-
-# ----------------------------------------------------------------------------- docstrings
-
-
-def test_docstring_examples_run():
-  for module in (data, core, files):
-    result = doctest.testmod(module, raise_on_error=False, verbose=False)
-    assert result.attempted > 0 and result.failed == 0, module.__name__
