@@ -51,6 +51,7 @@ from altmin_jax.sm._common import KNOWN_LOSS_SMOOTHNESS, ForwardBackward, resolv
 SOLVERS = ("cg", "armijo")
 CURVATURES = ("full", "scalar")
 MAJORIZERS = ("young", "paper")
+REST_SEED_OFFSET = 100  # start vectors of the rest bounds: stage i's is seed + 100 + i
 SOLVE_SEED_OFFSET = 1000  # start vectors of the local solves: seed + 1000
 
 
@@ -214,36 +215,28 @@ def young_levels(net: LayeredNetwork, stage_params, fb: ForwardBackward, *, iter
   return out
 
 
-def young_bounds(
-  net: LayeredNetwork,
-  stage_params,
-  fb: ForwardBackward,
-  hess: Array,
-  *,
-  delta,
-  iterations: int,
-  seed: int,
-) -> tuple[list[young_bound.Bound], list[Array]]:
-  r"""Every stage's per-sample bound of :math:`M^{(i+1)}` (entry ``i - 1``): the logits'
-  Jacobian in its output by one reverse pass, the loss's Hessian ``hess`` and the rest's
-  top eigenvalue by Lanczos on the stages above (:mod:`altmin_jax.sm.young_bound`); and
-  every stage's coupling split :math:`\delta_i` (stage 1: ``delta``, unused)."""
-  m = net.num_stages
-  levels = young_levels(net, stage_params, fb, iterations=iterations, seed=seed)
+def logit_jacobians(levels, fb: ForwardBackward) -> list[Array | None]:
+  r"""The logits' Jacobian per sample in every stage's output :math:`z^{(i)}` (entry
+  ``i - 1``; ``None`` for the last stage, whose output is the logits), by one reverse pass
+  over the stages' :class:`~altmin_jax.sm.young_bound.Level`\ s (:func:`young_levels`)."""
+  m = len(levels)
   jacs = [None] * m
   for i in range(m - 1, 0, -1):  # the logits' Jacobian in z^(i), from stage i + 1
     jacs[i - 1] = young_bound.jacobian_below(levels[i], jacs[i], fb.z[i + 1])
-  bounds = [
-    young_bound.Bound(
-      jac=jacs[i - 1],
-      e=young_bound.rest_bound(
-        levels[i:], delta, fb.z[i], iterations=iterations, seed=seed + 100 + i
-      ),
-      hess=hess,
+  return jacs
+
+
+def rest_bounds(levels, fb: ForwardBackward, *, delta, iterations: int, seed: int) -> list[Array]:
+  r"""Every stage's per-sample bound :math:`e^{(i+1)}_b` of the rest above its output
+  (entry ``i - 1``; 0 for the last stage): Lanczos on the stages above
+  (:func:`~altmin_jax.sm.young_bound.rest_bound`), stage ``i`` started from ``seed +``
+  :data:`REST_SEED_OFFSET` ``+ i``."""
+  return [
+    young_bound.rest_bound(
+      levels[i:], delta, fb.z[i], iterations=iterations, seed=seed + REST_SEED_OFFSET + i
     )
-    for i in range(1, m + 1)
+    for i in range(1, len(levels) + 1)
   ]
-  return bounds
 
 
 # ------------------------------------------------------------------ local losses

@@ -62,8 +62,6 @@ from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import young_bound as yb
 from altmin_jax.sm._common import SMState
 
-REST_SEED_OFFSET = 100  # the rest bound of stage i starts from seed + 100 + i (single device)
-
 
 def _full(a: Array) -> Array:
   """``(K, M, b, ...)`` per-layer buffers as ``(K, B, ...)``."""
@@ -166,7 +164,7 @@ class SMPipeline:
       v0 = jnp.stack(
         [
           numerics.start_vector(
-            opts.seed + REST_SEED_OFFSET + stages[k] - 1, zin[k], [(B, flags[k][2])]
+            opts.seed + ll.REST_SEED_OFFSET + stages[k] - 1, zin[k], [(B, flags[k][2])]
           )
           for k in range(K)
         ]

@@ -5,11 +5,18 @@ Algorithm for Training Large Neural Networks with Model Parallelism" (SM paper):
 Proposition 1, Algorithm 1, Appendix A, with :math:`\rho_t^{(i)} = 0` as in the paper's
 experiments (section 4). The construction of the local losses is in
 :mod:`altmin_jax.sm.local_losses`; the inner solvers are in :mod:`altmin_jax.numerics`.
+
+One iteration (:func:`sm_iteration`) is composed of phase functions, which a benchmark can
+time one by one as the step runs them: :func:`forward_backward`, then (``"young"``)
+:func:`stage_levels`, :func:`curvature` and :func:`rest_bounds` assembled by
+:func:`young_stage_data` (``"paper"``: :func:`paper_stage_data`), :func:`local_solves` and
+:func:`update`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +27,7 @@ from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss, PyTree
 from altmin_jax.networks import LayeredNetwork, stages
 from altmin_jax.numerics.line_search import ArmijoSearch
-from altmin_jax.sm import _common, paper_bound, young_bound
+from altmin_jax.sm import _common, paper_bound
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm._common import SMState
 
@@ -45,38 +52,80 @@ def stage_groups(net: LayeredNetwork, data) -> list[list[int]]:
   return list(groups.values())
 
 
-def stage_data(cfg: ll.SMConfig, stage_params, fb: ll.ForwardBackward, y, sc: ll.Scales):
-  """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` from one forward and
-  backward pass: the per-sample bounds of one reverse pass (``"young"``) or the constants
-  of the paper's chain (``"paper"``)."""
-  net, opts = cfg.net, cfg.options
-  m = net.num_stages
+# ------------------------------------------------------------------ the phases
+
+
+def forward_backward(cfg: ll.SMConfig, stage_params, x: Array, y: Array) -> _common.ForwardBackward:
+  r"""Algorithm 1, "access the gradient oracle": one forward and one backward pass give
+  the stage outputs :math:`z_t^{(i)}`, the output gradients :math:`g^{(i)} = \partial
+  h/\partial z^{(i)}` (:math:`g^{(m)} = \nabla\ell(z_t^{(m)})`, eq. (2)) and the
+  parameter gradients :math:`g_{\theta_i}`."""
+  return _common.forward_backward(cfg.net, stage_params, x, y, cfg.loss)
+
+
+def stage_levels(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward) -> list:
+  """Every stage's linear maps at the iterate (:func:`~altmin_jax.sm.local_losses.
+  young_levels`; closures, cheap for dense stages), what :func:`curvature` and
+  :func:`rest_bounds` pass through (``"young"``)."""
+  opts = cfg.options
+  return ll.young_levels(
+    cfg.net, stage_params, fb, iterations=opts.power_iterations, seed=opts.seed
+  )
+
+
+class Curvature(NamedTuple):
+  """The loss's curvature as every stage sees it (``"young"``)."""
+
+  hess: Array  # (B, K, K): the batch-mean loss's Hessian in each sample's logits
+  jacs: list  # the logits' Jacobian per sample in z^(i) (entry i - 1; None for the last)
+
+
+def curvature(cfg: ll.SMConfig, fb: _common.ForwardBackward, y: Array, levels) -> Curvature:
+  r"""The per-sample loss Hessians :math:`\nabla^2\ell_b`
+  (:func:`~altmin_jax.sm.local_losses.loss_hessians`) and the logits' Jacobians
+  :math:`\bar J` in every stage's output by one reverse pass over ``levels``
+  (:func:`stage_levels`)."""
+  return Curvature(ll.loss_hessians(cfg, fb.z[-1], y), ll.logit_jacobians(levels, fb))
+
+
+def rest_bounds(cfg: ll.SMConfig, fb: _common.ForwardBackward, sc: ll.Scales, levels) -> list:
+  r"""Every stage's per-sample bound :math:`e^{(i+1)}_b` of the rest of the network above
+  it (:func:`~altmin_jax.sm.local_losses.rest_bounds`: Lanczos from the seeds the pipelined
+  step uses too)."""
+  opts = cfg.options
+  return ll.rest_bounds(
+    levels, fb, delta=sc.delta, iterations=opts.power_iterations, seed=opts.seed
+  )
+
+
+def young_stage_data(stage_params, fb: _common.ForwardBackward, curv: Curvature, rest) -> list:
+  """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` from :func:`curvature`
+  and :func:`rest_bounds` (``"young"``; no computation)."""
   zero = jnp.zeros([], fb.value.dtype)
-  if opts.majorizer == "young":
-    hess = ll.loss_hessians(cfg, fb.z[-1], y)
-    bounds = ll.young_bounds(
-      net,
-      stage_params,
-      fb,
-      hess,
-      delta=sc.delta,
-      iterations=opts.power_iterations,
-      seed=opts.seed,
-    )
-    c_next = [zero] * m
-  else:
-    bounds = [young_bound.Bound(None, zero, zero)] * m
-    c_next = paper_bound.paper_constants(
-      net,
-      stage_params,
-      fb,
-      cfg.loss,
-      y,
-      sc.c_last,
-      delta=sc.delta,
-      iterations=opts.power_iterations,
-      seed=opts.seed,
-    )
+  return _assemble(stage_params, fb, [zero] * len(rest), curv.jacs, rest, curv.hess)
+
+
+def paper_stage_data(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward, y, sc: ll.Scales):
+  """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` with the constants
+  :math:`c_{i+1}` of the paper's chain (``"paper"``,
+  :func:`~altmin_jax.sm.paper_bound.paper_constants`)."""
+  opts, m = cfg.options, cfg.net.num_stages
+  c_next = paper_bound.paper_constants(
+    cfg.net,
+    stage_params,
+    fb,
+    cfg.loss,
+    y,
+    sc.c_last,
+    delta=sc.delta,
+    iterations=opts.power_iterations,
+    seed=opts.seed,
+  )
+  zero = jnp.zeros([], fb.value.dtype)
+  return _assemble(stage_params, fb, c_next, [None] * m, [zero] * m, zero)
+
+
+def _assemble(stage_params, fb, c_next, jacs, es, hess) -> list[ll.StageData]:
   return [
     ll.StageData(
       z_prev=fb.z[i - 1],
@@ -84,12 +133,24 @@ def stage_data(cfg: ll.SMConfig, stage_params, fb: ll.ForwardBackward, y, sc: ll
       g_out=fb.g_z[i - 1],
       z_out=fb.z[i],
       c_next=c_next[i - 1],
-      jac=bounds[i - 1].jac,
-      e=bounds[i - 1].e,
-      hess=bounds[i - 1].hess,
+      jac=jacs[i - 1],
+      e=es[i - 1],
+      hess=hess,
     )
-    for i in range(1, m + 1)
+    for i in range(1, len(stage_params) + 1)
   ]
+
+
+def stage_data(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward, y, sc: ll.Scales):
+  """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` from one forward and
+  backward pass: the per-sample bounds of one reverse pass (``"young"``:
+  :func:`stage_levels`, :func:`curvature`, :func:`rest_bounds`) or the constants of the
+  paper's chain (``"paper"``)."""
+  if cfg.options.majorizer == "young":
+    levels = stage_levels(cfg, stage_params, fb)
+    curv = curvature(cfg, fb, y, levels)
+    return young_stage_data(stage_params, fb, curv, rest_bounds(cfg, fb, sc, levels))
+  return paper_stage_data(cfg, stage_params, fb, y, sc)
 
 
 def curvature_summary(data: ll.StageData) -> Array:
@@ -98,15 +159,17 @@ def curvature_summary(data: ll.StageData) -> Array:
   return data.c_next + jnp.max(data.e)
 
 
-def solve_all_stages(
+def local_solves(
   cfg: ll.SMConfig,
   data: list[ll.StageData],
   sc: ll.Scales,
   steps: Array,
   vmap_stages: bool = True,
 ) -> list[ll.StageSolve]:
-  """Every stage's local solve: independent computations, ``vmap``-ed over groups of
-  equally shaped stages when ``vmap_stages``."""
+  """Algorithm 1, "do in parallel": N inner steps on every stage's local loss (Prop. 1,
+  eq. (1)), independent computations, ``vmap``-ed over groups of equally shaped stages
+  (:func:`stage_groups`) when ``vmap_stages``; ``steps`` are the per-stage Armijo trial
+  steps."""
   net = cfg.net
   m = net.num_stages
   groups = stage_groups(net, data) if vmap_stages else [[i] for i in range(1, m + 1)]
@@ -131,6 +194,11 @@ def solve_all_stages(
   return out
 
 
+def update(stage_params: Sequence[PyTree], solves: Sequence[ll.StageSolve]) -> list[PyTree]:
+  r""":math:`\theta_{t+1} = \theta_t + d` on every stage."""
+  return [optax.tree.add(p, s.d) for p, s in zip(stage_params, solves)]
+
+
 # ------------------------------------------------------------------ the method
 
 
@@ -142,18 +210,17 @@ def sm_iteration(
   steps: Array,
   vmap_stages: bool = True,
 ):
-  """One SM iteration on per-stage params (computed in at least float32).
+  """One SM iteration on per-stage params (computed in at least float32), composed of the
+  phase functions: :func:`forward_backward`, :func:`stage_data`, :func:`local_solves`,
+  :func:`update`.
 
   Returns ``(new_stage_params, fb, curvatures, solves)``.
   """
-  # Algorithm 1, "access the gradient oracle": one forward and one backward pass.
-  fb = _common.forward_backward(cfg.net, stage_params, x, y, cfg.loss)
+  fb = forward_backward(cfg, stage_params, x, y)
   sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
   data = stage_data(cfg, stage_params, fb, y, sc)
-  # Algorithm 1, "do in parallel": N inner steps on every local loss (Prop. 1, eq. (1)).
-  solves = solve_all_stages(cfg, data, sc, steps, vmap_stages)
-  new = [optax.tree.add(p, s.d) for p, s in zip(stage_params, solves)]
-  return new, fb, [curvature_summary(d) for d in data], solves
+  solves = local_solves(cfg, data, sc, steps, vmap_stages)
+  return update(stage_params, solves), fb, [curvature_summary(d) for d in data], solves
 
 
 def surrogate_minimization(
