@@ -12,7 +12,6 @@ with 2 devices each (``helpers.run_child``); each runs once per session, for bot
 
 from __future__ import annotations
 
-import doctest
 import functools
 import re
 
@@ -39,7 +38,6 @@ from helpers import run_child, teacher_classification, tree_allclose
 
 import altmin_jax as amj
 from altmin_jax import pipeline as pl
-from altmin_jax.am import pipelined
 
 
 def _device_results(full: bool = False) -> dict:
@@ -296,8 +294,3 @@ def test_validation_names_the_offending_value():
   ):
     with pytest.raises(ValueError, match=re.escape(message)):
       amj.pipelined_am_mem(net, mesh=mesh, **bad)
-
-
-def test_docstring_examples_run():
-  result = doctest.testmod(pipelined, raise_on_error=False, verbose=False)
-  assert result.attempted > 0 and result.failed == 0
