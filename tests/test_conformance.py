@@ -26,15 +26,26 @@ def _step(problem, params, state, extra):
 _JITTED_STEPS: dict = {}
 
 
+def _step_function(problem, on_trace=lambda: None):
+  """``step(params, state, extra) -> (params, state, updates)`` of the problem; it calls
+  ``on_trace()`` each time it is traced. Every test jits a function of this name and body,
+  so the XLA programs of equal signatures are equal and compile once per session (the
+  persistent compilation cache, ``conftest.py``, keys on the program and its name)."""
+
+  def step(params, state, extra):
+    on_trace()
+    return _step(problem, params, state, extra)
+
+  return step
+
+
 def _jitted_step(case, dtype):
-  """``jit`` of one step of the case's shared problem, ``(params, state, extra) -> (params,
-  state, updates)``: one function per case and dtype, so the tests that run plain steps
-  trace and compile it once between them (a test that counts traces or cache entries jits
-  its own)."""
+  """``jit`` of the step of the case's shared problem: one function per case and dtype, so
+  the tests that run plain steps trace it once between them (a test that counts traces or
+  cache entries jits its own)."""
   key = (case.name, jnp.dtype(dtype).name)
   if key not in _JITTED_STEPS:
-    problem = case.problem(dtype)
-    _JITTED_STEPS[key] = jax.jit(lambda p, s, e: _step(problem, p, s, e))
+    _JITTED_STEPS[key] = jax.jit(_step_function(case.problem(dtype)))
   return _JITTED_STEPS[key]
 
 
@@ -43,14 +54,9 @@ def test_no_recompilation_after_first_step(case):
   problem = case.problem(jnp.float32)
   params, state = problem.params, problem.tx.init(problem.params)
   traces = []
-
-  @jax.jit
-  def step(params, state, extra):
-    traces.append(1)
-    return _step(problem, params, state, extra)[:2]
-
+  step = jax.jit(_step_function(problem, on_trace=lambda: traces.append(1)))
   for i in range(3):
-    params, state = step(params, state, problem.extra_args(i))
+    params, state, _ = step(params, state, problem.extra_args(i))
   assert len(traces) == 1
   assert step._cache_size() == 1
 
@@ -61,7 +67,7 @@ def test_unknown_extra_args_are_ignored(case):
   state = problem.tx.init(problem.params)
   extra = problem.extra_args(0)
   plain = _jitted_step(case, jnp.float32)(problem.params, state, extra)
-  more = jax.jit(lambda p, s, e: _step(problem, p, s, e))(
+  more = jax.jit(_step_function(problem))(
     problem.params, state, {**extra, "unknown_arg": 3.0, "value": 1.0}
   )
   assert tree_equal(plain, more)
@@ -179,7 +185,7 @@ def test_composes_with_optax_chain(case):
   *_, expected = _jitted_step(case, jnp.float32)(
     problem.params, problem.tx.init(problem.params), extra
   )
-  chained_step = jax.jit(lambda p, s, e: _step(dataclasses.replace(problem, tx=chained), p, s, e))
+  chained_step = jax.jit(_step_function(dataclasses.replace(problem, tx=chained)))
   *_, got = chained_step(problem.params, chained.init(problem.params), extra)
   assert tree_equal(expected, got)
 
@@ -210,11 +216,11 @@ def test_bfloat16_params_with_float32_batches_compile_once(case):
     x, y = args["batch"]
     return {**args, "batch": (x.astype(jnp.float32), y)}
 
-  step = jax.jit(lambda p, s, e: _step(problem, p, s, e)[:2])
+  step = jax.jit(_step_function(problem))
   params, state = problem.params, problem.tx.init(problem.params)
   dtypes = [leaf.dtype for leaf in jax.tree.leaves(state)]
   for i in range(3):
-    params, state = step(params, state, extra(i))
+    params, state, _ = step(params, state, extra(i))
   assert step._cache_size() == 1
   assert [leaf.dtype for leaf in jax.tree.leaves(state)] == dtypes
   assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(params))
