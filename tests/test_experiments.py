@@ -26,6 +26,19 @@ CONFIGS = sorted(
 )
 
 
+# One representative of each whole-config run stays in the default run; the others train
+# every method of their config and are `slow` (CI's slow command runs them, .ci/run).
+SMOKE_IN_DEFAULT_RUN = "quickstart"
+MOCK_DATA_IN_DEFAULT_RUN = "am_fc_higgs"
+
+
+def _slow_unless(values, keep: str, name=str):
+  """``values`` as parameters named ``name(value)``, each but ``keep`` marked ``slow``."""
+  return [
+    pytest.param(v, marks=() if name(v) == keep else pytest.mark.slow, id=name(v)) for v in values
+  ]
+
+
 def _load(path: pathlib.Path, arg: str | None):
   spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
@@ -33,7 +46,7 @@ def _load(path: pathlib.Path, arg: str | None):
   return module.get_config(arg)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize("path", _slow_unless(CONFIGS, SMOKE_IN_DEFAULT_RUN, lambda p: p.stem))
 def test_config_runs_its_smoke_size_offline(path, tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("ALTMIN_JAX_DATA_DIR", str(tmp_path / "no-data-here"))
   config = _load(path, "smoke")
@@ -45,6 +58,7 @@ def test_config_runs_its_smoke_size_offline(path, tmp_path, capsys, monkeypatch)
   assert metrics["summary"], "the summary table has rows"
 
 
+@pytest.mark.slow
 def test_rnn_50_option_runs_its_smoke_size(tmp_path):
   """RNN-50 has its own supplement C.2 hyperparameters (a different path from RNN-15)."""
   path = ROOT / "experiments/configs/rnn_mnist.py"
@@ -148,7 +162,7 @@ AM_DOWNLOAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("name", AM_DOWNLOAD_CONFIGS)
+@pytest.mark.parametrize("name", _slow_unless(AM_DOWNLOAD_CONFIGS, MOCK_DATA_IN_DEFAULT_RUN))
 def test_am_config_trains_on_its_own_dataset_under_tfds_mock_data(name, tmp_path, monkeypatch):
   """The smoke size, but on the config's own dataset (MNIST, CIFAR-10, Fashion-MNIST,
   HIGGS) served by ``tfds.testing.mock_data``: the full configs' data paths run offline."""
