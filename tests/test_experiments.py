@@ -30,6 +30,7 @@ CONFIGS = sorted(
 # every method of their config and are `slow` (CI's slow command runs them, .ci/run).
 SMOKE_IN_DEFAULT_RUN = "quickstart"
 MOCK_DATA_IN_DEFAULT_RUN = "am_fc_higgs"
+ZOOM_IN_DEFAULT_RUN = "rnn_mnist"
 
 
 def _slow_unless(values, keep: str, name=str):
@@ -186,7 +187,7 @@ def test_am_config_trains_on_its_own_dataset_under_tfds_mock_data(name, tmp_path
     assert np.isfinite(row["accuracy"]) or (row["method"] == "admm" and row["diverged seeds"]), row
 
 
-@pytest.mark.parametrize("name", ["am_fc_mnist", "rnn_mnist"])
+@pytest.mark.parametrize("name", _slow_unless(["am_fc_mnist", "rnn_mnist"], ZOOM_IN_DEFAULT_RUN))
 def test_zoom_records_every_minibatch_with_wall_time_and_a_progress_bar(name, tmp_path, capsys):
   """The first-epoch zoom (paper Figure 1): one record per minibatch (plus the initial
   one), wall time that never decreases, minibatches on the x axis, and a tqdm bar."""
