@@ -47,16 +47,7 @@ def make_step(net, tx, uses_grads, x, y):
   XLA reports for the step's compiled part ``step.jitted`` (:func:`common.compiled_costs`)."""
   step = amj.training.make_train_step(net.apply, tx, loss=LOSS, uses_gradients=uses_grads)
   params = net.init(jax.random.key(0))
-  carry = [params, tx.init(params)]
-  costs = {
-    **common.compiled_costs(step.jitted, carry[0], carry[1], x, y),
-    "state_bytes": common.tree_bytes(carry[1]),
-  }
-
-  def run_once():
-    carry[0], carry[1], value = step(carry[0], carry[1], x, y)
-    jax.block_until_ready(value)
-
+  run_once, costs = common.carried_step(step, params, tx.init(params), x, y)
   return run_once, step, costs
 
 
@@ -124,19 +115,11 @@ def main() -> dict:
           **shapes,
         }
       )
-  report = {
-    "benchmark": "am_arch_step",
-    **common.environment(),
-    "quick": args.quick,
-    "results": results,
-  }
+  report = common.report("am_arch_step", args.quick, results=results)
   for r in results:
     print(
       f"{r['model']:7s} batch {r['batch']:5d}  {r['method']:12s} {r['median_step_ms']:9.2f} ms  "
-      f"{r['ratio_to_adam']:.2f}x adam  {r['multiply_adds'] / 1e6:8.1f} M mult-adds"
-      f"{'+' if r['multiply_adds_is_lower_bound'] else ' '} "
-      f"{r['fraction_of_matmul_rate']:.2f} of matmul_{r['matmul_reference_n']}  "
-      f"peak {r['peak_memory_bytes'] / 2**20:6.1f} MiB"
+      f"{r['ratio_to_adam']:.2f}x adam  " + common.costs_text(r)
     )
   return common.finish(report, args.out)
 

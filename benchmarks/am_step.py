@@ -64,6 +64,13 @@ def memory_work(width: int, batch: int) -> float:
   return float(sum(batch * p * p + batch * n * p + n * p * p for p, n in layers))
 
 
+def compiled_step(net, tx, uses_grads: bool):
+  """The compiled part of ``training.make_train_step``'s step, the program
+  :func:`common.compiled_costs` analyses."""
+  loss = amj.losses.softmax_cross_entropy
+  return amj.training.make_train_step(net.apply, tx, loss=loss, uses_gradients=uses_grads).jitted
+
+
 def make_steps(width: int, batch: int) -> tuple[dict, dict]:
   """``(steps, costs)``: for each method ``(run_once, jitted)`` for
   :func:`common.time_steps`, and the compiled step's costs and state size."""
@@ -73,20 +80,9 @@ def make_steps(width: int, batch: int) -> tuple[dict, dict]:
   y = jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
   steps, costs = {}, {}
   for name, (tx, uses_grads) in make_methods(net).items():
-    step = amj.training.make_train_step(
-      net.apply, tx, loss=amj.losses.softmax_cross_entropy, uses_gradients=uses_grads
-    ).jitted  # the compiled step alone, the program compiled_costs analyses
+    step = compiled_step(net, tx, uses_grads)
     params = net.init(jax.random.key(0))
-    carry = [params, tx.init(params)]
-    costs[name] = {
-      **common.compiled_costs(step, carry[0], carry[1], x, y),
-      "state_bytes": common.tree_bytes(carry[1]),
-    }
-
-    def run_once(step=step, carry=carry):
-      carry[0], carry[1], value = step(carry[0], carry[1], x, y)
-      jax.block_until_ready(value)
-
+    run_once, costs[name] = common.carried_step(step, params, tx.init(params), x, y)
     steps[name] = (run_once, step)
   return steps, costs
 
@@ -98,9 +94,7 @@ def peak_memory(width: int, batch: int) -> dict[str, int]:
   y = jax.ShapeDtypeStruct((batch,), jnp.int32)
   peaks = {}
   for name, (tx, uses_grads) in make_methods(net).items():
-    step = amj.training.make_train_step(
-      net.apply, tx, loss=amj.losses.softmax_cross_entropy, uses_gradients=uses_grads
-    ).jitted  # the compiled step alone, the program compiled_costs analyses
+    step = compiled_step(net, tx, uses_grads)
     params = net.init(jax.random.key(0))
     peaks[name] = common.compiled_costs(step, params, tx.init(params), x, y)["peak_memory_bytes"]
   return peaks
@@ -150,21 +144,13 @@ def main() -> dict:
     for r in results
     if r["method"] in TARGETS
   }
-  report = {
-    "benchmark": "am_step",
-    **common.environment(),
-    "quick": args.quick,
-    "results": results,
-    "memory": memory,
-    "targets": TARGETS,
-    "targets_met": checks,
-  }
+  report = common.report(
+    "am_step", args.quick, results=results, memory=memory, targets=TARGETS, targets_met=checks
+  )
   for r in results:
     print(
       f"width {r['width']:4d}  {r['method']:12s} {r['median_step_ms']:8.3f} ms  "
-      f"{r['ratio_to_adam']:5.2f}x adam  {r['multiply_adds'] / 1e6:7.1f} M mult-adds  "
-      f"{r['fraction_of_matmul_rate']:.2f} of matmul_{r['matmul_reference_n']}  "
-      f"peak {r['peak_memory_bytes'] / 2**20:6.1f} MiB"
+      f"{r['ratio_to_adam']:5.2f}x adam  " + common.costs_text(r)
     )
   return common.finish(report, args.out)
 

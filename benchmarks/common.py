@@ -1,10 +1,13 @@
-"""Shared by the benchmark scripts: interleaved step timing, what XLA says about a compiled
-step (multiply-adds, bytes, peak memory), the rate of a dense matmul of the same size timed
-beside it, and the JSON report."""
+"""Shared by the benchmark scripts: the command line, interleaved step timing, what XLA says
+about a compiled step (multiply-adds, bytes, peak memory), the rate of a dense matmul of the
+same size timed beside it, the printed cost summary and the JSON report; for the pipeline
+benchmarks (``sm_pipeline.py``, ``am_pipeline.py``) also the platforms, the problem, the
+pipelined and single-device whole steps and the driver loop."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -12,18 +15,70 @@ import re
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import pipeline_phases  # benchmarks/pipeline_phases.py
 from jax.extend import core as jax_core
 
+import altmin_jax as amj
+from altmin_jax import pipeline
+from altmin_jax.sm import local_losses
+from altmin_jax.sm import pipelined as sm_pipelined
 
-def parse_args(description: str, quick_help: str = "fewer repeats (under 60 s)"):
-  """``--quick`` and ``--out PATH``, the options every benchmark takes."""
+
+def parse_args(
+  description: str, quick_help: str = "fewer repeats (under 60 s)", stages: bool = False
+):
+  """``--quick`` and ``--out PATH``, the options every benchmark takes; with ``stages`` also
+  ``--stages S`` (the pipeline benchmarks' devices, read before JAX starts by
+  ``fake_devices.configure``)."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--quick", action="store_true", help=quick_help)
   parser.add_argument("--out", default=None, help="also write the JSON report to this file")
+  if stages:
+    parser.add_argument("--stages", type=int, default=4, help="pipeline devices S")
   return parser.parse_args()
+
+
+def calls(fns: dict[str, tuple[Callable, tuple]]) -> dict[str, tuple[Callable[[], None], Callable]]:
+  """``{name: (fn, args)}`` as :func:`time_steps` takes it: ``(run_once, fn)``, where
+  ``run_once()`` calls ``fn(*args)`` and blocks until it is done."""
+
+  def once(fn, args):
+    return lambda: jax.block_until_ready(fn(*args))
+
+  return {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}
+
+
+def median_times(fns: dict[str, tuple[Callable, tuple]], repeats: int, costs: dict | None = None):
+  """Median seconds of each jitted ``fn(*args)`` in ``{name: (fn, args)}``, measured
+  together by :func:`time_steps`: two warm-up calls each (compilation), then the functions
+  take turns, one call at a time, ``repeats`` times; asserts no recompilation. With
+  ``costs`` (:func:`compiled_costs` of each function) the functions are timed beside their
+  matmul references (:func:`measure`) and ``(medians, rates)`` returned."""
+  if costs is not None:
+    return measure(calls(fns), costs, repeats, inner=1)
+  return time_steps(calls(fns), repeats, inner=1)
+
+
+def carried_step(step: Callable, params, state, *batch) -> tuple[Callable[[], None], dict]:
+  """A training step ``step(params, state, *batch) -> (params, state, value)`` on fixed
+  data, its params and state carried from call to call: ``run_once()`` for
+  :func:`time_steps`, and :func:`compiled_costs` of the compiled step (``step.jitted`` for
+  ``training.make_train_step``'s steps) with the state's bytes (``state_bytes``)."""
+  carry = [params, state]
+  costs = {
+    **compiled_costs(getattr(step, "jitted", step), params, state, *batch),
+    "state_bytes": tree_bytes(state),
+  }
+
+  def run_once():
+    carry[0], carry[1], value = step(carry[0], carry[1], *batch)
+    jax.block_until_ready(value)
+
+  return run_once, costs
 
 
 def time_steps(
@@ -237,17 +292,22 @@ def measure(
   return {name: medians[name] for name in steps}, rates
 
 
+def costs_text(r: dict) -> str:
+  """A step's costs as printed: multiply-adds (``+`` where loops make them a lower bound),
+  the fraction of the matmul rate and the peak memory."""
+  bound = "+" if r.get("multiply_adds_is_lower_bound") else " "
+  return (
+    f"{r['multiply_adds'] / 1e6:8.1f} M mult-adds{bound} "
+    f"{r['fraction_of_matmul_rate']:.2f} of matmul_{r['matmul_reference_n']}  "
+    f"peak {r['peak_memory_bytes'] / 2**20:6.1f} MiB"
+  )
+
+
 def pipeline_run_lines(run: dict) -> list[str]:
   """The printed detail of one run of a pipeline benchmark (``sm_pipeline.py``,
   ``am_pipeline.py``): each step's costs, the phase times and the modelled and measured
   utilization."""
-  steps = "  ".join(
-    f"{k} {c['multiply_adds'] / 1e6:.1f} M mult-adds"
-    f"{'+' if c['multiply_adds_is_lower_bound'] else ''} "
-    f"{c['fraction_of_matmul_rate']:.2f} of matmul, "
-    f"peak {c['peak_memory_bytes'] / 2**20:.1f} MiB"
-    for k, c in run["step_costs"].items()
-  )
+  steps = "  ".join(f"{k} {' '.join(costs_text(c).split())}" for k, c in run["step_costs"].items())
   phases = "  ".join(f"{k} {1e3 * v:.2f} ms" for k, v in run["phase_seconds"].items())
   modelled = "  ".join(f"{k} {v:.2f}" for k, v in run["modelled_utilization"].items())
   measured = "  ".join(f"{k} {v:.2f}" for k, v in run["measured_utilization"].items())
@@ -277,6 +337,12 @@ def environment() -> dict:
   }
 
 
+def report(name: str, quick: bool, **fields) -> dict:
+  """The JSON report of benchmark ``name``: its :func:`environment`, ``quick`` and
+  ``fields``."""
+  return {"benchmark": name, **environment(), "quick": quick, **fields}
+
+
 def finish(report: dict, out: str | None) -> dict:
   """Writes the report to ``out`` (if given) and prints it as the last stdout line."""
   if out:
@@ -284,3 +350,156 @@ def finish(report: dict, out: str | None) -> dict:
       json.dump(report, f, indent=2)
   print(json.dumps(report))
   return report
+
+
+# ------------------------------------------------------------------ pipeline benchmarks
+
+
+def platforms() -> dict[str, list]:
+  """Where a pipeline benchmark runs: always the CPU (S fake devices,
+  ``fake_devices.configure``), and the accelerator's devices when one is present."""
+  out = {"cpu": jax.devices("cpu")}
+  if jax.default_backend() != "cpu":
+    out[jax.default_backend()] = jax.devices()
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineProblem:
+  """A pipeline benchmark's problem on one platform: a 784-w-...-w-10 ReLU MLP and the
+  first ``batch`` bundled MNIST training images on the first device, the mesh of S of the
+  platform's devices (:func:`altmin_jax.pipeline.pipeline_mesh`), M micro-batches and the
+  ``boundary`` layout; the params stacked on the mesh and the batch replicated on it."""
+
+  devices: list
+  stages: int
+  boundary: str
+  microbatches: int
+  width: int
+  batch: int
+  mesh: Any
+  net: Any
+  params: Any
+  x: Any
+  y: Any
+  stacked: Any
+
+  @property
+  def kw(self) -> dict:
+    """The pipeline keywords of the pipelined factories."""
+    return dict(mesh=self.mesh, num_microbatches=self.microbatches, boundary=self.boundary)
+
+  def sm_pipeline(self, inner_steps: int, **sm_kw):
+    """:func:`altmin_jax.sm.pipelined.sm_pipeline` of this problem."""
+    options = pipeline.PipelineOptions(**self.kw)
+    return sm_pipelined.sm_pipeline(self.net, pipeline=options, inner_steps=inner_steps, **sm_kw)
+
+  def sm_phases(self, inner_steps: int, **sm_kw) -> tuple[Any, dict]:
+    """The :class:`~altmin_jax.sm.pipelined.SMPipeline` and its phases
+    (``pipeline_phases.phase_functions``) plus ``solve_1_step``, the local solves with one
+    inner step on the same inputs (the set-up and the time per inner step are told apart
+    by the difference)."""
+    sp = self.sm_pipeline(inner_steps, **sm_kw)
+    phases = pipeline_phases.phase_functions(sp, self.net, self.params, (self.x, self.y))
+    one = self.sm_pipeline(1, **sm_kw)
+    sc = local_losses.scales(one.cfg, self.batch, jnp.float32)
+    solve_1 = lambda th, zi, zo, g, j, e, st, hs: one.solve(th, zi, zo, g, j, e, st, hs, sc)
+    phases["solve_1_step"] = (jax.jit(solve_1), phases["solve"][1])
+    return sp, phases
+
+  def pipelined(self, tx) -> tuple[Callable, tuple]:
+    """A pipelined method's whole step as ``(jitted, args)`` on the stacked params."""
+    xm, ym = pipeline.replicate_on(self.mesh, (self.x, self.y))
+    step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(xm, ym)))
+    return step, (self.stacked, tx.init(self.stacked))
+
+  def single(self, tx, grads: bool) -> tuple[Callable, tuple]:
+    """A single-device method's whole step as ``(jitted, args)``, given the gradients of
+    the batch-mean loss when ``grads``."""
+    net, x, y = self.net, self.x, self.y
+    g = jax.grad(lambda p: jnp.mean(amj.losses.softmax_cross_entropy(net.apply(p, x), y)))
+    step = jax.jit(lambda p, s: tx.update(g(p) if grads else None, s, p, batch=(x, y)))
+    return step, (self.params, tx.init(self.params))
+
+  def time_steps(self, steps: dict, repeats: int, baseline: str) -> dict:
+    """Times the whole ``steps`` (``{name: (jitted, args)}``, interleaved beside their
+    matmul references): ``step_seconds``, ``step_costs`` (:func:`compiled_costs`; a
+    pipelined step is a ``shard_map`` program, analysed as one device's program,
+    ``per_device_program``) and each step's ratio to ``baseline``."""
+    costs = {name: compiled_costs(fn, *args) for name, (fn, args) in steps.items()}
+    seconds, rates = median_times(steps, repeats, costs)
+    return {
+      "step_seconds": seconds,
+      "step_costs": {
+        name: {**r, "per_device_program": name.startswith("pipelined")} for name, r in rates.items()
+      },
+      f"ratio_to_{baseline}": {k: v / seconds[baseline] for k, v in seconds.items()},
+    }
+
+  def fields(self, layers_per_device: int) -> dict:
+    """What every run of a pipeline benchmark reports about its problem."""
+    real = sum(a.size for a in jax.tree.leaves(self.params))
+    padded = sum(a.size for a in jax.tree.leaves(self.stacked))
+    return {
+      "device": self.devices[0].device_kind,
+      "platform": self.devices[0].platform,
+      "stages": self.stages,
+      "boundary": self.boundary,
+      "layers": self.net.num_stages,
+      "layers_per_device": layers_per_device,
+      "width": self.width,
+      "padded_params_ratio": padded / real,
+      "batch": self.batch,
+      "microbatches": self.microbatches,
+    }
+
+
+def pipeline_problem(devices, n_stages: int, config: dict, pad_layers: int) -> PipelineProblem:
+  """The :class:`PipelineProblem` of ``config`` (``width``, ``batch``, ``M``, ``boundary``)
+  on S = min(``n_stages``, devices) devices: ``pad_layers`` layers with ``boundary="pad"``,
+  2 + 2S (2 stacked layers per device) with ``"outside"``."""
+  width, batch, boundary = config["width"], config["batch"], config["boundary"]
+  S = min(n_stages, len(devices))
+  layers = pad_layers if boundary == "pad" else 2 + 2 * S
+  mesh = pipeline.pipeline_mesh(S, devices=devices)
+  home = devices[0]
+  data = amj.data.load_dataset("bundled_mnist", num_train=8000)
+  x = jax.device_put(jnp.asarray(data.train[0][:batch]), home)
+  y = jax.device_put(jnp.asarray(data.train[1][:batch]), home)
+  net = amj.networks.mlp([784] + [width] * (layers - 1) + [10], activation=jax.nn.relu)
+  params = jax.device_put(net.init(jax.random.key(0)), home)
+  stacked = pipeline.stack_params(net, params, boundary=boundary, mesh=mesh)
+  return PipelineProblem(
+    devices, S, boundary, config["M"], width, batch, mesh, net, params, x, y, stacked
+  )
+
+
+def run_pipelines(
+  name: str,
+  description: str,
+  run_platform: Callable[[list, int, dict, int], dict],
+  quick: list[dict],
+  full: list[dict],
+  notes: list[str],
+  headline: Callable[[dict], str],
+  more_lines: Callable[[dict], list[str]] = lambda run: [],
+) -> dict:
+  """A pipeline benchmark's command line and driver: ``run_platform(devices, S, config,
+  repeats)`` on every platform (:func:`platforms`) for every config (``quick``, 3 repeats,
+  with ``--quick``; else ``full``, 7 repeats), each run printed (``headline(run)`` after its
+  setting, :func:`pipeline_run_lines`, ``more_lines(run)``), and the report (``notes``,
+  ``runs``) finished."""
+  args = parse_args(description, "one small configuration", stages=True)
+  configs, repeats = (quick, 3) if args.quick else (full, 7)
+  runs = []
+  for platform_name, devices in platforms().items():
+    for config in configs:
+      r = run_platform(devices, args.stages, config, repeats)
+      runs.append(r)
+      print(
+        f"{platform_name} {r['boundary']} L={r['layers']} S={r['stages']} "
+        f"M={r['microbatches']} w={r['width']}: {headline(r)}"
+      )
+      for line in pipeline_run_lines(r) + more_lines(r):
+        print(line)
+  return finish(report(name, args.quick, notes=notes, runs=runs), args.out)

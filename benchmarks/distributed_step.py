@@ -91,16 +91,7 @@ def make_step(tx, p: int, width: int, batch: int):
     return optax.apply_updates(params, updates), state, jnp.mean(values)
 
   params = dist.replicate(one, p)
-  carry = [params, tx.init(params)]
-  costs = {
-    **common.compiled_costs(step, carry[0], carry[1], x, y),
-    "state_bytes": common.tree_bytes(carry[1]),
-  }
-
-  def run_once():
-    carry[0], carry[1], value = step(carry[0], carry[1], x, y)
-    jax.block_until_ready(value)
-
+  run_once, costs = common.carried_step(step, params, tx.init(params), x, y)
   return run_once, step, costs
 
 
@@ -149,22 +140,18 @@ def main() -> dict:
   for r in scaling:
     r["growth_from_p1"] = r["median_step_ms"] / base[r["method"]]
 
-  report = {
-    "benchmark": "distributed_step",
-    **common.environment(),
-    "quick": args.quick,
-    "model": f"mlp 784-{width}-10, batch {batch} per worker",
-    "results": results,
-    "scaling": scaling,
-    "seconds": time.perf_counter() - start,
-  }
+  report = common.report(
+    "distributed_step",
+    args.quick,
+    model=f"mlp 784-{width}-10, batch {batch} per worker",
+    results=results,
+    scaling=scaling,
+    seconds=time.perf_counter() - start,
+  )
   for r in results:
-    bound = "+" if r["multiply_adds_is_lower_bound"] else " "
     print(
       f"p={p:2d} {r['method']:17s} {r['median_step_ms']:8.3f} ms  {r['ratio_to_sgd']:.2f}x sgd  "
-      f"{r['multiply_adds'] / 1e6:7.2f} M mult-adds{bound} "
-      f"{r['fraction_of_matmul_rate']:.2f} of matmul_{r['matmul_reference_n']}  "
-      f"peak {r['peak_memory_bytes'] / 2**20:6.2f} MiB"
+      + common.costs_text(r)
     )
   for r in scaling:
     print(

@@ -125,14 +125,9 @@ def main() -> dict:
   repeats, inner = (5, 5) if args.quick else (11, 20)
   specs = cases()
 
-  def runner(fn, a):
-    return lambda: jax.block_until_ready(fn(*a))
-
-  steps = {}
-  for name, spec in specs.items():
-    for form in ("op", "matmul"):
-      fn, a = spec[form]
-      steps[f"{name}/{form}"] = (runner(fn, a), fn)
+  steps = common.calls(
+    {f"{name}/{form}": spec[form] for name, spec in specs.items() for form in ("op", "matmul")}
+  )
   costs = {
     key: {"multiply_adds": float(specs[key.split("/")[0]]["multiply_adds"])} for key in steps
   }
@@ -153,12 +148,7 @@ def main() -> dict:
         "matmul_reference_n": op["matmul_reference_n"],
       }
     )
-  report = {
-    "benchmark": "op_rates",
-    **common.environment(),
-    "quick": args.quick,
-    "results": results,
-  }
+  report = common.report("op_rates", args.quick, results=results)
   for r in results:
     print(
       f"{r['op']:20s} {r['median_ms']:8.3f} ms  {r['multiply_adds'] / 1e6:7.1f} M mult-adds  "

@@ -1,5 +1,6 @@
 """Each phase of a pipelined SM and GD step as a jitted function with concrete inputs, for
-the pipeline benchmark (``sm_pipeline.py``) and the tests that read the phases' HLO."""
+the pipeline benchmarks (``sm_pipeline.py``, ``am_pipeline.py``) and the tests that read the
+phases' HLO."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ from altmin_jax.pipeline import gpipe
 from altmin_jax.pipeline.layout import fit
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm.pipelined import SMPipeline
+
+
+class JittedPhases(dict):
+  """``{name: (jitted fn, args)}``, built phase by phase."""
+
+  def add(self, name: str, fn: Callable, *args):
+    """Records ``jax.jit(fn)`` with its concrete ``args`` and returns its outputs, the next
+    phase's inputs."""
+    fn = jax.jit(fn)
+    self[name] = (fn, args)
+    return fn(*args)
 
 
 def phase_functions(
@@ -40,12 +52,8 @@ def phase_functions(
   prep = gpipe.prepare(pipe, net, params, batch, "phase_functions")
   lay, M, dtype = pipe.layout, pipe.num_microbatches, prep.dtype
   sc = ll.scales(cfg, prep.x.shape[0], dtype)
-  out = {}
-
-  def add(name, fn, *args):
-    fn = jax.jit(fn)
-    out[name] = (fn, args)
-    return fn(*args)
+  out = JittedPhases()
+  add = out.add
 
   def loss_pass(x, y, theta, head, tail, store=False):
     p = gpipe.Prepared(x, y, None, theta, head, tail, dtype, None)

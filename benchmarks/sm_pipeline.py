@@ -59,45 +59,21 @@ samples, M = 4, N = 10, 3 repeats. Full: width 128, 1024 samples, M in {2, 8}, N
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import fake_devices  # benchmarks/fake_devices.py: S fake CPU devices, before JAX starts
 
 fake_devices.configure()
-
-import platform  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py: the scripts run from this folder)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
-import pipeline_phases  # noqa: E402
 
 import altmin_jax as amj  # noqa: E402
-from altmin_jax import pipeline as pl  # noqa: E402
 from altmin_jax.pipeline import schedule_model as sched  # noqa: E402
-from altmin_jax.sm import pipelined as sm_pl  # noqa: E402
 
 LAYERS = 8
 SM_KW = dict(power_iterations=3)
 ITERATIONS = 30
-
-
-def median_times(fns: dict, repeats: int, costs: dict | None = None):
-  """Median seconds of each jitted ``fn(*args)`` in ``{name: (fn, args)}``, measured
-  together by ``common.time_steps``: two warm-up calls each (compilation), then the
-  functions take turns, one call at a time, ``repeats`` times; asserts no recompilation.
-  With ``costs`` (:func:`common.compiled_costs` of each function) the functions are timed
-  beside their matmul references (``common.measure``) and ``(medians, rates)`` returned."""
-
-  def once(fn, args):
-    return lambda: jax.block_until_ready(fn(*args))
-
-  timed = {name: (once(fn, args), fn) for name, (fn, args) in fns.items()}
-  if costs is not None:
-    return common.measure(timed, costs, repeats, inner=1)
-  return common.time_steps(timed, repeats, inner=1)
 
 
 def loss_curve(tx, net, params, x, y) -> list[float]:
@@ -113,27 +89,13 @@ def loss_curve(tx, net, params, x, y) -> list[float]:
 
 
 def run_platform(devices, n_stages: int, config: dict, repeats: int):
-  width, batch, M, N = config["width"], config["batch"], config["M"], config["N"]
-  boundary = config["boundary"]
-  S = min(n_stages, len(devices))
-  layers = LAYERS if boundary == "pad" else 2 + 2 * S  # outside: 2 stacked layers per device
-  mesh = pl.pipeline_mesh(S, devices=devices)
-  home = devices[0]
-  data = amj.data.load_dataset("bundled_mnist", num_train=8000)
-  x = jax.device_put(jnp.asarray(data.train[0][:batch]), home)
-  y = jax.device_put(jnp.asarray(data.train[1][:batch]), home)
-  net = amj.networks.mlp([784] + [width] * (layers - 1) + [10], activation=jax.nn.relu)
-  params = jax.device_put(net.init(jax.random.key(0)), home)
+  N = config["N"]
+  prob = common.pipeline_problem(devices, n_stages, config, LAYERS)
+  S, M, net, params, x, y = prob.stages, prob.microbatches, prob.net, prob.params, prob.x, prob.y
 
   # 1. phases
-  kw = dict(mesh=mesh, num_microbatches=M, boundary=boundary)
-  pipe = sm_pl.sm_pipeline(net, pipeline=pl.PipelineOptions(**kw), inner_steps=N, **SM_KW)
-  phases = pipeline_phases.phase_functions(pipe, net, params, (x, y))
-  one = sm_pl.sm_pipeline(net, pipeline=pl.PipelineOptions(**kw), inner_steps=1, **SM_KW)
-  sc = amj.sm.local_losses.scales(one.cfg, batch, jnp.float32)
-  solve_1 = lambda th, zi, zo, g, j, e, st, hs: one.solve(th, zi, zo, g, j, e, st, hs, sc)
-  phases["solve_1_step"] = (jax.jit(solve_1), phases["solve"][1])
-  measured = median_times(phases, repeats)
+  pipe, phases = prob.sm_phases(N, **SM_KW)
+  measured = common.median_times(phases, repeats)
 
   # 2. per-device operation times and the model
   ticks, k = M + S - 1, SM_KW["power_iterations"]
@@ -165,40 +127,24 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
   }
 
   # 3. whole steps
-  stacked = pl.stack_params(net, params, boundary=boundary, mesh=mesh)
-  loss = amj.losses.softmax_cross_entropy
-
-  xm, ym = pl.replicate_on(mesh, (x, y))
-
-  def pipelined(tx):
-    state = tx.init(stacked)
-    step = jax.jit(lambda p, s: tx.update(None, s, p, batch=(xm, ym)))
-    return step, (stacked, state)
-
-  def single(tx, grads):
-    state = tx.init(params)
-    g = jax.grad(lambda p: jnp.mean(loss(net.apply(p, x), y)))
-    step = jax.jit(lambda p, s: tx.update(g(p) if grads else None, s, p, batch=(x, y)))
-    return step, (params, state)
-
+  sm = amj.sm.surrogate_minimization
   steps = {
-    "optax_sgd": single(optax.sgd(0.1), True),
-    "sm_single_device": single(amj.sm.surrogate_minimization(net, inner_steps=N, **SM_KW), False),
-    "pipelined_sm": pipelined(
-      amj.pipelined_surrogate_minimization(net, inner_steps=N, **kw, **SM_KW)
+    "optax_sgd": prob.single(optax.sgd(0.1), True),
+    "sm_single_device": prob.single(sm(net, inner_steps=N, **SM_KW), False),
+    "pipelined_sm": prob.pipelined(
+      amj.pipelined_surrogate_minimization(net, inner_steps=N, **prob.kw, **SM_KW)
     ),
-    "pipelined_gd": pipelined(amj.pipelined_gradient_descent(net, learning_rate=0.1, **kw)),
-    "pipelined_gd_armijo": pipelined(amj.pipelined_gradient_descent(net, **kw)),
+    "pipelined_gd": prob.pipelined(
+      amj.pipelined_gradient_descent(net, learning_rate=0.1, **prob.kw)
+    ),
+    "pipelined_gd_armijo": prob.pipelined(amj.pipelined_gradient_descent(net, **prob.kw)),
   }
-  # XLA's costs of each whole step; a pipelined step is a shard_map program, whose cost and
-  # memory analysis is that of one device's program (per_device_program below)
-  step_costs = {name: common.compiled_costs(fn, *args) for name, (fn, args) in steps.items()}
-  step_times, step_rates = median_times(steps, repeats, step_costs)
-  base = step_times["optax_sgd"]
+  whole = prob.time_steps(steps, repeats, "optax_sgd")
+  step_times = whole["step_seconds"]
   busy = {k: sum(model[k]["busy"]) for k in ("gd", "sm", "gd_armijo_1_trial")}
   # 4. modelled time to a training loss
   curves = {
-    "sm": loss_curve(amj.sm.surrogate_minimization(net, inner_steps=N, **SM_KW), net, params, x, y),
+    "sm": loss_curve(sm(net, inner_steps=N, **SM_KW), net, params, x, y),
     "gd_armijo": loss_curve(amj.sm.gd_armijo(net), net, params, x, y),
   }
   target = curves["gd_armijo"][-1]
@@ -211,29 +157,13 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
       "iterations_to_target": hit,
       "modelled_seconds_to_target": None if hit is None else hit * makespan[name],
     }
-  real = sum(a.size for a in jax.tree.leaves(params))
-  padded = sum(a.size for a in jax.tree.leaves(stacked))
   return {
-    "device": devices[0].device_kind,
-    "platform": devices[0].platform,
-    "stages": S,
-    "boundary": boundary,
-    "layers": layers,
-    "layers_per_device": pipe.pipe.layers_per_stage,
-    "width": width,
-    "padded_params_ratio": padded / real,
-    "batch": batch,
-    "microbatches": M,
+    **prob.fields(pipe.pipe.layers_per_stage),
     "inner_steps": N,
     "phase_seconds": measured,
     "durations": durations._asdict(),
     "model": model,
-    "step_seconds": step_times,
-    "step_costs": {
-      name: {**r, "per_device_program": name.startswith("pipelined")}
-      for name, r in step_rates.items()
-    },
-    "ratio_to_optax_sgd": {k: v / base for k, v in step_times.items()},
+    **whole,
     "modelled_utilization": {k: v["utilization"] for k, v in model.items()},
     "measured_utilization": {
       "pipelined_gd": busy["gd"] / (S * step_times["pipelined_gd"]),
@@ -249,59 +179,40 @@ def run_platform(devices, n_stages: int, config: dict, repeats: int):
 
 
 def main() -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="one small configuration")
-  parser.add_argument("--out", default=None, help="also write the JSON to this file")
-  parser.add_argument("--stages", type=int, default=4, help="pipeline devices S")
-  args = parser.parse_args()
-  if args.quick:
-    configs, repeats = [dict(width=64, batch=256, M=4, N=10, boundary="pad")], 3
-  else:
-    configs = [
-      dict(width=128, batch=1024, M=m, N=n, boundary=b)
-      for b in ("pad", "outside")
-      for m in (2, 8)
-      for n in (10, 20)
+  full = [
+    dict(width=128, batch=1024, M=m, N=n, boundary=b)
+    for b in ("pad", "outside")
+    for m in (2, 8)
+    for n in (10, 20)
+  ]
+
+  def more_lines(r):
+    t = r["modelled_time_to_loss"]
+    return [
+      f"  modelled time to loss {t['target_loss']:.4f}: "
+      + "  ".join(
+        f"{k} {t[k]['iterations_to_target']} its / {t[k]['modelled_seconds_to_target']} s"
+        for k in ("sm", "gd_armijo")
+      )
     ]
-    repeats = 7
-  platforms = {"cpu": jax.devices("cpu")}
-  if jax.default_backend() != "cpu":
-    platforms[jax.default_backend()] = jax.devices()
-  runs = []
-  for name, devices in platforms.items():
-    for c in configs:
-      r = run_platform(devices, args.stages, c, repeats)
-      runs.append(r)
-      print(
-        f"{name} {r['boundary']} L={r['layers']} S={r['stages']} M={r['microbatches']} "
-        f"N={r['inner_steps']} w={r['width']}: "
-        + "  ".join(f"{k} {1e3 * v:.1f} ms" for k, v in r["step_seconds"].items())
-      )
-      for line in common.pipeline_run_lines(r):
-        print(line)
-      t = r["modelled_time_to_loss"]
-      print(
-        f"  modelled time to loss {t['target_loss']:.4f}: "
-        + "  ".join(
-          f"{k} {t[k]['iterations_to_target']} its / {t[k]['modelled_seconds_to_target']} s"
-          for k in ("sm", "gd_armijo")
-        )
-      )
-  report = {
-    "benchmark": "sm_pipeline",
-    "platform": platform.platform(),
-    "jax": jax.__version__,
-    "cpu_count": os.cpu_count(),
-    "load_average": common.load_average(),
-    "quick": args.quick,
-    "notes": [
+
+  return common.run_pipelines(
+    "sm_pipeline",
+    __doc__.split("\n")[0],
+    run_platform,
+    quick=[dict(width=64, batch=256, M=4, N=10, boundary="pad")],
+    full=full,
+    notes=[
       "fake CPU devices share the host's cores: parallel phases are serialised",
       "boundary 'outside': the first and last layer run replicated on every device and "
       "are not part of the modelled busy time",
     ],
-    "runs": runs,
-  }
-  return common.finish(report, args.out)
+    headline=lambda r: (
+      f"N={r['inner_steps']} "
+      + "  ".join(f"{k} {1e3 * v:.1f} ms" for k, v in r["step_seconds"].items())
+    ),
+    more_lines=more_lines,
+  )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ run the median wall time of one jitted iteration of
   per local loss (curvature constants from 10 Lanczos steps per stage);
 * full mode also ``sso`` (N = 10), ``cg_block`` (N = 10) and ``ddg`` (K = 4 modules);
 
-and the phases of one ``sm_cg`` step, each jitted on its own from the previous phase's
-(materialised) outputs: ``forward_backward`` (one forward and one backward pass),
-``jacobians`` (the loss's per-sample Hessians, every stage's level and the logits'
+and the phases of one ``sm_cg`` step, the phase functions of :mod:`altmin_jax.sm.surrogate`
+that the step composes, each jitted on its own from the previous phase's (materialised)
+outputs: ``forward_backward`` (one forward and one backward pass), ``jacobians``
+(``curvature``: the loss's per-sample Hessians, every stage's level and the logits'
 Jacobians by one reverse pass), ``rest_bounds`` (the per-sample Lanczos bounds of the rest
-of the network) and ``local_solves`` (N = 10 CG steps on every local loss). Their sum
-exceeds the fused step by what XLA saves across phase boundaries. Each phase's matrix
-multiply-adds (jaxpr count, the CG loop's N iterations included) are reported as a
+of the network) and ``local_solves`` (N = 10 CG steps on every local loss and the update
+:math:`\theta + d`). Their sum exceeds the fused step by what XLA saves across phase
+boundaries (and by the stages' levels, rebuilt in ``jacobians`` and ``rest_bounds``). Each
+phase's matrix multiply-adds (jaxpr count, the CG loop's N iterations included) are reported as a
 multiple of the SGD step's (``<phase>_multiply_adds_ratio_to_sgd``) beside its time, and
 its rate relative to the SGD step's (``<phase>_rate_ratio_to_sgd_rate``), so a slow phase
 is told apart from a phase with much arithmetic. ``one_product_per_stage_ratio_to_sgd`` is
@@ -60,13 +62,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pipeline_phases  # benchmarks/pipeline_phases.py: JittedPhases
 
 import altmin_jax as amj
 from altmin_jax import sm
 from altmin_jax.networks import stages
-from altmin_jax.sm import _common as sm_common
 from altmin_jax.sm import local_losses as ll
-from altmin_jax.sm import surrogate, young_bound
+from altmin_jax.sm import surrogate as sur
 
 CORE = ("sgd", "gd_armijo", "sm_cg")
 ALL = (*CORE, "sm_armijo", "sso", "cg_block", "ddg")
@@ -123,106 +125,55 @@ def make_steps(layers: int, x, y, methods) -> dict:
   for name in methods:
     tx, uses_grads = build(name, net)
     step = train_step(net, tx, uses_grads)
-    carry = [params, tx.init(params)]
-
-    def run_once(step=step, carry=carry):
-      carry[0], carry[1], value = step(carry[0], carry[1], x, y)
-      jax.block_until_ready(carry[0])
-      return value
-
-    costs = common.compiled_costs(getattr(step, "jitted", step), params, carry[1], x, y)
+    run_once, costs = common.carried_step(step, params, tx.init(params), x, y)
     out[name] = {"run_once": run_once, "step": step, "tx": tx, "params": params, "costs": costs}
   return out
 
 
-def phase_steps(layers: int, x, y, inner_steps: int = 10) -> dict:
-  """``run_once`` / jitted function pairs of the four phases of one SM step."""
+def phase_steps(layers: int, x, y, inner_steps: int = 10) -> tuple[dict, dict]:
+  """The phases of one SM step, as the step composes them (the phase functions of
+  :mod:`altmin_jax.sm.surrogate`), each jitted on its own from the previous phase's
+  outputs: ``(run_once, jitted)`` pairs for ``common.time_steps`` and each phase's matrix
+  multiply-adds."""
   net = amj.networks.mlp([784] + [WIDTH] * (layers - 1) + [10], activation=jax.nn.relu)
   loss = amj.losses.softmax_cross_entropy
   cfg = ll.sm_config(net, loss, ll.SMOptions(inner_steps=inner_steps))
-  opts, m = cfg.options, net.num_stages
+  m = net.num_stages
   params = net.init(jax.random.key(0))
   stage_params = stages.prepare(net, params, (x, y), "benchmark", loss).stage_params
-  steps = jnp.full([m], opts.line_search.init_step, jnp.float32)
+  steps = jnp.full([m], cfg.options.line_search.init_step, jnp.float32)
+  sc = ll.scales(cfg, x.shape[0], jnp.float32)
 
-  @jax.jit
-  def forward_backward(stage_params):
-    return sm_common.forward_backward(net, stage_params, x, y, loss)
+  def forward_backward(sp):
+    return sur.forward_backward(cfg, sp, x, y)
 
-  @jax.jit
-  def jacobians(stage_params, fb):
-    hess = ll.loss_hessians(cfg, fb.z[-1], y)
-    levels = ll.young_levels(
-      net, stage_params, fb, iterations=opts.power_iterations, seed=opts.seed
-    )
-    jacs = [None] * m
-    for i in range(m - 1, 0, -1):
-      jacs[i - 1] = young_bound.jacobian_below(levels[i], jacs[i], fb.z[i + 1])
-    return hess, jacs
+  def jacobians(sp, fb):
+    # The stages' levels are rebuilt in each phase (a few elementwise ops for dense stages).
+    return sur.curvature(cfg, fb, y, sur.stage_levels(cfg, sp, fb))
 
-  @jax.jit
-  def rest_bounds(stage_params, fb):
-    # The levels are recomputed here (a few elementwise ops); the Lanczos sweeps dominate.
-    sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
-    levels = ll.young_levels(
-      net, stage_params, fb, iterations=opts.power_iterations, seed=opts.seed
-    )
-    return [
-      young_bound.rest_bound(
-        levels[i:], sc.delta, fb.z[i], iterations=opts.power_iterations, seed=opts.seed + i
-      )
-      for i in range(1, m + 1)
-    ]
+  def rest_bounds(sp, fb):
+    return sur.rest_bounds(cfg, fb, sc, sur.stage_levels(cfg, sp, fb))
 
-  def stage_data(stage_params, fb, hess, jacs, es):
-    zero = jnp.zeros([], fb.value.dtype)
-    return [
-      ll.StageData(
-        z_prev=fb.z[i - 1],
-        theta=stage_params[i - 1],
-        g_out=fb.g_z[i - 1],
-        z_out=fb.z[i],
-        c_next=zero,
-        jac=jacs[i - 1],
-        e=es[i - 1],
-        hess=hess,
-      )
-      for i in range(1, m + 1)
-    ]
+  def local_solves(sp, fb, curv, es):
+    data = sur.young_stage_data(sp, fb, curv, es)
+    return sur.update(sp, sur.local_solves(cfg, data, sc, steps))
 
-  @jax.jit
-  def local_solves(stage_params, fb, hess, jacs, es):
-    sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
-    data = stage_data(stage_params, fb, hess, jacs, es)
-    return [s.d for s in surrogate.solve_all_stages(cfg, data, sc, steps)]
-
-  def local_setup(stage_params, fb, hess, jacs, es, product: bool):
+  def local_setup(sp, fb, curv, es, product: bool):
     """Every stage's local loss (its gradient) and, with ``product``, one Hessian-vector
     product on it: the difference of the two counts is a CG step's matrix work."""
-    sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
     out = []
-    for i, d in enumerate(stage_data(stage_params, fb, hess, jacs, es), start=1):
-      kind = ll.stage_kind(net, i)
-      lq = ll.local_quadratic(opts, kind, i == 1, i == m, float(i), d, sc)
+    for i, d in enumerate(sur.young_stage_data(sp, fb, curv, es), start=1):
+      lq = ll.local_quadratic(cfg.options, ll.stage_kind(net, i), i == 1, i == m, float(i), d, sc)
       out.append(lq.matvec(lq.g_theta) if product else lq.g_theta)
     return out
 
-  fb = forward_backward(stage_params)
-  hess, jacs = jacobians(stage_params, fb)
-  es = rest_bounds(stage_params, fb)
-  calls = {
-    "forward_backward": (forward_backward, (stage_params,)),
-    "jacobians": (jacobians, (stage_params, fb)),
-    "rest_bounds": (rest_bounds, (stage_params, fb)),
-    "local_solves": (local_solves, (stage_params, fb, hess, jacs, es)),
-  }
-
-  def runner(fn, args):
-    return lambda: jax.block_until_ready(fn(*args))
-
-  timed = {name: (runner(fn, args), fn) for name, (fn, args) in calls.items()}
-  counts = {name: common.jaxpr_multiply_adds(fn, *args) for name, (fn, args) in calls.items()}
-  args = calls["local_solves"][1]
+  phases = pipeline_phases.JittedPhases()
+  fb = phases.add("forward_backward", forward_backward, stage_params)
+  curv = phases.add("jacobians", jacobians, stage_params, fb)
+  es = phases.add("rest_bounds", rest_bounds, stage_params, fb)
+  phases.add("local_solves", local_solves, stage_params, fb, curv, es)
+  counts = {name: common.jaxpr_multiply_adds(fn, *args) for name, (fn, args) in phases.items()}
+  args = phases["local_solves"][1]
   setup, with_product = (
     common.jaxpr_multiply_adds(lambda *a, p=p: local_setup(*a, product=p), *args)[
       "jaxpr_matmul_multiply_adds"
@@ -236,7 +187,7 @@ def phase_steps(layers: int, x, y, inner_steps: int = 10) -> dict:
   counts["local_setup"] = setup
   counts["one_product_per_stage"] = product
   counts["inner_steps"] = inner_steps
-  return timed, counts
+  return common.calls(phases), counts
 
 
 def peak_memory(layers: int, width: int, batch: int, methods) -> dict[str, int]:
@@ -349,24 +300,20 @@ def main() -> dict:
     for batch in MEMORY_BATCHES
     for name, v in peak_memory(4, width, batch, CORE).items()
   ]
-  report = {
-    "benchmark": "sm_step",
-    **common.environment(),
-    "quick": args.quick,
-    "width": WIDTH,
-    "step_times": results,
-    "sm_phases": breakdown,
-    "equal_wall_time": trained,
-    "memory": memory,
-  }
+  report = common.report(
+    "sm_step",
+    args.quick,
+    width=WIDTH,
+    step_times=results,
+    sm_phases=breakdown,
+    equal_wall_time=trained,
+    memory=memory,
+  )
   for r in results:
-    bound = "+" if r["multiply_adds_is_lower_bound"] else " "
     print(
       f"{r['layers']} layers  {r['method']:10s} {r['median_step_ms']:9.2f} ms  "
       f"{r['ratio_to_sgd']:6.2f}x sgd  {r['ratio_to_gd_armijo']:5.2f}x gd_armijo  "
-      f"{r['multiply_adds'] / 1e6:8.1f} M mult-adds{bound} "
-      f"{r['fraction_of_matmul_rate']:.2f} of matmul_{r['matmul_reference_n']}  "
-      f"peak {r['peak_memory_bytes'] / 2**20:6.1f} MiB"
+      + common.costs_text(r)
     )
   for r in breakdown:
     print(
