@@ -33,6 +33,21 @@ def tree_allclose(a, b, rtol=1e-6, atol=1e-6) -> bool:
   )
 
 
+def tree_close_normwise(a, b, rtol: float) -> bool:
+  """Same structure and ``max |a - b| <= rtol * max |b|`` over all leaves at once: for
+  results whose rounding error is relative to the whole tree's size (a nearly singular solve)
+  rather than to each entry."""
+  if jax.tree.structure(a) != jax.tree.structure(b):
+    return False
+  largest = lambda x: float(np.max(np.abs(np.asarray(x, np.float64)), initial=0.0))
+  diff = max(
+    largest(np.subtract(x, y, dtype=np.float64))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+  size = max(largest(y) for y in jax.tree.leaves(b))
+  return diff <= rtol * size
+
+
 def tree_equal(a, b) -> bool:
   """Same structure and bitwise-equal leaves."""
   if jax.tree.structure(a) != jax.tree.structure(b):

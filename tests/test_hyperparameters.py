@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import small_mlp, teacher_classification, tree_allclose
+from helpers import small_mlp, teacher_classification, tree_allclose, tree_close_normwise
 
 import altmin_jax as amj
 from altmin_jax import pipeline as pl
@@ -359,17 +359,24 @@ def test_works_under_inject_hyperparams(name):
     assert k in state.hyperparams, f"{name}: {k} is not injected"
   got = traced(state, params)
   want = _run(spec.factory, fixed, params, step, **reals, **spec.ints)
-  # traced hyperparameters are not constant-folded: rounding differs (ADMM's solves most:
-  # their eigendecomposition drops directions below a rounding cutoff)
-  rtol, atol = (1e-3, 3e-4) if name == "taylor_admm" else (1e-4, 1e-5)
-  assert tree_allclose(got, want[0], rtol=rtol, atol=atol), name
+  # traced hyperparameters are not constant-folded: rounding differs. ADMM's nearly singular
+  # solves (ridge 1e-6; their eigendecomposition drops directions below a rounding cutoff)
+  # amplify it: their error is relative to the whole update (3.8 at most here), not to each
+  # entry (the hidden layers' entries, about 1e-5, are that noise), so they are compared
+  # normwise at 1e-3 of the largest entry (measured: 1e-4).
+  close = (
+    (lambda a, b: tree_close_normwise(a, b, rtol=1e-3))
+    if name == "taylor_admm"
+    else (lambda a, b: tree_allclose(a, b, rtol=1e-4, atol=1e-5))
+  )
+  assert close(got, want[0]), name
   if spec.reals:
     # a changed hyperparameter takes effect without retracing
     arg, (_, changed) = next(iter(spec.reals.items()))
     state.hyperparams[arg] = jnp.full_like(state.hyperparams[arg], changed)
     got2 = traced(state, params)
     want2 = _run(spec.factory, fixed, params, step, **{**reals, arg: changed}, **spec.ints)
-    assert tree_allclose(got2, want2[0], rtol=rtol, atol=atol), (name, arg)
+    assert close(got2, want2[0]), (name, arg)
     assert not tree_allclose(got2, got, rtol=1e-6, atol=0), (name, arg, "had no effect")
     assert len(traces) == 1, f"{name}: retraced when a hyperparameter changed"
 
