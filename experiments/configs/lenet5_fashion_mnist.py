@@ -25,9 +25,10 @@ def get_config(arg: str | None = None):
   # over 10 epochs, seeds 0 / 1: 0.8928 / 0.8966 at epoch 10, no drop. Nesterov with 1/1280
   # and the authors' per-layer scaling learned too slowly (0.8546 and 0.8314 at epoch 2,
   # against 0.8785). Also tried on the same split and not better over epochs 3-10 (mean
-  # validation accuracy; docs/results_selection.md): Adam epsilon 1e-9 / 1e-10 / 1e-12 for the weight
-  # steps, mu += 1e-2 per batch, code lr 0.1 / 128, weight lr 0.001, the per-sample code-step
-  # cut (code_safeguard), float64 (dtype), and combinations of these, all with eq. 6's
+  # validation accuracy; docs/results_selection.md): Adam epsilon 1e-9 / 1e-10 / 1e-12 for
+  # the weight steps, mu += 1e-2 per batch, code lr 0.1 / 128, weight lr 0.001, the
+  # per-sample code-step cut (code_safeguard), float64 (dtype), and combinations of these,
+  # all with eq. 6's
   # updated weight inputs (the change that closed the gap follows).
   config.methods.am_adam.code_optimizer = "sgd"
   # Weight steps (issue 15 req. 3): with one code step every layer's weight gradient is
