@@ -114,3 +114,34 @@ def _family_cases() -> list[Case]:
 
 
 CASES: list[Case] = _family_cases()
+
+# The cases of the quick run are one or more per family on the smallest problems; these,
+# the pipelined steps and the larger models, are `extended` (CI runs them, .ci/run).
+EXTENDED = {
+  "pipelined_am_adam",
+  "pipelined_am_mem",
+  "pipelined_sm",
+  "pipelined_gd_armijo",
+  "am_adam_lenet5",
+  "am_adam_rnn",
+  "am_adam_offline",
+  "am_mem_offline",
+  "am_adam_binary_tanh",
+  "am_adam_record_codes",
+  "am_adam_adam_codes_no_prox_long_loops",
+  "am_adam_nesterov_codes",
+  "am_mem_exact",
+  "sm_armijo",
+  "dc_asgd_adaptive",
+}
+
+
+def case_params() -> list:
+  """``CASES`` as pytest params named after the cases, the :data:`EXTENDED` ones marked
+  ``extended``."""
+  import pytest
+
+  return [
+    pytest.param(c, id=c.name, marks=[pytest.mark.extended] if c.name in EXTENDED else [])
+    for c in CASES
+  ]

@@ -61,6 +61,7 @@ def test_blocked_sweeps_equal_the_column_sweeps(d, m, block_size, dead, sweeps):
   np.testing.assert_array_equal(np.asarray(W)[:, list(dead)], np.asarray(W0)[:, list(dead)])
 
 
+@pytest.mark.extended
 def test_block_size_does_not_change_the_sweep():
   rng = np.random.default_rng(1)
   A, B = memories(rng, 300, 70, 6, dead=(5,))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conformance import CASES
+from conformance import CASES, case_params
 from helpers import teacher_classification, tree_equal
 
 import altmin_jax as amj
@@ -104,7 +104,7 @@ def _guarded_runs(name: str) -> dict:
 
 
 @pytest.mark.parametrize("which", ["num_classes", "-1"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_concrete_out_of_range_label_raises_naming_it(case, which):
   """A label equal to the number of classes, or -1 (never read as the last class),
   raises before anything is traced, naming the label."""
@@ -115,7 +115,7 @@ def test_concrete_out_of_range_label_raises_naming_it(case, which):
     _trace(problem, problem.with_batch(x, y.at[2].set(bad)))
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_float_class_labels_raise(case):
   problem = _batch_problem(case)
   x, y = problem.extra_args(0)["batch"]
@@ -123,7 +123,7 @@ def test_float_class_labels_raise(case):
     _trace(problem, problem.with_batch(x, y.astype(jnp.float32)))
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_traced_out_of_range_label_is_detected_and_skipped(case):
   """Inside ``jit`` a label cannot raise: an out-of-range one makes the step
   non-finite, and ``skip_nonfinite_updates`` skips and counts it (params unchanged)."""
@@ -138,7 +138,7 @@ def test_traced_out_of_range_label_is_detected_and_skipped(case):
 # ------------------------------------------------------------------- empty batch
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_empty_batch_raises(case):
   problem = _batch_problem(case)
   x, y = problem.extra_args(0)["batch"]
@@ -158,7 +158,7 @@ def _foreign_state(case):
   raise AssertionError("the registry needs two state types")
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_another_methods_state_raises(case):
   problem = _problem(case.name)
   _, state = _foreign_state(case)
@@ -166,7 +166,7 @@ def test_another_methods_state_raises(case):
     _trace(problem, problem.extra_args(0), state=state)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_same_type_state_of_other_structure_raises(case):
   """A state of the method's own type built for params of another structure (another
   configuration's state has the same kind of mismatch: am_adam's vs am_mem's AMState)."""
@@ -191,7 +191,7 @@ def _workers_problem(case):
   return problem
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_order_that_is_not_a_permutation_raises(case):
   problem = _workers_problem(case)
   p = problem.num_workers
@@ -202,7 +202,7 @@ def test_order_that_is_not_a_permutation_raises(case):
     _trace(problem, {**extra, "order": np.arange(p + 1)})
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_traced_order_that_is_not_a_permutation_gives_nonfinite_updates(case):
   """Inside ``jit`` an order cannot raise: one that is not a permutation makes the
   updates NaN, and ``skip_nonfinite_updates`` skips and counts the step."""
@@ -214,7 +214,7 @@ def test_traced_order_that_is_not_a_permutation_gives_nonfinite_updates(case):
   assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_active_must_be_boolean_of_one_flag_per_worker(case):
   problem = _workers_problem(case)
   p = problem.num_workers
@@ -224,7 +224,7 @@ def test_active_must_be_boolean_of_one_flag_per_worker(case):
       _trace(problem, {**extra, "active": bad})
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_idle_worker_is_skipped_or_refused(case):
   """A method that can skip a worker leaves the idle worker's copy unchanged; every
   other method refuses a concrete ``active`` with an idle worker (it would step it)."""
@@ -244,7 +244,7 @@ def test_idle_worker_is_skipped_or_refused(case):
   assert any(bool(jnp.any(u[-1] != 0)) for u in jax.tree.leaves(everyone))
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_unreplicated_params_raise_at_init(case):
   """Params whose leaves all have a leading size p but whose rows differ (for example
   another model's unreplicated params) are refused: ``init`` takes replicated ones."""
@@ -260,7 +260,7 @@ def test_unreplicated_params_raise_at_init(case):
 # --------------------------------------------------------------- low precision
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_float16_params_take_a_finite_first_step(case):
   """Methods compute in at least float32: float16 params with the default Adam epsilon
   (1e-8, which is 0 in float16) do not go non-finite at step 0."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import conformance
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conformance import CASES
+from conformance import CASES, case_params
 from helpers import tree_equal
 
 import altmin_jax as amj
@@ -49,7 +50,11 @@ def _jitted_step(case, dtype):
   return _JITTED_STEPS[key]
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_extended_cases_are_cases():
+  assert conformance.EXTENDED <= {case.name for case in CASES}
+
+
+@pytest.mark.parametrize("case", case_params())
 def test_no_recompilation_after_first_step(case):
   problem = case.problem(jnp.float32)
   params, state = problem.params, problem.tx.init(problem.params)
@@ -61,7 +66,7 @@ def test_no_recompilation_after_first_step(case):
   assert step._cache_size() == 1
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_unknown_extra_args_are_ignored(case):
   problem = case.problem(jnp.float32)
   state = problem.tx.init(problem.params)
@@ -73,7 +78,7 @@ def test_unknown_extra_args_are_ignored(case):
   assert tree_equal(plain, more)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_state_is_array_only_and_survives_checkpoint(case, tmp_path):
   problem = case.problem(jnp.float32)
   step = _jitted_step(case, jnp.float32)
@@ -108,7 +113,7 @@ def test_bad_hyperparameters_raise_at_construction(case, thunk, text):
   assert text in str(info.value)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_wrong_feature_size_raises_before_running(case):
   problem = case.problem(jnp.float32)
   if problem.bad_extra_args is None:
@@ -118,7 +123,7 @@ def test_wrong_feature_size_raises_before_running(case):
     jax.jit(lambda p, s, e: _step(problem, p, s, e))(problem.params, state, problem.bad_extra_args)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_non_finite_batch_is_detectable_and_skippable(case, tmp_path):
   """A NaN in the batch makes the updates non-finite (``training.all_finite`` is
   False); wrapped in ``training.skip_nonfinite_updates`` the step is skipped and
@@ -163,7 +168,7 @@ def test_non_finite_batch_is_detectable_and_skippable(case, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_params_keep_their_dtype(case, dtype):
   problem = case.problem(dtype)
   assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(problem.params))
@@ -177,7 +182,7 @@ def test_params_keep_their_dtype(case, dtype):
   assert bool(amj.training.all_finite(params))
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_composes_with_optax_chain(case):
   problem = case.problem(jnp.float32)
   chained = optax.chain(problem.tx, optax.scale(1.0))
@@ -190,7 +195,7 @@ def test_composes_with_optax_chain(case):
   assert tree_equal(expected, got)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_decreases_the_loss_on_a_small_problem(case):
   problem = case.problem(jnp.float32)
   step = _jitted_step(case, jnp.float32)
@@ -203,7 +208,7 @@ def test_decreases_the_loss_on_a_small_problem(case):
   assert after < case.descent_factor * before, (before, after)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", case_params())
 def test_bfloat16_params_with_float32_batches_compile_once(case):
   """Mixed precision (bfloat16 params, float32 inputs) keeps the state's dtypes, so the
   jitted step does not recompile."""

@@ -425,6 +425,7 @@ def test_dc_asgd_cifar10_configs_build_every_run_with_the_stated_settings():
     dc_asgd_cifar10.get_config("p=16")
 
 
+@pytest.mark.extended
 def test_distributed_mnist_dc_asgd_option_runs_offline_at_smoke_size(tmp_path, monkeypatch):
   """The bundled-MNIST comparison of DC-ASGD-c / -a, ASGD and SSGD with 4 and 8 workers
   runs its smoke size without network or data files, and every run's centre variable

@@ -267,6 +267,7 @@ def test_binary_rejects_unknown_config_keys(tmp_path):
   assert "learning_rate" in out.stderr
 
 
+@pytest.mark.extended
 def test_binary_runs_with_overrides_and_reports_missing_data(tmp_path):
   out = _main(
     "--config=experiments/configs/quickstart.py:smoke",
@@ -380,6 +381,7 @@ def test_am_arch_method_passes_the_weight_inputs():
     am_arch.validate(config)
 
 
+@pytest.mark.extended
 def test_am_arch_method_trains_in_float64_when_asked(tmp_path):
   """``dtype="float64"`` trains that method in double precision only: its run equals a
   float64 run built by hand, and x64 is off again afterwards; other dtypes are refused."""

@@ -123,6 +123,7 @@ def _resume_matches_uninterrupted(config, tmp_path, monkeypatch, crashes) -> tup
   return reference, len(restored)
 
 
+@pytest.mark.extended
 def test_am_fc_resumes_every_method_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
   """A crash in the second epoch of every method, each followed by a resume from the first
   epoch's checkpoint: every method ends with the uninterrupted run's accuracy, loss,
@@ -162,6 +163,7 @@ def test_zoom_resumes_inside_an_epoch_from_a_mid_epoch_checkpoint(tmp_path, monk
   assert restored == 1
 
 
+@pytest.mark.extended
 def test_am_arch_resumes_every_kind_and_seed(tmp_path, monkeypatch):
   """The am_arch runner with each kind of method (AM-Adam on the sign/tanh net, Adam with
   the straight-through estimator, SGD with its per-epoch decay: a schedule of the step
@@ -179,6 +181,7 @@ def test_am_arch_resumes_every_kind_and_seed(tmp_path, monkeypatch):
   assert restored == 4
 
 
+@pytest.mark.extended
 def test_distributed_resumes_with_its_batch_generators(tmp_path, monkeypatch):
   """The distributed runner draws batches (and crops) from NumPy generators; their states
   travel in the checkpoint, so the resumed rounds see the same batches."""
@@ -194,6 +197,7 @@ def test_distributed_resumes_with_its_batch_generators(tmp_path, monkeypatch):
     assert record["round"] == [0, 2, 4, 6], name
 
 
+@pytest.mark.extended
 def test_sm_tables_resumes_every_method_and_inner_step_count(tmp_path, monkeypatch):
   """The SM tables runner (full-batch iterations, one per epoch): a crash in the second
   epoch of every (method, N) run, each followed by a resume from its first epoch's

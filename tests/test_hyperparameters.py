@@ -315,9 +315,22 @@ def _run(factory, fixed, params, step, **kwargs):
 
 
 CASES = sorted(SPECS)
+# The pipelined factories and the larger models: `extended` (CI runs them, .ci/run).
+EXTENDED = {
+  "pipelined_am_adam",
+  "pipelined_am_mem",
+  "pipelined_surrogate_minimization",
+  "pipelined_gradient_descent",
+  "am_adam_rnn",
+  "am_adam_offline",
+  "am_mem_offline",
+}
+PARAMS = [
+  pytest.param(n, id=n, marks=[pytest.mark.extended] if n in EXTENDED else []) for n in CASES
+]
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", PARAMS)
 def test_numpy_and_jax_scalars_give_the_python_result(name):
   spec = SPECS[name]
   fixed, params, step = _problem(spec)
@@ -337,7 +350,7 @@ def test_numpy_and_jax_scalars_give_the_python_result(name):
     assert tree_allclose(got[0], want[0], rtol=1e-5, atol=1e-6), (name, kind)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", PARAMS)
 def test_works_under_inject_hyperparams(name):
   spec = SPECS[name]
   fixed, params, step = _problem(spec)

@@ -31,6 +31,7 @@ def _power_iteration(A, v, steps):
   return rq
 
 
+@pytest.mark.extended
 def test_top_eigenvalue_is_safe_for_indefinite_matrices(x64):
   """Power iteration finds the eigenvalue of largest magnitude (-5 here, not
   lambda_max = 2); the Lanczos estimate finds lambda_max, also after fewer steps than

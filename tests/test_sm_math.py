@@ -177,7 +177,11 @@ def _top(matrix) -> float:
 # ------------------------------------------------------------ the Young bound
 
 
-@pytest.mark.parametrize("activation", [jnp.tanh, jax.nn.relu], ids=["tanh", "relu"])
+@pytest.mark.parametrize(
+  "activation",
+  [pytest.param(jnp.tanh, marks=pytest.mark.extended), jax.nn.relu],
+  ids=["tanh", "relu"],
+)
 def test_young_blocks_match_the_dense_construction(x64, activation):
   """Every stage's matrix-free H_i (dense closed forms, Lanczos on the rest spanning each
   sample's block) equals the dense construction written out from the formulas, and g_i is
@@ -209,10 +213,14 @@ def test_dense_closed_forms_equal_automatic_differentiation(x64):
     np.testing.assert_allclose(ravel_pytree(ga)[0], ravel_pytree(gb)[0], rtol=1e-10)
 
 
-# The ReLU case (about a minute on 2 cores) runs in CI's slow subset (.ci/run).
+# The tanh case (half a minute on 2 cores) is extended, the ReLU case (about a minute) slow:
+# CI runs both (.ci/run).
 @pytest.mark.parametrize(
   "activation",
-  [jnp.tanh, pytest.param(jax.nn.relu, marks=pytest.mark.slow)],
+  [
+    pytest.param(jnp.tanh, marks=pytest.mark.extended),
+    pytest.param(jax.nn.relu, marks=pytest.mark.slow),
+  ],
   ids=["tanh", "relu"],
 )
 def test_young_bound_majorizes_the_dense_hessian_and_the_paper_constants_do_not(x64, activation):
@@ -233,10 +241,15 @@ def test_young_bound_majorizes_the_dense_hessian_and_the_paper_constants_do_not(
   assert worst_paper < -1e-3, worst_paper
 
 
-# The ReLU case (about a minute on 2 cores) runs in CI's slow subset (.ci/run); the ReLU
-# blocks are checked against the dense construction in the default run.
+# The tanh case is extended, the ReLU case (about a minute on 2 cores) slow: CI runs both
+# (.ci/run); the ReLU blocks are checked against the dense construction in the default run.
 @pytest.mark.parametrize(
-  "activation", [jnp.tanh, pytest.param(jax.nn.relu, marks=pytest.mark.slow)], ids=["tanh", "relu"]
+  "activation",
+  [
+    pytest.param(jnp.tanh, marks=pytest.mark.extended),
+    pytest.param(jax.nn.relu, marks=pytest.mark.slow),
+  ],
+  ids=["tanh", "relu"],
 )
 def test_default_settings_majorize_the_dense_hessian(x64, activation):
   """At the defaults (delta = 3e-3, three Lanczos steps for the rest bounds: Ritz values
@@ -347,6 +360,7 @@ def test_a_sample_with_every_relu_inactive_gives_a_finite_step():
   assert np.any(np.asarray(ravel_pytree(updates)[0]) != 0)
 
 
+@pytest.mark.extended
 def test_sm_step_is_the_exact_minimiser_of_each_local_loss(x64):
   """With CG and enough steps (N = 100 > the stage dimension: the blocks' condition numbers
   reach 4e4), SM's update of stage i solves H_i d = -g_i for the dense H_i, and the state
@@ -367,6 +381,7 @@ def test_sm_step_is_the_exact_minimiser_of_each_local_loss(x64):
     np.testing.assert_allclose(state.local_loss[i - 1], 0.5 * g @ want, rtol=1e-5)
 
 
+@pytest.mark.extended
 def test_scalar_curvature_bound_is_layerwise_gradient_descent(x64):
   """The remark after Algorithm 1: with H_i replaced by lambda_max(H_i) I the local loss is
   minimised by theta_i - g_i / lambda_max(H_i): gradient descent with a per-layer step
@@ -437,6 +452,7 @@ def test_output_constant_bounds_the_dense_hessian_of_the_mean_loss(x64, loss, ta
 # ------------------------------------------------------- the paper's constants
 
 
+@pytest.mark.extended
 def test_paper_constants_are_the_top_eigenvalues_of_the_loss_hessian(x64):
   """majorizer="paper": c_i = max_b lambda_max(d^2 h / d(z_b^(i-1))^2) + delta / B, the
   true loss Hessian in stage i's input (Appendix B's equalities), and H_i is the Hessian
@@ -481,7 +497,10 @@ def test_paper_psi_quadratic_has_the_coupling_term(x64):
 # ------------------------------------------------------------------ stage groups
 
 
-@pytest.mark.parametrize("solver", ["cg", pytest.param("armijo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "solver",
+  [pytest.param("cg", marks=pytest.mark.extended), pytest.param("armijo", marks=pytest.mark.slow)],
+)
 def test_equally_shaped_stages_are_vmapped_and_match_separate_solves(solver):
   net = amj.networks.mlp([4, 5, 5, 5, 3], activation=jnp.tanh)
   params = net.init(jax.random.key(0))

@@ -114,10 +114,13 @@ def easgd(
     >>> tx = dist.easgd(0.1, num_workers=p, beta=0.9)
     >>> params = dist.replicate(jnp.ones(2), p)
     >>> state = tx.init(params)
-    >>> for _ in range(100):
+    >>> @jax.jit
+    ... def step(params, state):
     ...   grads = jax.vmap(jax.grad(lambda x: jnp.sum(x ** 2)))(params)
     ...   updates, state = tx.update(grads, state, params)
-    ...   params = optax.apply_updates(params, updates)
+    ...   return optax.apply_updates(params, updates), state
+    >>> for _ in range(100):
+    ...   params, state = step(params, state)
     >>> bool(jnp.all(jnp.abs(dist.centre(state)) < 1e-3))
     True
   """
@@ -268,10 +271,13 @@ def eamsgd(
     >>> tx = dist.eamsgd(0.01, num_workers=2, momentum=0.9, communication_period=4)
     >>> params = dist.replicate(jnp.ones(2), 2)
     >>> state = tx.init(params)
-    >>> for _ in range(200):
+    >>> @jax.jit
+    ... def step(params, state):
     ...   grads = jax.vmap(jax.grad(lambda x: jnp.sum(x ** 2)))(params)
     ...   updates, state = tx.update(grads, state, params)
-    ...   params = optax.apply_updates(params, updates)
+    ...   return optax.apply_updates(params, updates), state
+    >>> for _ in range(200):
+    ...   params, state = step(params, state)
     >>> bool(jnp.all(jnp.abs(dist.centre(state)) < 1e-2))
     True
   """
