@@ -28,7 +28,7 @@ class SMState(NamedTuple):
 
   count: Array  # int32 scalar, iterations taken
   loss: Array  # float32 scalar, h(theta_t) on the last batch, before its update
-  curvature: Array  # (m,) float32, stage i's curvature data (surrogate.curvature_summary)
+  curvature: Array  # (m,) float32, stage i's curvature data (the majorizer's summary)
   local_loss: Array  # (m,) float32, L_i(theta_{t+1}) (<= 0 when the solve decreased it)
   inner_iterations: Array  # (m,) int32, inner steps taken per stage (guards may stop early)
   step_size: Array  # (m,) float32, next first Armijo trial step per stage (solver="armijo")

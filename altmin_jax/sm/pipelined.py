@@ -59,6 +59,7 @@ from altmin_jax.pipeline import gpipe
 from altmin_jax.pipeline.layout import fit, layer_fn
 from altmin_jax.pipeline.options import PipelineOptions
 from altmin_jax.sm import local_losses as ll
+from altmin_jax.sm import majorizers as mj
 from altmin_jax.sm import young_bound as yb
 from altmin_jax.sm._common import SMState
 
@@ -66,11 +67,6 @@ from altmin_jax.sm._common import SMState
 def _full(a: Array) -> Array:
   """``(K, M, b, ...)`` per-layer buffers as ``(K, B, ...)``."""
   return a.reshape(a.shape[0], -1, *a.shape[3:])
-
-
-def _factor(stage) -> Array:
-  """:math:`1 + \tau_i` of a traced stage index (0 for the first stage: nothing below)."""
-  return jnp.where(stage > 1, stage / jnp.maximum(stage - 1, 1), 0.0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -93,7 +89,7 @@ class SMPipeline:
     def step(k, th, mb, jac):
       z, g = mb
       is_last, stage = pipe.local_flags(k)[1], pipe.local_flags(k)[4]
-      level = yb.dense_level(self._dense(th, z, g, is_last), _factor(stage))
+      level = yb.dense_level(self._dense(th, z, g, is_last), yb.tau_factor(stage))
       return jac, None, yb.jacobian_below(level, jac, jnp.zeros(g.shape, g.dtype))
 
     like = lambda *shape: jax.ShapeDtypeStruct(shape, jac_top.dtype)
@@ -126,7 +122,7 @@ class SMPipeline:
       flags = [pipe.local_flags(k) for k in range(K)]
       levels = [
         yb.dense_level(
-          self._dense(pipe.take(theta, k), zin[k], gz[k], flags[k][1]), _factor(flags[k][4])
+          self._dense(pipe.take(theta, k), zin[k], gz[k], flags[k][1]), yb.tau_factor(flags[k][4])
         )
         for k in range(K)
       ]
@@ -149,10 +145,7 @@ class SMPipeline:
         def down(r):
           own = []
           for k in reversed(range(K)):
-            u, lv = fit(inputs[k], w_in), levels[k]
-            r = delta * u + lv.factor * lv.jzt(fit(r, lay.out_width))
-            if lv.gplus is not None:
-              r = r + lv.gplus(u)
+            r = yb.rest_step(levels[k], fit(inputs[k], w_in), fit(r, lay.out_width), delta)
             own.append(r[s * K + k])
             r = fit(r, W)
           return jnp.stack(own[::-1]), r
@@ -164,7 +157,7 @@ class SMPipeline:
       v0 = jnp.stack(
         [
           numerics.start_vector(
-            opts.seed + ll.REST_SEED_OFFSET + stages[k] - 1, zin[k], [(B, flags[k][2])]
+            opts.seed + mj.REST_SEED_OFFSET + stages[k] - 1, zin[k], [(B, flags[k][2])]
           )
           for k in range(K)
         ]
@@ -192,7 +185,7 @@ class SMPipeline:
     K = lay.widths[-1]  # logits
     if lay.boundary == "outside":  # the tail's logits' Jacobian in its input, z^(m - 1)
       kernel, bias = dense_kernel_bias(prep.tail)
-      kind = ll.stage_kind(cfg.net, m)
+      kind = mj.stage_kind(cfg.net, m)
       d_m = yb.dense_stage(kind.activation, kernel, bias, fw.z_below_tail, fw.g_logits, True)
       jac_top = yb.jacobian_below(yb.dense_level(d_m, 0.0), None, fw.logits)
       top_scale = sc.delta
@@ -200,7 +193,7 @@ class SMPipeline:
       jac_top = jnp.broadcast_to(jnp.eye(K, dtype=dtype)[None], (B, K, K))
       top_scale = jnp.zeros([], dtype)
     jac_top = gpipe.microbatches(fit(jac_top, lay.out_width), pipe.num_microbatches)
-    hess = gpipe.to_replicated(pipe, ll.loss_hessians(cfg, fw.logits, prep.y))
+    hess = gpipe.to_replicated(pipe, mj.loss_hessians(cfg, fw.logits, prep.y))
     return jac_top, hess, top_scale
 
   def solve(self, theta, zin, zout, gz, jac, e, step0, hess, sc: ll.Scales):
@@ -215,11 +208,9 @@ class SMPipeline:
 
     def one(th, z_prev, z_out, g_out, jac, e, step, is_first, is_last, w_in, w_out, stage, hess):
       flat = lambda a: a.reshape(-1, *a.shape[2:])
-      zero = jnp.zeros([], e.dtype)
-      data = ll.StageData(
-        flat(z_prev), th, flat(g_out), flat(z_out), zero, flat(jac), e.reshape(-1), hess
-      )
-      kind = ll.StageKind(layer_fn(activation, is_last), activation)
+      bound = yb.Bound(flat(jac), e.reshape(-1), hess)
+      data = ll.StageData(flat(z_prev), th, flat(g_out), flat(z_out), bound)
+      kind = mj.StageKind(layer_fn(activation, is_last), activation)
       lq = ll.local_quadratic(opts, kind, is_first, is_last, stage.astype(e.dtype), data, sc)
       real = [(w_out,), (w_in, w_out)][-len(th) :]  # sorted keys: bias, kernel
       return ll.solve_local_loss(opts, lq, step, seed, real)
@@ -231,7 +222,7 @@ class SMPipeline:
 
 
 def _sm_pipeline(cfg: ll.SMConfig, pipeline: PipelineOptions) -> SMPipeline:
-  if cfg.options.majorizer != "young":
+  if not cfg.options.majorizer.pipelined:
     raise ValueError(
       "pipelined surrogate minimization computes majorizer='young' (the paper's constants "
       f"need Hessian-vector products through every layer above a stage), got "
@@ -309,24 +300,18 @@ def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
     head,
     gpipe.flat(g_bottom)[:, : lay.widths[1]],
     fw.z_head,
-    jnp.zeros([], dtype),
-    jac_bottom.reshape(B, K, lay.in_width)[:, :, : lay.widths[1]],
-    e_head,
-    hess,
+    yb.Bound(jac_bottom.reshape(B, K, lay.in_width)[:, :, : lay.widths[1]], e_head, hess),
   )
   tail_data = ll.StageData(
     fw.z_below_tail,
     tail,
     fw.g_logits,
     fw.logits,
-    jnp.zeros([], dtype),
-    None,
-    jnp.zeros(B, dtype),
-    hess,
+    yb.Bound(None, jnp.zeros(B, dtype), hess),
   )
   solves = []
   for i, data in ((1, head_data), (m, tail_data)):
-    lq = ll.local_quadratic(cfg.options, ll.stage_kind(net, i), i == 1, i == m, float(i), data, sc)
+    lq = ll.local_quadratic(cfg.options, mj.stage_kind(net, i), i == 1, i == m, float(i), data, sc)
     solves.append(ll.solve_local_loss(cfg.options, lq, step_size[0 if i == 1 else -1], seed))
   head_solve, tail_solve = solves
   cat = lambda h, b, t: jnp.concatenate([jnp.reshape(h, (1,)), rep(b), jnp.reshape(t, (1,))])
@@ -355,7 +340,7 @@ def pipelined_surrogate_minimization(
   axis_name: str = PipelineOptions.axis_name,
   inner_steps: int = ll.SMOptions.inner_steps,
   solver: str = ll.SMOptions.solver,
-  majorizer: str = ll.SMOptions.majorizer,
+  majorizer: str | mj.Majorizer = ll.SMOptions.majorizer,
   delta: float = ll.SMOptions.delta,
   power_iterations: int = ll.SMOptions.power_iterations,
   loss_smoothness: float | None = ll.SMOptions.loss_smoothness,

@@ -7,16 +7,14 @@ experiments (section 4). The construction of the local losses is in
 :mod:`altmin_jax.sm.local_losses`; the inner solvers are in :mod:`altmin_jax.numerics`.
 
 One iteration (:func:`sm_iteration`) is composed of phase functions, which a benchmark can
-time one by one as the step runs them: :func:`forward_backward`, then (``"young"``)
-:func:`stage_levels`, :func:`curvature` and :func:`rest_bounds` assembled by
-:func:`young_stage_data` (``"paper"``: :func:`paper_stage_data`), :func:`local_solves` and
-:func:`update`.
+time one by one as the step runs them: :func:`forward_backward`, :func:`curvature_bounds`
+(the majorizer's own phases, :class:`~altmin_jax.sm.majorizers.Young`'s ``levels``,
+``curvature`` and ``rest_bounds``), :func:`local_solves` and :func:`update`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +25,7 @@ from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss, PyTree
 from altmin_jax.networks import LayeredNetwork, stages
 from altmin_jax.numerics.line_search import ArmijoSearch
-from altmin_jax.sm import _common, paper_bound
+from altmin_jax.sm import _common, majorizers
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm._common import SMState
 
@@ -63,100 +61,17 @@ def forward_backward(cfg: ll.SMConfig, stage_params, x: Array, y: Array) -> _com
   return _common.forward_backward(cfg.net, stage_params, x, y, cfg.loss)
 
 
-def stage_levels(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward) -> list:
-  """Every stage's linear maps at the iterate (:func:`~altmin_jax.sm.local_losses.
-  young_levels`; closures, cheap for dense stages), what :func:`curvature` and
-  :func:`rest_bounds` pass through (``"young"``)."""
-  opts = cfg.options
-  return ll.young_levels(
-    cfg.net, stage_params, fb, iterations=opts.power_iterations, seed=opts.seed
-  )
-
-
-class Curvature(NamedTuple):
-  """The loss's curvature as every stage sees it (``"young"``)."""
-
-  hess: Array  # (B, K, K): the batch-mean loss's Hessian in each sample's logits
-  jacs: list  # the logits' Jacobian per sample in z^(i) (entry i - 1; None for the last)
-
-
-def curvature(cfg: ll.SMConfig, fb: _common.ForwardBackward, y: Array, levels) -> Curvature:
-  r"""The per-sample loss Hessians :math:`\nabla^2\ell_b`
-  (:func:`~altmin_jax.sm.local_losses.loss_hessians`) and the logits' Jacobians
-  :math:`\bar J` in every stage's output by one reverse pass over ``levels``
-  (:func:`stage_levels`)."""
-  return Curvature(ll.loss_hessians(cfg, fb.z[-1], y), ll.logit_jacobians(levels, fb))
-
-
-def rest_bounds(cfg: ll.SMConfig, fb: _common.ForwardBackward, sc: ll.Scales, levels) -> list:
-  r"""Every stage's per-sample bound :math:`e^{(i+1)}_b` of the rest of the network above
-  it (:func:`~altmin_jax.sm.local_losses.rest_bounds`: Lanczos from the seeds the pipelined
-  step uses too)."""
-  opts = cfg.options
-  return ll.rest_bounds(
-    levels, fb, delta=sc.delta, iterations=opts.power_iterations, seed=opts.seed
-  )
-
-
-def young_stage_data(stage_params, fb: _common.ForwardBackward, curv: Curvature, rest) -> list:
-  """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` from :func:`curvature`
-  and :func:`rest_bounds` (``"young"``; no computation)."""
-  zero = jnp.zeros([], fb.value.dtype)
-  return _assemble(stage_params, fb, [zero] * len(rest), curv.jacs, rest, curv.hess)
-
-
-def paper_stage_data(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward, y, sc: ll.Scales):
-  """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` with the constants
-  :math:`c_{i+1}` of the paper's chain (``"paper"``,
-  :func:`~altmin_jax.sm.paper_bound.paper_constants`)."""
-  opts, m = cfg.options, cfg.net.num_stages
-  c_next = paper_bound.paper_constants(
-    cfg.net,
-    stage_params,
-    fb,
-    cfg.loss,
-    y,
-    sc.c_last,
-    delta=sc.delta,
-    iterations=opts.power_iterations,
-    seed=opts.seed,
-  )
-  zero = jnp.zeros([], fb.value.dtype)
-  return _assemble(stage_params, fb, c_next, [None] * m, [zero] * m, zero)
-
-
-def _assemble(stage_params, fb, c_next, jacs, es, hess) -> list[ll.StageData]:
-  return [
-    ll.StageData(
-      z_prev=fb.z[i - 1],
-      theta=stage_params[i - 1],
-      g_out=fb.g_z[i - 1],
-      z_out=fb.z[i],
-      c_next=c_next[i - 1],
-      jac=jacs[i - 1],
-      e=es[i - 1],
-      hess=hess,
-    )
-    for i in range(1, len(stage_params) + 1)
-  ]
+def curvature_bounds(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward, y, sc):
+  """Every stage's curvature data from the majorizer (:meth:`~altmin_jax.sm.majorizers.
+  Majorizer.bounds`; :class:`~altmin_jax.sm.majorizers.Young`: the logits' Jacobians, the
+  loss's Hessians and the rest bounds of one reverse pass)."""
+  return cfg.options.majorizer.bounds(cfg, stage_params, fb, y, sc)
 
 
 def stage_data(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward, y, sc: ll.Scales):
   """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` from one forward and
-  backward pass: the per-sample bounds of one reverse pass (``"young"``:
-  :func:`stage_levels`, :func:`curvature`, :func:`rest_bounds`) or the constants of the
-  paper's chain (``"paper"``)."""
-  if cfg.options.majorizer == "young":
-    levels = stage_levels(cfg, stage_params, fb)
-    curv = curvature(cfg, fb, y, levels)
-    return young_stage_data(stage_params, fb, curv, rest_bounds(cfg, fb, sc, levels))
-  return paper_stage_data(cfg, stage_params, fb, y, sc)
-
-
-def curvature_summary(data: ll.StageData) -> Array:
-  """What :class:`SMState` records per stage: :math:`c_{i+1}` (``"paper"``) plus the
-  largest per-sample bound :math:`e^{(i+1)}_b` of the rest (``"young"``)."""
-  return data.c_next + jnp.max(data.e)
+  backward pass and :func:`curvature_bounds`."""
+  return ll.stage_data(stage_params, fb, curvature_bounds(cfg, stage_params, fb, y, sc))
 
 
 def local_solves(
@@ -177,7 +92,7 @@ def local_solves(
   seed = cfg.options.seed + ll.SOLVE_SEED_OFFSET
   for group in groups:
     i0 = group[0]
-    kind = ll.stage_kind(net, i0)
+    kind = majorizers.stage_kind(net, i0)
 
     def solve(d, step, weight, kind=kind, first=i0 == 1, last=i0 == m):
       lq = ll.local_quadratic(cfg.options, kind, first, last, weight, d, sc)
@@ -220,7 +135,8 @@ def sm_iteration(
   sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
   data = stage_data(cfg, stage_params, fb, y, sc)
   solves = local_solves(cfg, data, sc, steps, vmap_stages)
-  return update(stage_params, solves), fb, [curvature_summary(d) for d in data], solves
+  summary = [cfg.options.majorizer.summary(d.bound) for d in data]
+  return update(stage_params, solves), fb, summary, solves
 
 
 def surrogate_minimization(
@@ -229,7 +145,7 @@ def surrogate_minimization(
   *,
   inner_steps: int = ll.SMOptions.inner_steps,
   solver: str = ll.SMOptions.solver,
-  majorizer: str = ll.SMOptions.majorizer,
+  majorizer: str | majorizers.Majorizer = ll.SMOptions.majorizer,
   delta: float = ll.SMOptions.delta,
   power_iterations: int = ll.SMOptions.power_iterations,
   loss_smoothness: float | None = ll.SMOptions.loss_smoothness,
@@ -271,7 +187,9 @@ def surrogate_minimization(
     inner_steps: N >= 1 inner solver steps per stage and iteration.
     solver: ``"cg"`` (the paper's experiments) or ``"armijo"`` (Algorithm 1 with an
       Armijo line search, section 3).
-    majorizer: ``"young"`` (a valid, tight majorizer) or ``"paper"`` (the paper's literal
+    majorizer: a :class:`~altmin_jax.sm.majorizers.Majorizer` or its shorthand:
+      ``"young"`` (:class:`~altmin_jax.sm.majorizers.Young`, a valid, tight majorizer) or
+      ``"paper"`` (:class:`~altmin_jax.sm.majorizers.PaperConstants`, the paper's literal
       constants: fast, but not a majorizer).
     delta: :math:`\delta B > 0`: the split of the coupling between a stage's input and
       parameters, per sample (the iteration uses :math:`\delta` = ``delta / B``, so one

@@ -88,8 +88,11 @@ ELEMENTWISE = (
 
 
 def tau_factor(i) -> Any:
-  r""":math:`1 + \tau_i = i / (i - 1)` for stage ``i >= 2`` (``i`` may be traced)."""
-  return i / (i - 1)
+  r""":math:`1 + \tau_i = i / (i - 1)` for stage ``i >= 2``, 0 for the first stage (nothing
+  lies below it); ``i`` may be traced (a pipelined layer's stage index)."""
+  if isinstance(i, int):
+    return i / (i - 1) if i > 1 else 0.0
+  return jnp.where(i > 1, i / jnp.maximum(i - 1, 1), 0.0)
 
 
 class Bound(NamedTuple):
@@ -292,11 +295,20 @@ def rest_matvec(levels, delta) -> Callable:
       us.append(lv.jz(us[-1]))
     r = None
     for lv, uj in zip(reversed(levels), reversed(us)):
-      own = delta * uj if lv.gplus is None else delta * uj + lv.gplus(uj)
-      r = own if r is None else own + lv.factor * lv.jzt(r)
+      r = rest_step(lv, uj, r, delta)
     return r
 
   return matvec
+
+
+def rest_step(level: Level, u: Array, r_above: Array | None, delta) -> Array:
+  r"""One step down the rest's recurrence at a stage's input: :math:`R^{(j)} u = (\delta
+  + G^+_j) u + (1 + \tau_j) J_{z,j}^\top r` with :math:`r = R^{(j+1)} J_{z,j} u` from the
+  stage above (``r_above``; ``None`` above the top: :math:`R^{(m+1)} = 0`). The
+  single-device product (:func:`rest_matvec`) and the pipelined sweep down the devices
+  both take it."""
+  own = delta * u if level.gplus is None else delta * u + level.gplus(u)
+  return own if r_above is None else own + level.factor * level.jzt(r_above)
 
 
 def rest_bound(levels, delta, like: Array, *, iterations: int, seed) -> Array:
