@@ -51,6 +51,19 @@ from altmin_jax.sm.majorizers import LocalQuadratic, Majorizer, StageKind
 SOLVERS = ("cg", "armijo")
 CURVATURES = ("full", "scalar")
 SOLVE_SEED_OFFSET = 1000  # start vectors of the local solves: seed + 1000
+MIN_DELTA = float(jnp.finfo(jnp.float32).eps)  # the smallest delta * B float32 resolves
+# The extrapolating Armijo search along the SM step: first trial twice the last accepted
+# multiple (never below 1), at most 64, halving down to 2^-20 (26 halvings from 64); c = 0.1;
+# when no trial passes, no step (0).
+STEP_SEARCH = ArmijoSearch(
+  init_step=1.0,
+  armijo_c=0.1,
+  backtrack_factor=0.5,
+  max_backtracks=26,
+  fallback_step=0.0,
+  step_growth=2.0,
+  max_step=64.0,
+)
 
 
 # ---------------------------------------------------------------------- options
@@ -76,6 +89,16 @@ class SMOptions:
     curvature_tol: negative-curvature guard of both solvers (>= 0).
     line_search: the :class:`~altmin_jax.numerics.ArmijoSearch` of ``solver="armijo"``.
     seed: offset (>= 0) of the fixed Lanczos start vectors.
+    step_search: the Armijo search along the whole SM step :math:`d`
+      (:class:`~altmin_jax.numerics.ArmijoSearch`; :data:`STEP_SEARCH` extrapolates from
+      twice the last accepted multiple of :math:`d`, at most 64, halving; step 1, the
+      majorizer's minimiser, is always among the trials) or ``None`` (take :math:`d`).
+    warm_start: start each stage's CG from its previous step, scaled to the exact
+      minimiser of the new local loss along it (``solver="cg"``, ``curvature="full"``).
+    curvature_refresh: recompute the majorizer's curvature data every this many
+      iterations (>= 1), in between reuse the last (same batch only; a new batch
+      refreshes); with a ``step_search``, an iteration whose stale curvature fails the
+      Armijo test at step 1 refreshes at once.
   """
 
   inner_steps: int = 10
@@ -88,19 +111,39 @@ class SMOptions:
   curvature_tol: float = 0.0
   line_search: ArmijoSearch | None = None
   seed: int = 0
+  step_search: ArmijoSearch | None = None
+  warm_start: bool = False
+  curvature_refresh: int = 1
 
   def __post_init__(self):
+    delta = checks.check_positive("delta", self.delta)
+    if not checks.is_traced(delta) and delta < MIN_DELTA:
+      raise ValueError(
+        f"delta must be >= {MIN_DELTA:.3g} (float32's resolution: a smaller split of the "
+        f"coupling is lost beside the loss's own curvature and its inverse overflows), got "
+        f"delta={self.delta!r}"
+      )
     checked = dict(
       inner_steps=checks.check_int("inner_steps", self.inner_steps, 1),
       solver=checks.check_choice("solver", self.solver, SOLVERS),
       majorizer=majorizers.resolve(self.majorizer),
-      delta=checks.check_positive("delta", self.delta),
+      delta=delta,
       power_iterations=checks.check_int("power_iterations", self.power_iterations, 1),
       curvature=checks.check_choice("curvature", self.curvature, CURVATURES),
       curvature_tol=checks.check_positive("curvature_tol", self.curvature_tol, allow_zero=True),
       line_search=check_search(self.line_search),
       seed=checks.check_int("seed", self.seed, 0),
+      step_search=(
+        None if self.step_search is None else check_search(self.step_search, "step_search")
+      ),
+      warm_start=checks.check_bool("warm_start", self.warm_start),
+      curvature_refresh=checks.check_int("curvature_refresh", self.curvature_refresh, 1),
     )
+    if checked["warm_start"] and (self.solver != "cg" or self.curvature != "full"):
+      raise ValueError(
+        "warm_start=True warm-starts CG: it needs solver='cg' and curvature='full', got "
+        f"solver={self.solver!r}, curvature={self.curvature!r}"
+      )
     if self.loss_smoothness is not None:
       checked["loss_smoothness"] = checks.check_positive("loss_smoothness", self.loss_smoothness)
     for name, value in checked.items():
@@ -213,12 +256,28 @@ class StageSolve(NamedTuple):
   model: Array  # L_i(theta_{t+1})
   iterations: Array  # int32
   step: Array  # next Armijo trial step
+  slope: Array  # g_theta . d, the slope of h along d (the step search's directional derivative)
+
+
+def warm_start(lq: LocalQuadratic, previous: PyTree) -> tuple[PyTree, PyTree]:
+  r"""The warm start of a stage's CG from its previous step :math:`d'` (in the stage's
+  parameter structure): :math:`x_0 = a d'` with :math:`a = -g^\top d' / d'^\top
+  \mathbb H_i d'` the exact minimiser of the new local loss along :math:`d'` (0 when that
+  curvature is not positive, e.g. :math:`d' = 0`), and :math:`\mathbb H_i x_0`; one
+  Hessian-vector product."""
+  d = lq.from_params(previous)
+  hd = lq.matvec(d)
+  curv = optax.tree.vdot(d, hd)
+  pos = curv > 0
+  a = jnp.where(pos, -optax.tree.vdot(lq.g_theta, d) / jnp.where(pos, curv, 1.0), 0.0)
+  return optax.tree.scale(a, d), optax.tree.scale(a, hd)
 
 
 def solve_local_loss(
-  options: SMOptions, lq: LocalQuadratic, step0: Array, seed, real_shapes=None
+  options: SMOptions, lq: LocalQuadratic, step0: Array, seed, real_shapes=None, warm=None
 ) -> StageSolve:
-  r"""Minimises one stage's local loss from :math:`d = 0`.
+  r"""Minimises one stage's local loss from :math:`d = 0`, or with ``warm`` (the stage's
+  previous step, ``options.warm_start``) from :func:`warm_start`.
 
   ``N = inner_steps`` steps of CG (:func:`~altmin_jax.numerics.conjugate_gradient` on
   :math:`\mathbb H_i d = -g_{\theta_i}`) or of GD with Armijo search
@@ -235,17 +294,21 @@ def solve_local_loss(
     pos = lam > 0
     inv = jnp.where(pos, 1.0 / jnp.where(pos, lam, 1.0), 0.0)
     d = optax.tree.scale(-inv, g)
-    model = -0.5 * inv * optax.tree.vdot(g, g)
-    return StageSolve(lq.to_params(d), model, pos.astype(jnp.int32), step0)
+    gg = optax.tree.vdot(g, g)
+    return StageSolve(lq.to_params(d), -0.5 * inv * gg, pos.astype(jnp.int32), step0, -inv * gg)
   if options.solver == "cg":
+    x0, ax0 = (None, None) if warm is None else warm_start(lq, warm)
     res = numerics.conjugate_gradient(
       lq.matvec,
       optax.tree.scale(-1.0, g),
       steps=options.inner_steps,
       curvature_tol=options.curvature_tol,
+      x0=x0,
+      Ax0=ax0,
     )
-    model = optax.tree.vdot(g, res.x) + 0.5 * optax.tree.vdot(res.x, res.Ax)
-    return StageSolve(lq.to_params(res.x), model, res.iterations, step0)
+    slope = optax.tree.vdot(g, res.x)
+    model = slope + 0.5 * optax.tree.vdot(res.x, res.Ax)
+    return StageSolve(lq.to_params(res.x), model, res.iterations, step0, slope)
   res = numerics.quadratic_armijo_gd(
     lq.matvec,
     g,
@@ -254,4 +317,5 @@ def solve_local_loss(
     config=options.line_search,
     curvature_tol=options.curvature_tol,
   )
-  return StageSolve(lq.to_params(res.x), res.value, res.iterations, res.next_step)
+  slope = optax.tree.vdot(g, res.x)
+  return StageSolve(lq.to_params(res.x), res.value, res.iterations, res.next_step, slope)

@@ -60,6 +60,7 @@ from altmin_jax.pipeline.layout import fit, layer_fn
 from altmin_jax.pipeline.options import PipelineOptions
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import majorizers as mj
+from altmin_jax.sm import surrogate as sur
 from altmin_jax.sm import young_bound as yb
 from altmin_jax.sm._common import SMState
 
@@ -216,7 +217,7 @@ class SMPipeline:
       return ll.solve_local_loss(opts, lq, step, seed, real)
 
     layer = P(pipe.axis_name)
-    specs = ll.StageSolve(pipe.specs(theta, layer), layer, layer, layer)
+    specs = ll.StageSolve(pipe.specs(theta, layer), layer, layer, layer, layer)
     # Algorithm 1, "do in parallel": N inner steps on each local loss (Prop. 1, eq. (1)).
     return pipe.map_layers(one, theta, zin, zout, gz, jac, e, step0, out_specs=specs, shared=hess)
 
@@ -227,6 +228,13 @@ def _sm_pipeline(cfg: ll.SMConfig, pipeline: PipelineOptions) -> SMPipeline:
       "pipelined surrogate minimization computes majorizer='young' (the paper's constants "
       f"need Hessian-vector products through every layer above a stage), got "
       f"majorizer={cfg.options.majorizer!r}"
+    )
+  opts = cfg.options
+  if opts.warm_start or opts.curvature_refresh != 1:
+    raise ValueError(
+      "pipelined surrogate minimization does not yet take warm_start or curvature_refresh: "
+      f"pass warm_start=False, curvature_refresh=1, got warm_start={opts.warm_start!r}, "
+      f"curvature_refresh={opts.curvature_refresh!r}"
     )
   return SMPipeline(gpipe.make_pipeline(cfg.net, pipeline), cfg)
 
@@ -253,9 +261,10 @@ def sm_pipeline(
 
 
 def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
-  """One pipelined SM iteration. Returns ``(new_theta, new_head, new_tail, value,
-  curvature (m,), (local_loss, inner_iterations, step_size))``, the per-stage arrays
-  over all ``m`` network stages."""
+  """One pipelined SM iteration up to its step. Returns ``((d_theta, d_head, d_tail),
+  slope, value, curvature (m,), (local_loss, inner_iterations, step_size))``: the step of
+  every layer, :math:`\nabla h^\top d`, the loss and the per-stage arrays over all ``m``
+  network stages."""
   pipe, cfg = sp.pipe, sp.cfg
   net, lay, M = cfg.net, pipe.layout, pipe.num_microbatches
   m = net.num_stages
@@ -290,7 +299,7 @@ def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
   curv = jnp.max(e, axis=1)
   if not outside:
     per_stage = (rep(body.model), rep(body.iterations), rep(body.step))
-    return optax.tree.add(theta, body.d), None, None, fw.value, rep(curv), per_stage
+    return (body.d, None, None), jnp.sum(rep(body.slope)), fw.value, rep(curv), per_stage
 
   # the head and the tail, on the full batch, replicated: the single-device functions
   seed = cfg.options.seed + ll.SOLVE_SEED_OFFSET
@@ -319,10 +328,10 @@ def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
     cat(getattr(head_solve, f), getattr(body, f), getattr(tail_solve, f))
     for f in ("model", "iterations", "step")
   )
+  slope = jnp.sum(rep(body.slope)) + head_solve.slope + tail_solve.slope
   return (
-    optax.tree.add(theta, body.d),
-    optax.tree.add(head, head_solve.d),
-    optax.tree.add(tail, tail_solve.d),
+    (body.d, head_solve.d, tail_solve.d),
+    slope,
     fw.value,
     cat(jnp.max(e_head), curv, jnp.zeros([], dtype)),
     per_stage,
@@ -348,6 +357,9 @@ def pipelined_surrogate_minimization(
   curvature_tol: float = ll.SMOptions.curvature_tol,
   line_search: ArmijoSearch | None = ll.SMOptions.line_search,
   seed: int = ll.SMOptions.seed,
+  step_search: ArmijoSearch | None = ll.SMOptions.step_search,
+  warm_start: bool = ll.SMOptions.warm_start,
+  curvature_refresh: int = ll.SMOptions.curvature_refresh,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Surrogate minimization with the layers pipelined over the devices of a mesh axis.
 
@@ -364,7 +376,8 @@ def pipelined_surrogate_minimization(
     mesh, num_microbatches, boundary, axis_name: the pipeline options
       (:class:`~altmin_jax.pipeline.PipelineOptions`).
     inner_steps, solver, majorizer, delta, power_iterations, loss_smoothness, curvature,
-      curvature_tol, line_search, seed: the SM options, as in
+      curvature_tol, line_search, seed, step_search, warm_start, curvature_refresh: the SM
+      options, as in
       :func:`~altmin_jax.sm.surrogate_minimization` (validated by
       :class:`~altmin_jax.sm.local_losses.SMOptions`; ``majorizer`` must be ``"young"``).
 
@@ -394,8 +407,9 @@ def pipelined_surrogate_minimization(
   options = ll.SMOptions.from_arguments(locals())
   pipeline = PipelineOptions.from_arguments(locals())
   sp = _sm_pipeline(ll.sm_config(net, loss, options), pipeline)
-  net = sp.cfg.net
+  net, pipe, loss_fn = sp.cfg.net, sp.pipe, sp.cfg.loss
   m = net.num_stages
+  init_search = 1.0 if options.step_search is None else options.step_search.init_step
 
   def init_fn(params):
     del params
@@ -409,15 +423,38 @@ def pipelined_surrogate_minimization(
         local_loss=np.zeros([m], np.float32),
         inner_iterations=np.zeros([m], np.int32),
         step_size=np.full([m], sp.cfg.options.line_search.init_step, np.float32),
+        search_step=np.asarray(init_search, np.float32),
+        step_multiple=np.ones([], np.float32),
+        search_trials=np.zeros([], np.int32),
+        refreshed=np.array(False),
+        since_refresh=np.zeros([], np.int32),
+        stored_curvature=(),
+        batch_key=np.zeros([3], np.float32),
+        previous_step=(),
       ),
     )
 
   @jax.jit
   def iterate(params, x, y, state):
     prep = gpipe.prepare(sp.pipe, net, params, (x, y), "pipelined surrogate minimization")
-    new_theta, new_head, new_tail, value, curv, (model, iters, steps) = _sm_iteration(
+    d, slope, value, curv, (model, iters, steps) = _sm_iteration(
       sp, prep, state.step_size.astype(prep.dtype)
     )
+    point = (prep.theta, prep.head, prep.tail)
+    search = sp.cfg.options.step_search
+    if search is None:
+      multiple, trials, next_search = jnp.ones([], prep.dtype), 0, state.search_step
+    else:
+
+      def value_at(a):
+        th, hd, tl = optax.tree.add_scale(point, a, d)
+        return gpipe.forward_and_loss(pipe, net, loss_fn, prep, th, hd, tl, store=False).value
+
+      init = state.search_step.astype(prep.dtype)
+      res = sur.search_step(value_at, value, slope, init, search)
+      multiple, trials = res.step, res.backtracks + 1
+      next_search = sur.next_search_step(res, search)
+    new_theta, new_head, new_tail = optax.tree.add_scale(point, multiple, d)
     new_state = SMState(
       count=optax.safe_int32_increment(state.count),
       loss=value.astype(jnp.float32),
@@ -425,6 +462,14 @@ def pipelined_surrogate_minimization(
       local_loss=model.astype(jnp.float32),
       inner_iterations=iters.astype(jnp.int32),
       step_size=steps.astype(jnp.float32),
+      search_step=jnp.asarray(next_search, jnp.float32),
+      step_multiple=jnp.asarray(multiple, jnp.float32),
+      search_trials=jnp.asarray(trials, jnp.int32),
+      refreshed=jnp.array(True),
+      since_refresh=state.since_refresh,
+      stored_curvature=(),
+      batch_key=state.batch_key,
+      previous_step=(),
     )
     return gpipe.updates(net, prep, new_theta, new_head, new_tail), new_state
 
