@@ -111,7 +111,7 @@ class SMOptions:
   curvature_tol: float = 0.0
   line_search: ArmijoSearch | None = None
   seed: int = 0
-  step_search: ArmijoSearch | None = None
+  step_search: ArmijoSearch | None = STEP_SEARCH
   warm_start: bool = False
   curvature_refresh: int = 1
 
