@@ -29,16 +29,22 @@ from altmin_jax.sm import pipelined as sm_pipelined
 
 
 def parse_args(
-  description: str, quick_help: str = "fewer repeats (under 60 s)", stages: bool = False
+  description: str,
+  quick_help: str = "fewer repeats (under 60 s)",
+  stages: bool = False,
+  options: dict[str, tuple[type, str]] | None = None,
 ):
   """``--quick`` and ``--out PATH``, the options every benchmark takes; with ``stages`` also
   ``--stages S`` (the pipeline benchmarks' devices, read before JAX starts by
-  ``fake_devices.configure``)."""
+  ``fake_devices.configure``); ``options`` adds ``--name`` options, ``{name: (type,
+  help)}``, default ``None``."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--quick", action="store_true", help=quick_help)
   parser.add_argument("--out", default=None, help="also write the JSON report to this file")
   if stages:
     parser.add_argument("--stages", type=int, default=4, help="pipeline devices S")
+  for name, (kind, text) in (options or {}).items():
+    parser.add_argument(f"--{name}", type=kind, default=None, help=text)
   return parser.parse_args()
 
 

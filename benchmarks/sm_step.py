@@ -68,6 +68,7 @@ import altmin_jax as amj
 from altmin_jax import sm
 from altmin_jax.networks import stages
 from altmin_jax.sm import local_losses as ll
+from altmin_jax.sm import majorizers
 from altmin_jax.sm import surrogate as sur
 
 CORE = ("sgd", "gd_armijo", "sm_cg")
@@ -143,27 +144,29 @@ def phase_steps(layers: int, x, y, inner_steps: int = 10) -> tuple[dict, dict]:
   stage_params = stages.prepare(net, params, (x, y), "benchmark", loss).stage_params
   steps = jnp.full([m], cfg.options.line_search.init_step, jnp.float32)
   sc = ll.scales(cfg, x.shape[0], jnp.float32)
+  young = cfg.options.majorizer  # majorizers.Young: its phases
 
   def forward_backward(sp):
     return sur.forward_backward(cfg, sp, x, y)
 
   def jacobians(sp, fb):
     # The stages' levels are rebuilt in each phase (a few elementwise ops for dense stages).
-    return sur.curvature(cfg, fb, y, sur.stage_levels(cfg, sp, fb))
+    return young.curvature(cfg, fb, y, young.levels(cfg, sp, fb))
 
   def rest_bounds(sp, fb):
-    return sur.rest_bounds(cfg, fb, sc, sur.stage_levels(cfg, sp, fb))
+    return young.rest_bounds(cfg, fb, sc, young.levels(cfg, sp, fb))
 
   def local_solves(sp, fb, curv, es):
-    data = sur.young_stage_data(sp, fb, curv, es)
+    data = ll.stage_data(sp, fb, young.assemble(curv, es))
     return sur.update(sp, sur.local_solves(cfg, data, sc, steps))
 
   def local_setup(sp, fb, curv, es, product: bool):
     """Every stage's local loss (its gradient) and, with ``product``, one Hessian-vector
     product on it: the difference of the two counts is a CG step's matrix work."""
     out = []
-    for i, d in enumerate(sur.young_stage_data(sp, fb, curv, es), start=1):
-      lq = ll.local_quadratic(cfg.options, ll.stage_kind(net, i), i == 1, i == m, float(i), d, sc)
+    for i, d in enumerate(ll.stage_data(sp, fb, young.assemble(curv, es)), start=1):
+      kind = majorizers.stage_kind(net, i)
+      lq = ll.local_quadratic(cfg.options, kind, i == 1, i == m, float(i), d, sc)
       out.append(lq.matvec(lq.g_theta) if product else lq.g_theta)
     return out
 

@@ -21,7 +21,7 @@ from scipy.linalg import block_diag
 
 import altmin_jax as amj
 from altmin_jax.networks import Stage, stages
-from altmin_jax.sm import _common, paper_bound, surrogate_minimization
+from altmin_jax.sm import _common, majorizers, paper_bound, surrogate_minimization
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import surrogate as sur
 
@@ -149,7 +149,7 @@ def _library_blocks(net, params, x, y, **options):
     out = []
     for i in range(1, m + 1):
       lq = ll.local_quadratic(
-        cfg.options, ll.stage_kind(net, i), i == 1, i == m, float(i), data[i - 1], sc
+        cfg.options, majorizers.stage_kind(net, i), i == 1, i == m, float(i), data[i - 1], sc
       )
       out.append((lq.g_theta, _matrix(lq.matvec, lq.g_theta)))
     return out
@@ -311,7 +311,7 @@ def test_curvature_along_the_gradient_stays_near_the_block_gauss_newton_curvatur
     out = []
     for i in range(1, m + 1):
       lq = ll.local_quadratic(
-        cfg.options, ll.stage_kind(net, i), i == 1, i == m, float(i), data[i - 1], sc
+        cfg.options, majorizers.stage_kind(net, i), i == 1, i == m, float(i), data[i - 1], sc
       )
       g = lq.g_theta
 

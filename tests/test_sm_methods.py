@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 import altmin_jax as amj
 from altmin_jax import numerics
-from altmin_jax.sm import _common, cg_block, ddg, gd_armijo, sso, surrogate_minimization
+from altmin_jax.sm import _common, cg_block, ddg, gd_armijo, majorizers, sso, surrogate_minimization
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import surrogate as sur
 
@@ -206,7 +206,7 @@ def test_each_local_solve_needs_only_stage_local_data():
   fb = jax.jit(lambda sp: _common.forward_backward(net, sp, x, y, LOSS))(sp)
   sc = ll.scales(cfg, x.shape[0], jnp.float32)
   data = jax.jit(lambda sp: sur.stage_data(cfg, sp, fb, y, sc))(sp)
-  kind = ll.stage_kind(net, 2)
+  kind = majorizers.stage_kind(net, 2)
 
   @jax.jit
   def solve(d):
@@ -217,5 +217,5 @@ def test_each_local_solve_needs_only_stage_local_data():
   updates, _ = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
   d_sm = solve(data[1])
   assert tree_allclose(d_sm, updates[1], rtol=1e-5, atol=1e-7)
-  d_other = solve(data[1]._replace(e=10 * data[1].e))
+  d_other = solve(data[1]._replace(bound=data[1].bound._replace(e=10 * data[1].bound.e)))
   assert not tree_allclose(d_other, d_sm, rtol=1e-3, atol=0)

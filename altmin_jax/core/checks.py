@@ -109,6 +109,15 @@ def check_unit_interval(name: str, value: Any, *, closed_right: bool = False) ->
   return check_real(name, value, low=0.0, high=1.0, high_open=not closed_right)
 
 
+def check_bool(name: str, value: Any) -> bool:
+  """``True`` or ``False`` (Python or NumPy booleans, known when the method is built),
+  returned as a Python ``bool``; anything else, a string like ``"no"`` included, is
+  refused."""
+  if is_traced(value) or not _is_bool(value) or np.ndim(value) != 0:
+    raise ValueError(f"{name} must be True or False, got {name}={value!r}")
+  return bool(value)
+
+
 def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
   """An integer ``minimum <= value (<= maximum)``, returned as a Python ``int``.
 

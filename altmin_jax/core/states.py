@@ -23,10 +23,17 @@ def _describe(tree: PyTree) -> dict[str, tuple]:
 def check_state(state: Any, init_fn: Callable[[PyTree], Any], params: PyTree, method: str):
   """Raises ``ValueError`` unless ``state`` has the structure and leaf shapes of
   ``init_fn(params)`` (computed with ``jax.eval_shape``: nothing runs). Skipped when
-  ``params`` is ``None`` (the method then reports the missing params itself)."""
+  ``params`` is ``None`` (the method then reports the missing params itself). A state
+  class's ``FILLED_BY_UPDATE`` fields (empty after ``init``, shaped by the first batch) are
+  not compared."""
   if params is None:
     return
   expected = jax.eval_shape(init_fn, params)
+  # Fields the first update fills (their shapes follow the batch): not compared.
+  lazy = getattr(type(expected), "FILLED_BY_UPDATE", ())
+  if lazy and type(state) is type(expected):
+    state = state._replace(**{f: () for f in lazy})
+    expected = expected._replace(**{f: () for f in lazy})
   want, got = type(expected).__name__, type(state).__name__
   rule = f"{method}'s update needs the state its init returns for these params ({want})"
   if jax.tree.structure(state) != jax.tree.structure(expected):

@@ -60,6 +60,14 @@ class Prepared(NamedTuple):
   dtype: Any
 
 
+def prepare_stage_params(net: LayeredNetwork, params: PyTree, method: str) -> list[PyTree]:
+  """``params`` checked and split per stage, upcast to at least float32 (what
+  :func:`prepare` returns as ``stage_params``)."""
+  batches.require_params(params, method)
+  stage_params = net.stage_params(as_arrays(params))
+  return trees.cast_tree(stage_params, trees.compute_dtype(stage_params))
+
+
 def prepare(
   net: LayeredNetwork, params: PyTree, batch: Any, method: str, loss: Loss | None = None
 ) -> Prepared:

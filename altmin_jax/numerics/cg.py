@@ -36,11 +36,15 @@ def conjugate_gradient(
   steps: int,
   curvature_tol: float = 0.0,
   tol: float = 0.0,
+  x0: PyTree | None = None,
+  Ax0: PyTree | None = None,
 ) -> CGResult:
-  r"""At most ``steps`` conjugate-gradient iterations on :math:`A x = b` from ``x = 0``.
+  r"""At most ``steps`` conjugate-gradient iterations on :math:`A x = b` from ``x0``
+  (default 0).
 
-  Minimises :math:`q(x) = \tfrac12 x^\top A x - b^\top x` over the Krylov space of
-  :math:`A` and :math:`b`. With :math:`r_0 = p_0 = b`, iteration :math:`k` takes
+  Minimises :math:`q(x) = \tfrac12 x^\top A x - b^\top x` over :math:`x_0` plus the
+  Krylov space of :math:`A` and :math:`r_0 = b - A x_0`. With :math:`p_0 = r_0`, iteration
+  :math:`k` takes
 
   .. math::
      \alpha_k = \frac{r_k^\top r_k}{p_k^\top A p_k},\quad
@@ -50,7 +54,8 @@ def conjugate_gradient(
   Negative-curvature guard: when :math:`p_k^\top A p_k \le` ``curvature_tol`` :math:`\,
   \|p_k\|^2` the solve stops and returns :math:`x_k` (for :math:`k = 0`, ``x = 0``): the
   quadratic is unbounded below along :math:`p_k` and a CG step would not decrease it.
-  The solve also stops once :math:`\|r_k\| \le` ``tol`` :math:`\|b\|`. For symmetric
+  The solve also stops once :math:`\|r_k\| \le` ``tol`` :math:`\|b\|`. A warm start
+  ``x0`` costs one product, none when its ``Ax0`` is given. For symmetric
   positive definite ``A`` of dimension ``n``, ``steps = n`` solves the system exactly in
   exact arithmetic.
 
@@ -60,6 +65,8 @@ def conjugate_gradient(
     steps: maximum number of iterations (matrix-vector products).
     curvature_tol: guard threshold on the Rayleigh quotient of the search direction.
     tol: relative residual tolerance (0: run all ``steps`` unless a guard fires).
+    x0: the starting point (``None``: 0).
+    Ax0: :math:`A x_0` when the caller has it (only with ``x0``).
 
   Returns:
     A :class:`CGResult`.
@@ -71,9 +78,15 @@ def conjugate_gradient(
     >>> [round(float(v), 4) for v in res.x]
     [0.0909, 0.6364]
   """
-  zeros = optax.tree.zeros_like(b)
   bb = real_vdot(b, b)
   dtype = bb.dtype
+  if x0 is None:
+    x0 = Ax0 = optax.tree.zeros_like(b)
+    r0 = b
+  else:
+    Ax0 = matvec(x0) if Ax0 is None else Ax0
+    r0 = optax.tree.sub(b, Ax0)
+  rr0 = real_vdot(r0, r0)
 
   def cond(carry):
     k, done = carry[0], carry[1]
@@ -99,13 +112,13 @@ def conjugate_gradient(
 
   init = (
     jnp.zeros([], jnp.int32),
-    bb == 0,
+    rr0 == 0,
     jnp.array(False),
-    zeros,
-    zeros,
-    b,
-    b,
-    bb,
+    x0,
+    Ax0,
+    r0,
+    r0,
+    rr0,
   )
   k, _, neg, x, Ax, *_ = jax.lax.while_loop(cond, body, init)
   return CGResult(x=x, Ax=Ax, iterations=k, negative_curvature=neg)

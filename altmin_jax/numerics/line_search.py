@@ -84,14 +84,14 @@ class ArmijoSearch:
 DEFAULT_SEARCH = ArmijoSearch()
 
 
-def check_search(line_search: ArmijoSearch | None) -> ArmijoSearch:
-  """``line_search``, or the default search for ``None``."""
+def check_search(line_search: ArmijoSearch | None, name: str = "line_search") -> ArmijoSearch:
+  """``line_search``, or the default search for ``None`` (``name``: the argument's name in
+  the error)."""
   if line_search is None:
     return DEFAULT_SEARCH
   if not isinstance(line_search, ArmijoSearch):
     raise ValueError(
-      "line_search must be an altmin_jax.numerics.ArmijoSearch or None, got "
-      f"line_search={line_search!r}"
+      f"{name} must be an altmin_jax.numerics.ArmijoSearch or None, got {name}={line_search!r}"
     )
   return line_search
 

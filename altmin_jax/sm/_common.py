@@ -28,10 +28,22 @@ class SMState(NamedTuple):
 
   count: Array  # int32 scalar, iterations taken
   loss: Array  # float32 scalar, h(theta_t) on the last batch, before its update
-  curvature: Array  # (m,) float32, stage i's curvature data (surrogate.curvature_summary)
+  curvature: Array  # (m,) float32, stage i's curvature data (the majorizer's summary)
   local_loss: Array  # (m,) float32, L_i(theta_{t+1}) (<= 0 when the solve decreased it)
   inner_iterations: Array  # (m,) int32, inner steps taken per stage (guards may stop early)
   step_size: Array  # (m,) float32, next first Armijo trial step per stage (solver="armijo")
+  search_step: Array  # float32 scalar, next first trial multiple of the step search
+  step_multiple: Array  # float32 scalar, the multiple of the SM step taken (1 with no search)
+  search_trials: Array  # int32 scalar, the step search's trials (0 with no search)
+  refreshed: Array  # bool scalar, whether the curvature was computed afresh this iteration
+  since_refresh: Array  # int32 scalar, iterations since it was
+  stored_curvature: Any  # curvature_refresh > 1: the majorizer's data in use, else ()
+  batch_key: Array  # (3,) float32, fingerprint of the batch of stored_curvature
+  previous_step: Any  # warm_start: the last local solves' steps per stage, else ()
+
+  # stored_curvature is () after init and holds the first batch's curvature data after the
+  # first update (curvature_refresh > 1): its shapes follow the batch.
+  FILLED_BY_UPDATE = ("stored_curvature",)
 
 
 class GDArmijoState(NamedTuple):

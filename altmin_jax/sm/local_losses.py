@@ -10,14 +10,16 @@ each stage ``i`` gets a quadratic local loss
      + \tfrac12 (\theta - \theta_t)^\top \mathbb H_i (\theta - \theta_t),\qquad
    g_{\theta_i} = \partial h/\partial\theta_i,
 
-whose blocks :math:`\mathbb H_i` come from one of two constructions (``majorizer``):
+whose blocks :math:`\mathbb H_i` come from a majorizer (``majorizer``, one object per
+construction, :mod:`altmin_jax.sm.majorizers`):
 
-* ``"young"`` (default, :mod:`altmin_jax.sm.young_bound`): a valid majorizer,
+* :class:`~altmin_jax.sm.majorizers.Young` (``"young"``, the default,
+  :mod:`altmin_jax.sm.young_bound`): a valid majorizer,
   :math:`\nabla^2 h \preceq \mathrm{diag}(\mathbb H_i)`, that does not inflate down the
   network, from stage-local data (the logits' Jacobian per sample and a per-sample bound of
   the rest, one reverse pass per iteration);
-* ``"paper"`` (:mod:`altmin_jax.sm.paper_bound`): the paper's literal constants, not a
-  majorizer.
+* :class:`~altmin_jax.sm.majorizers.PaperConstants` (``"paper"``,
+  :mod:`altmin_jax.sm.paper_bound`): the paper's literal constants, not a majorizer.
 
 Up to the dropped third-order term, :math:`h(\theta) \le h(\theta_t) + \sum_i \mathcal
 L_i(\theta_i)` for ``"young"`` (Proposition 1), so descent on every local loss descends on
@@ -31,28 +33,37 @@ N inner steps of all stages run in parallel with no communication
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from altmin_jax import numerics
 from altmin_jax.core import checks
-from altmin_jax.core.types import Array, Loss, MatVec, PyTree
+from altmin_jax.core.types import Array, Loss, PyTree
 from altmin_jax.networks import LayeredNetwork
-from altmin_jax.networks.layered import dense_kernel_bias, identity, with_dense_kernel_bias
-from altmin_jax.networks.stages import StageFn, check_network, stage_function
+from altmin_jax.networks.stages import check_network
 from altmin_jax.numerics.line_search import ArmijoSearch, check_search
-from altmin_jax.sm import paper_bound, young_bound
-from altmin_jax.sm._common import KNOWN_LOSS_SMOOTHNESS, ForwardBackward, resolve_loss_smoothness
+from altmin_jax.sm import majorizers
+from altmin_jax.sm._common import ForwardBackward, resolve_loss_smoothness
+from altmin_jax.sm.majorizers import LocalQuadratic, Majorizer, StageKind
 
 SOLVERS = ("cg", "armijo")
 CURVATURES = ("full", "scalar")
-MAJORIZERS = ("young", "paper")
-REST_SEED_OFFSET = 100  # start vectors of the rest bounds: stage i's is seed + 100 + i
 SOLVE_SEED_OFFSET = 1000  # start vectors of the local solves: seed + 1000
+MIN_DELTA = float(jnp.finfo(jnp.float32).eps)  # the smallest delta * B float32 resolves
+# The extrapolating Armijo search along the SM step: first trial twice the last accepted
+# multiple (never below 1), at most 64, halving down to 2^-20 (26 halvings from 64); c = 0.1;
+# when no trial passes, no step (0).
+STEP_SEARCH = ArmijoSearch(
+  init_step=1.0,
+  armijo_c=0.1,
+  backtrack_factor=0.5,
+  max_backtracks=26,
+  fallback_step=0.0,
+  step_growth=2.0,
+  max_step=64.0,
+)
 
 
 # ---------------------------------------------------------------------- options
@@ -66,7 +77,8 @@ class SMOptions:
   Attributes:
     inner_steps: N >= 1 inner solver steps per stage and iteration.
     solver: ``"cg"`` (the paper's experiments) or ``"armijo"`` (GD with Armijo search).
-    majorizer: ``"young"`` (valid, the default) or ``"paper"`` (the literal constants).
+    majorizer: a :class:`~altmin_jax.sm.majorizers.Majorizer`, or its shorthand ``"young"``
+      (valid, the default) or ``"paper"`` (the literal constants); held resolved.
     delta: :math:`\delta B > 0`, the coupling split per sample (module docstring).
     power_iterations: Lanczos steps (>= 1) per eigenvalue estimate (``"paper"``'s
       constants, ``"young"`` on non-dense stages, ``curvature="scalar"``).
@@ -77,11 +89,21 @@ class SMOptions:
     curvature_tol: negative-curvature guard of both solvers (>= 0).
     line_search: the :class:`~altmin_jax.numerics.ArmijoSearch` of ``solver="armijo"``.
     seed: offset (>= 0) of the fixed Lanczos start vectors.
+    step_search: the Armijo search along the whole SM step :math:`d`
+      (:class:`~altmin_jax.numerics.ArmijoSearch`; :data:`STEP_SEARCH` extrapolates from
+      twice the last accepted multiple of :math:`d`, at most 64, halving; step 1, the
+      majorizer's minimiser, is always among the trials) or ``None`` (take :math:`d`).
+    warm_start: start each stage's CG from its previous step, scaled to the exact
+      minimiser of the new local loss along it (``solver="cg"``, ``curvature="full"``).
+    curvature_refresh: recompute the majorizer's curvature data every this many
+      iterations (>= 1), in between reuse the last (same batch only; a new batch
+      refreshes); with a ``step_search``, an iteration whose stale curvature fails the
+      Armijo test at step 1 refreshes at once.
   """
 
   inner_steps: int = 10
   solver: str = "cg"
-  majorizer: str = "young"
+  majorizer: str | Majorizer = "young"
   delta: float = 3e-3
   power_iterations: int = 3
   loss_smoothness: float | None = None
@@ -89,19 +111,39 @@ class SMOptions:
   curvature_tol: float = 0.0
   line_search: ArmijoSearch | None = None
   seed: int = 0
+  step_search: ArmijoSearch | None = STEP_SEARCH
+  warm_start: bool = False
+  curvature_refresh: int = 1
 
   def __post_init__(self):
+    delta = checks.check_positive("delta", self.delta)
+    if not checks.is_traced(delta) and delta < MIN_DELTA:
+      raise ValueError(
+        f"delta must be >= {MIN_DELTA:.3g} (float32's resolution: a smaller split of the "
+        f"coupling is lost beside the loss's own curvature and its inverse overflows), got "
+        f"delta={self.delta!r}"
+      )
     checked = dict(
       inner_steps=checks.check_int("inner_steps", self.inner_steps, 1),
       solver=checks.check_choice("solver", self.solver, SOLVERS),
-      majorizer=checks.check_choice("majorizer", self.majorizer, MAJORIZERS),
-      delta=checks.check_positive("delta", self.delta),
+      majorizer=majorizers.resolve(self.majorizer),
+      delta=delta,
       power_iterations=checks.check_int("power_iterations", self.power_iterations, 1),
       curvature=checks.check_choice("curvature", self.curvature, CURVATURES),
       curvature_tol=checks.check_positive("curvature_tol", self.curvature_tol, allow_zero=True),
       line_search=check_search(self.line_search),
       seed=checks.check_int("seed", self.seed, 0),
+      step_search=(
+        None if self.step_search is None else check_search(self.step_search, "step_search")
+      ),
+      warm_start=checks.check_bool("warm_start", self.warm_start),
+      curvature_refresh=checks.check_int("curvature_refresh", self.curvature_refresh, 1),
     )
+    if checked["warm_start"] and (self.solver != "cg" or self.curvature != "full"):
+      raise ValueError(
+        "warm_start=True warm-starts CG: it needs solver='cg' and curvature='full', got "
+        f"solver={self.solver!r}, curvature={self.curvature!r}"
+      )
     if self.loss_smoothness is not None:
       checked["loss_smoothness"] = checks.check_positive("loss_smoothness", self.loss_smoothness)
     for name, value in checked.items():
@@ -154,19 +196,6 @@ def scales(cfg: SMConfig, batch: int, dtype) -> Scales:
   )
 
 
-def loss_hessians(cfg: SMConfig, logits: Array, y: Array) -> Array:
-  r"""Per-sample Hessians ``(B, K, K)`` of the batch-mean loss in the logits,
-  :math:`\nabla^2\ell_b`: exact for the library's losses (convex, so PSD), :math:`(L/B)
-  I` for any other loss (its smoothness bound)."""
-  B = logits.shape[0]
-  flat = logits.reshape(B, -1)
-  if cfg.loss in KNOWN_LOSS_SMOOTHNESS:
-    one = lambda o, t: cfg.loss(o.reshape((1, *logits.shape[1:])), t[None])[0]
-    return jax.vmap(jax.hessian(one))(flat, y) / B
-  eye = jnp.eye(flat.shape[1], dtype=flat.dtype)
-  return jnp.broadcast_to(eye * (cfg.loss_smoothness / B), (B, *eye.shape))
-
-
 # ------------------------------------------------------------- per-stage data
 
 
@@ -177,106 +206,38 @@ class StageData(NamedTuple):
   theta: PyTree
   g_out: Array  # g^(i) = dh/dz^(i)
   z_out: Array  # z^(i)
-  c_next: Array  # "paper": c_{i+1}; "young": 0
-  jac: Array | None  # "young": logits' Jacobian in z^(i) per sample (None: the logits)
-  e: Array  # "young": (B,) bound of the rest; "paper": 0
-  hess: Array  # "young": (B, K, K) the loss's Hessian per sample; "paper": 0
+  bound: PyTree  # the majorizer's curvature data of the stage (Majorizer.bounds)
 
 
-class StageKind(NamedTuple):
-  """The static description of a stage's map for the local loss."""
-
-  fn: StageFn  # f_i(theta, z), post-activation (the logits for the last stage)
-  activation: Callable | None  # dense closed forms: the elementwise activation, else None
-
-
-def stage_kind(net: LayeredNetwork, i: int) -> StageKind:
-  stage = net.stages[i - 1]
-  last = i == net.num_stages
-  if stage.dense and (last or young_bound.is_dense(stage)):
-    return StageKind(stage_function(net, i), identity if last else stage.activation)
-  return StageKind(stage_function(net, i), None)
-
-
-def young_levels(net: LayeredNetwork, stage_params, fb: ForwardBackward, *, iterations, seed):
-  """Every stage's :class:`~altmin_jax.sm.young_bound.Level` (entry ``i - 1``; stage 1's
-  is ``None``: nothing lies below it)."""
-  out = [None]
-  for i in range(2, net.num_stages + 1):
-    kind, theta, factor = stage_kind(net, i), stage_params[i - 1], young_bound.tau_factor(i)
-    if kind.activation is not None:
-      kernel, bias = dense_kernel_bias(theta)
-      last = i == net.num_stages
-      d = young_bound.dense_stage(kind.activation, kernel, bias, fb.z[i - 1], fb.g_z[i - 1], last)
-      out.append(young_bound.dense_level(d, factor))
-    else:
-      s = young_bound.GenericStage(kind.fn, theta, fb.z[i - 1], fb.g_z[i - 1])
-      out.append(young_bound.generic_level(s, factor, iterations=iterations, seed=seed + i))
-  return out
-
-
-def logit_jacobians(levels, fb: ForwardBackward) -> list[Array | None]:
-  r"""The logits' Jacobian per sample in every stage's output :math:`z^{(i)}` (entry
-  ``i - 1``; ``None`` for the last stage, whose output is the logits), by one reverse pass
-  over the stages' :class:`~altmin_jax.sm.young_bound.Level`\ s (:func:`young_levels`)."""
-  m = len(levels)
-  jacs = [None] * m
-  for i in range(m - 1, 0, -1):  # the logits' Jacobian in z^(i), from stage i + 1
-    jacs[i - 1] = young_bound.jacobian_below(levels[i], jacs[i], fb.z[i + 1])
-  return jacs
-
-
-def rest_bounds(levels, fb: ForwardBackward, *, delta, iterations: int, seed: int) -> list[Array]:
-  r"""Every stage's per-sample bound :math:`e^{(i+1)}_b` of the rest above its output
-  (entry ``i - 1``; 0 for the last stage): Lanczos on the stages above
-  (:func:`~altmin_jax.sm.young_bound.rest_bound`), stage ``i`` started from ``seed +``
-  :data:`REST_SEED_OFFSET` ``+ i``."""
+def stage_data(stage_params, fb: ForwardBackward, bounds) -> list[StageData]:
+  """Every stage's :class:`StageData` from one forward and backward pass and the
+  majorizer's ``bounds`` (no computation)."""
   return [
-    young_bound.rest_bound(
-      levels[i:], delta, fb.z[i], iterations=iterations, seed=seed + REST_SEED_OFFSET + i
+    StageData(
+      z_prev=fb.z[i - 1],
+      theta=stage_params[i - 1],
+      g_out=fb.g_z[i - 1],
+      z_out=fb.z[i],
+      bound=bounds[i - 1],
     )
-    for i in range(1, len(levels) + 1)
+    for i in range(1, len(stage_params) + 1)
   ]
 
 
 # ------------------------------------------------------------------ local losses
 
 
-class LocalQuadratic(NamedTuple):
-  """A stage's local loss: gradient and Hessian-vector product in a canonical parameter
-  form, and the map back to the stage's own parameter structure."""
-
-  g_theta: PyTree  # dh/dtheta_i
-  matvec: MatVec  # v -> H_i v
-  to_params: Callable[[PyTree], PyTree]
-
-
 def local_quadratic(
   options: SMOptions, kind: StageKind, first, last, weight, data: StageData, sc: Scales
 ) -> LocalQuadratic:
-  r"""The local loss :math:`\mathcal L_i` of one stage from its :class:`StageData`.
+  r"""The local loss :math:`\mathcal L_i` of one stage from its :class:`StageData`, built by
+  ``options.majorizer`` (:meth:`~altmin_jax.sm.majorizers.Majorizer.local_quadratic`).
 
   ``first`` (no coupling term) and ``last`` (no activation; dense closed forms only) are
   Python bools or traced ones (pipelined stages); ``weight`` is the stage index ``i``
-  (:math:`1 + 1/\tau_i`, ``"young"``).
+  (:math:`1 + 1/\tau_i`, :class:`~altmin_jax.sm.majorizers.Young`).
   """
-  if options.majorizer == "paper":
-    psi = paper_bound.make_psi(kind.fn, data.g_out, data.z_out, data.c_next)
-    g, mv = paper_bound.psi_quadratic(psi, data.z_prev, data.theta, sc.delta, first)
-    return LocalQuadratic(g, mv, lambda d: d)
-  bound = young_bound.Bound(data.jac, data.e, data.hess)
-  kw = dict(gn=sc.gn, weight=weight, inv_delta=1.0 / sc.delta, first=first)
-  if kind.activation is not None:
-    theta = data.theta
-    kernel, bias = dense_kernel_bias(theta)
-    d = young_bound.dense_stage(kind.activation, kernel, bias, data.z_prev, data.g_out, last)
-    to_params = lambda c: with_dense_kernel_bias(theta, c["kernel"], c.get("bias"))
-    mv = young_bound.dense_matvec(d, bound, **kw)
-    return LocalQuadratic(young_bound.dense_gradient(d), mv, to_params)
-  s = young_bound.GenericStage(kind.fn, data.theta, data.z_prev, data.g_out)
-  return LocalQuadratic(
-    young_bound.generic_gradient(s), young_bound.generic_matvec(s, bound, **kw), lambda d: d
-  )
+  return options.majorizer.local_quadratic(kind, first, last, weight, data, sc)
 
 
 def local_loss_value(lq: LocalQuadratic, d: PyTree) -> Array:
@@ -295,12 +256,28 @@ class StageSolve(NamedTuple):
   model: Array  # L_i(theta_{t+1})
   iterations: Array  # int32
   step: Array  # next Armijo trial step
+  slope: Array  # g_theta . d, the slope of h along d (the step search's directional derivative)
+
+
+def warm_start(lq: LocalQuadratic, previous: PyTree) -> tuple[PyTree, PyTree]:
+  r"""The warm start of a stage's CG from its previous step :math:`d'` (in the stage's
+  parameter structure): :math:`x_0 = a d'` with :math:`a = -g^\top d' / d'^\top
+  \mathbb H_i d'` the exact minimiser of the new local loss along :math:`d'` (0 when that
+  curvature is not positive, e.g. :math:`d' = 0`), and :math:`\mathbb H_i x_0`; one
+  Hessian-vector product."""
+  d = lq.from_params(previous)
+  hd = lq.matvec(d)
+  curv = optax.tree.vdot(d, hd)
+  pos = curv > 0
+  a = jnp.where(pos, -optax.tree.vdot(lq.g_theta, d) / jnp.where(pos, curv, 1.0), 0.0)
+  return optax.tree.scale(a, d), optax.tree.scale(a, hd)
 
 
 def solve_local_loss(
-  options: SMOptions, lq: LocalQuadratic, step0: Array, seed, real_shapes=None
+  options: SMOptions, lq: LocalQuadratic, step0: Array, seed, real_shapes=None, warm=None
 ) -> StageSolve:
-  r"""Minimises one stage's local loss from :math:`d = 0`.
+  r"""Minimises one stage's local loss from :math:`d = 0`, or with ``warm`` (the stage's
+  previous step, ``options.warm_start``) from :func:`warm_start`.
 
   ``N = inner_steps`` steps of CG (:func:`~altmin_jax.numerics.conjugate_gradient` on
   :math:`\mathbb H_i d = -g_{\theta_i}`) or of GD with Armijo search
@@ -317,17 +294,21 @@ def solve_local_loss(
     pos = lam > 0
     inv = jnp.where(pos, 1.0 / jnp.where(pos, lam, 1.0), 0.0)
     d = optax.tree.scale(-inv, g)
-    model = -0.5 * inv * optax.tree.vdot(g, g)
-    return StageSolve(lq.to_params(d), model, pos.astype(jnp.int32), step0)
+    gg = optax.tree.vdot(g, g)
+    return StageSolve(lq.to_params(d), -0.5 * inv * gg, pos.astype(jnp.int32), step0, -inv * gg)
   if options.solver == "cg":
+    x0, ax0 = (None, None) if warm is None else warm_start(lq, warm)
     res = numerics.conjugate_gradient(
       lq.matvec,
       optax.tree.scale(-1.0, g),
       steps=options.inner_steps,
       curvature_tol=options.curvature_tol,
+      x0=x0,
+      Ax0=ax0,
     )
-    model = optax.tree.vdot(g, res.x) + 0.5 * optax.tree.vdot(res.x, res.Ax)
-    return StageSolve(lq.to_params(res.x), model, res.iterations, step0)
+    slope = optax.tree.vdot(g, res.x)
+    model = slope + 0.5 * optax.tree.vdot(res.x, res.Ax)
+    return StageSolve(lq.to_params(res.x), model, res.iterations, step0, slope)
   res = numerics.quadratic_armijo_gd(
     lq.matvec,
     g,
@@ -336,4 +317,5 @@ def solve_local_loss(
     config=options.line_search,
     curvature_tol=options.curvature_tol,
   )
-  return StageSolve(lq.to_params(res.x), res.value, res.iterations, res.next_step)
+  slope = optax.tree.vdot(g, res.x)
+  return StageSolve(lq.to_params(res.x), res.value, res.iterations, res.next_step, slope)

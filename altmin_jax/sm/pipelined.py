@@ -59,6 +59,8 @@ from altmin_jax.pipeline import gpipe
 from altmin_jax.pipeline.layout import fit, layer_fn
 from altmin_jax.pipeline.options import PipelineOptions
 from altmin_jax.sm import local_losses as ll
+from altmin_jax.sm import majorizers as mj
+from altmin_jax.sm import surrogate as sur
 from altmin_jax.sm import young_bound as yb
 from altmin_jax.sm._common import SMState
 
@@ -66,11 +68,6 @@ from altmin_jax.sm._common import SMState
 def _full(a: Array) -> Array:
   """``(K, M, b, ...)`` per-layer buffers as ``(K, B, ...)``."""
   return a.reshape(a.shape[0], -1, *a.shape[3:])
-
-
-def _factor(stage) -> Array:
-  """:math:`1 + \tau_i` of a traced stage index (0 for the first stage: nothing below)."""
-  return jnp.where(stage > 1, stage / jnp.maximum(stage - 1, 1), 0.0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -93,7 +90,7 @@ class SMPipeline:
     def step(k, th, mb, jac):
       z, g = mb
       is_last, stage = pipe.local_flags(k)[1], pipe.local_flags(k)[4]
-      level = yb.dense_level(self._dense(th, z, g, is_last), _factor(stage))
+      level = yb.dense_level(self._dense(th, z, g, is_last), yb.tau_factor(stage))
       return jac, None, yb.jacobian_below(level, jac, jnp.zeros(g.shape, g.dtype))
 
     like = lambda *shape: jax.ShapeDtypeStruct(shape, jac_top.dtype)
@@ -126,7 +123,7 @@ class SMPipeline:
       flags = [pipe.local_flags(k) for k in range(K)]
       levels = [
         yb.dense_level(
-          self._dense(pipe.take(theta, k), zin[k], gz[k], flags[k][1]), _factor(flags[k][4])
+          self._dense(pipe.take(theta, k), zin[k], gz[k], flags[k][1]), yb.tau_factor(flags[k][4])
         )
         for k in range(K)
       ]
@@ -149,10 +146,7 @@ class SMPipeline:
         def down(r):
           own = []
           for k in reversed(range(K)):
-            u, lv = fit(inputs[k], w_in), levels[k]
-            r = delta * u + lv.factor * lv.jzt(fit(r, lay.out_width))
-            if lv.gplus is not None:
-              r = r + lv.gplus(u)
+            r = yb.rest_step(levels[k], fit(inputs[k], w_in), fit(r, lay.out_width), delta)
             own.append(r[s * K + k])
             r = fit(r, W)
           return jnp.stack(own[::-1]), r
@@ -164,7 +158,7 @@ class SMPipeline:
       v0 = jnp.stack(
         [
           numerics.start_vector(
-            opts.seed + ll.REST_SEED_OFFSET + stages[k] - 1, zin[k], [(B, flags[k][2])]
+            opts.seed + mj.REST_SEED_OFFSET + stages[k] - 1, zin[k], [(B, flags[k][2])]
           )
           for k in range(K)
         ]
@@ -192,7 +186,7 @@ class SMPipeline:
     K = lay.widths[-1]  # logits
     if lay.boundary == "outside":  # the tail's logits' Jacobian in its input, z^(m - 1)
       kernel, bias = dense_kernel_bias(prep.tail)
-      kind = ll.stage_kind(cfg.net, m)
+      kind = mj.stage_kind(cfg.net, m)
       d_m = yb.dense_stage(kind.activation, kernel, bias, fw.z_below_tail, fw.g_logits, True)
       jac_top = yb.jacobian_below(yb.dense_level(d_m, 0.0), None, fw.logits)
       top_scale = sc.delta
@@ -200,7 +194,7 @@ class SMPipeline:
       jac_top = jnp.broadcast_to(jnp.eye(K, dtype=dtype)[None], (B, K, K))
       top_scale = jnp.zeros([], dtype)
     jac_top = gpipe.microbatches(fit(jac_top, lay.out_width), pipe.num_microbatches)
-    hess = gpipe.to_replicated(pipe, ll.loss_hessians(cfg, fw.logits, prep.y))
+    hess = gpipe.to_replicated(pipe, mj.loss_hessians(cfg, fw.logits, prep.y))
     return jac_top, hess, top_scale
 
   def solve(self, theta, zin, zout, gz, jac, e, step0, hess, sc: ll.Scales):
@@ -215,27 +209,32 @@ class SMPipeline:
 
     def one(th, z_prev, z_out, g_out, jac, e, step, is_first, is_last, w_in, w_out, stage, hess):
       flat = lambda a: a.reshape(-1, *a.shape[2:])
-      zero = jnp.zeros([], e.dtype)
-      data = ll.StageData(
-        flat(z_prev), th, flat(g_out), flat(z_out), zero, flat(jac), e.reshape(-1), hess
-      )
-      kind = ll.StageKind(layer_fn(activation, is_last), activation)
+      bound = yb.Bound(flat(jac), e.reshape(-1), hess)
+      data = ll.StageData(flat(z_prev), th, flat(g_out), flat(z_out), bound)
+      kind = mj.StageKind(layer_fn(activation, is_last), activation)
       lq = ll.local_quadratic(opts, kind, is_first, is_last, stage.astype(e.dtype), data, sc)
       real = [(w_out,), (w_in, w_out)][-len(th) :]  # sorted keys: bias, kernel
       return ll.solve_local_loss(opts, lq, step, seed, real)
 
     layer = P(pipe.axis_name)
-    specs = ll.StageSolve(pipe.specs(theta, layer), layer, layer, layer)
+    specs = ll.StageSolve(pipe.specs(theta, layer), layer, layer, layer, layer)
     # Algorithm 1, "do in parallel": N inner steps on each local loss (Prop. 1, eq. (1)).
     return pipe.map_layers(one, theta, zin, zout, gz, jac, e, step0, out_specs=specs, shared=hess)
 
 
 def _sm_pipeline(cfg: ll.SMConfig, pipeline: PipelineOptions) -> SMPipeline:
-  if cfg.options.majorizer != "young":
+  if not cfg.options.majorizer.pipelined:
     raise ValueError(
       "pipelined surrogate minimization computes majorizer='young' (the paper's constants "
       f"need Hessian-vector products through every layer above a stage), got "
       f"majorizer={cfg.options.majorizer!r}"
+    )
+  opts = cfg.options
+  if opts.warm_start or opts.curvature_refresh != 1:
+    raise ValueError(
+      "pipelined surrogate minimization does not yet take warm_start or curvature_refresh: "
+      f"pass warm_start=False, curvature_refresh=1, got warm_start={opts.warm_start!r}, "
+      f"curvature_refresh={opts.curvature_refresh!r}"
     )
   return SMPipeline(gpipe.make_pipeline(cfg.net, pipeline), cfg)
 
@@ -262,9 +261,10 @@ def sm_pipeline(
 
 
 def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
-  """One pipelined SM iteration. Returns ``(new_theta, new_head, new_tail, value,
-  curvature (m,), (local_loss, inner_iterations, step_size))``, the per-stage arrays
-  over all ``m`` network stages."""
+  """One pipelined SM iteration up to its step. Returns ``((d_theta, d_head, d_tail),
+  slope, value, curvature (m,), (local_loss, inner_iterations, step_size))``: the step of
+  every layer, :math:`\nabla h^\top d`, the loss and the per-stage arrays over all ``m``
+  network stages."""
   pipe, cfg = sp.pipe, sp.cfg
   net, lay, M = cfg.net, pipe.layout, pipe.num_microbatches
   m = net.num_stages
@@ -299,7 +299,7 @@ def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
   curv = jnp.max(e, axis=1)
   if not outside:
     per_stage = (rep(body.model), rep(body.iterations), rep(body.step))
-    return optax.tree.add(theta, body.d), None, None, fw.value, rep(curv), per_stage
+    return (body.d, None, None), jnp.sum(rep(body.slope)), fw.value, rep(curv), per_stage
 
   # the head and the tail, on the full batch, replicated: the single-device functions
   seed = cfg.options.seed + ll.SOLVE_SEED_OFFSET
@@ -309,24 +309,18 @@ def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
     head,
     gpipe.flat(g_bottom)[:, : lay.widths[1]],
     fw.z_head,
-    jnp.zeros([], dtype),
-    jac_bottom.reshape(B, K, lay.in_width)[:, :, : lay.widths[1]],
-    e_head,
-    hess,
+    yb.Bound(jac_bottom.reshape(B, K, lay.in_width)[:, :, : lay.widths[1]], e_head, hess),
   )
   tail_data = ll.StageData(
     fw.z_below_tail,
     tail,
     fw.g_logits,
     fw.logits,
-    jnp.zeros([], dtype),
-    None,
-    jnp.zeros(B, dtype),
-    hess,
+    yb.Bound(None, jnp.zeros(B, dtype), hess),
   )
   solves = []
   for i, data in ((1, head_data), (m, tail_data)):
-    lq = ll.local_quadratic(cfg.options, ll.stage_kind(net, i), i == 1, i == m, float(i), data, sc)
+    lq = ll.local_quadratic(cfg.options, mj.stage_kind(net, i), i == 1, i == m, float(i), data, sc)
     solves.append(ll.solve_local_loss(cfg.options, lq, step_size[0 if i == 1 else -1], seed))
   head_solve, tail_solve = solves
   cat = lambda h, b, t: jnp.concatenate([jnp.reshape(h, (1,)), rep(b), jnp.reshape(t, (1,))])
@@ -334,10 +328,10 @@ def _sm_iteration(sp: SMPipeline, prep: gpipe.Prepared, step_size: Array):
     cat(getattr(head_solve, f), getattr(body, f), getattr(tail_solve, f))
     for f in ("model", "iterations", "step")
   )
+  slope = jnp.sum(rep(body.slope)) + head_solve.slope + tail_solve.slope
   return (
-    optax.tree.add(theta, body.d),
-    optax.tree.add(head, head_solve.d),
-    optax.tree.add(tail, tail_solve.d),
+    (body.d, head_solve.d, tail_solve.d),
+    slope,
     fw.value,
     cat(jnp.max(e_head), curv, jnp.zeros([], dtype)),
     per_stage,
@@ -355,7 +349,7 @@ def pipelined_surrogate_minimization(
   axis_name: str = PipelineOptions.axis_name,
   inner_steps: int = ll.SMOptions.inner_steps,
   solver: str = ll.SMOptions.solver,
-  majorizer: str = ll.SMOptions.majorizer,
+  majorizer: str | mj.Majorizer = ll.SMOptions.majorizer,
   delta: float = ll.SMOptions.delta,
   power_iterations: int = ll.SMOptions.power_iterations,
   loss_smoothness: float | None = ll.SMOptions.loss_smoothness,
@@ -363,6 +357,9 @@ def pipelined_surrogate_minimization(
   curvature_tol: float = ll.SMOptions.curvature_tol,
   line_search: ArmijoSearch | None = ll.SMOptions.line_search,
   seed: int = ll.SMOptions.seed,
+  step_search: ArmijoSearch | None = ll.SMOptions.step_search,
+  warm_start: bool = ll.SMOptions.warm_start,
+  curvature_refresh: int = ll.SMOptions.curvature_refresh,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Surrogate minimization with the layers pipelined over the devices of a mesh axis.
 
@@ -379,7 +376,8 @@ def pipelined_surrogate_minimization(
     mesh, num_microbatches, boundary, axis_name: the pipeline options
       (:class:`~altmin_jax.pipeline.PipelineOptions`).
     inner_steps, solver, majorizer, delta, power_iterations, loss_smoothness, curvature,
-      curvature_tol, line_search, seed: the SM options, as in
+      curvature_tol, line_search, seed, step_search, warm_start, curvature_refresh: the SM
+      options, as in
       :func:`~altmin_jax.sm.surrogate_minimization` (validated by
       :class:`~altmin_jax.sm.local_losses.SMOptions`; ``majorizer`` must be ``"young"``).
 
@@ -409,8 +407,9 @@ def pipelined_surrogate_minimization(
   options = ll.SMOptions.from_arguments(locals())
   pipeline = PipelineOptions.from_arguments(locals())
   sp = _sm_pipeline(ll.sm_config(net, loss, options), pipeline)
-  net = sp.cfg.net
+  net, pipe, loss_fn = sp.cfg.net, sp.pipe, sp.cfg.loss
   m = net.num_stages
+  init_search = 1.0 if options.step_search is None else options.step_search.init_step
 
   def init_fn(params):
     del params
@@ -424,15 +423,38 @@ def pipelined_surrogate_minimization(
         local_loss=np.zeros([m], np.float32),
         inner_iterations=np.zeros([m], np.int32),
         step_size=np.full([m], sp.cfg.options.line_search.init_step, np.float32),
+        search_step=np.asarray(init_search, np.float32),
+        step_multiple=np.ones([], np.float32),
+        search_trials=np.zeros([], np.int32),
+        refreshed=np.array(False),
+        since_refresh=np.zeros([], np.int32),
+        stored_curvature=(),
+        batch_key=np.zeros([3], np.float32),
+        previous_step=(),
       ),
     )
 
   @jax.jit
   def iterate(params, x, y, state):
     prep = gpipe.prepare(sp.pipe, net, params, (x, y), "pipelined surrogate minimization")
-    new_theta, new_head, new_tail, value, curv, (model, iters, steps) = _sm_iteration(
+    d, slope, value, curv, (model, iters, steps) = _sm_iteration(
       sp, prep, state.step_size.astype(prep.dtype)
     )
+    point = (prep.theta, prep.head, prep.tail)
+    search = sp.cfg.options.step_search
+    if search is None:
+      multiple, trials, next_search = jnp.ones([], prep.dtype), 0, state.search_step
+    else:
+
+      def value_at(a):
+        th, hd, tl = optax.tree.add_scale(point, a, d)
+        return gpipe.forward_and_loss(pipe, net, loss_fn, prep, th, hd, tl, store=False).value
+
+      init = state.search_step.astype(prep.dtype)
+      res = sur.search_step(value_at, value, slope, init, search)
+      multiple, trials = res.step, res.backtracks + 1
+      next_search = sur.next_search_step(res, search)
+    new_theta, new_head, new_tail = optax.tree.add_scale(point, multiple, d)
     new_state = SMState(
       count=optax.safe_int32_increment(state.count),
       loss=value.astype(jnp.float32),
@@ -440,6 +462,14 @@ def pipelined_surrogate_minimization(
       local_loss=model.astype(jnp.float32),
       inner_iterations=iters.astype(jnp.int32),
       step_size=steps.astype(jnp.float32),
+      search_step=jnp.asarray(next_search, jnp.float32),
+      step_multiple=jnp.asarray(multiple, jnp.float32),
+      search_trials=jnp.asarray(trials, jnp.int32),
+      refreshed=jnp.array(True),
+      since_refresh=state.since_refresh,
+      stored_curvature=(),
+      batch_key=state.batch_key,
+      previous_step=(),
     )
     return gpipe.updates(net, prep, new_theta, new_head, new_tail), new_state
 

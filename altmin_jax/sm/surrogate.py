@@ -7,10 +7,9 @@ experiments (section 4). The construction of the local losses is in
 :mod:`altmin_jax.sm.local_losses`; the inner solvers are in :mod:`altmin_jax.numerics`.
 
 One iteration (:func:`sm_iteration`) is composed of phase functions, which a benchmark can
-time one by one as the step runs them: :func:`forward_backward`, then (``"young"``)
-:func:`stage_levels`, :func:`curvature` and :func:`rest_bounds` assembled by
-:func:`young_stage_data` (``"paper"``: :func:`paper_stage_data`), :func:`local_solves` and
-:func:`update`.
+time one by one as the step runs them: :func:`forward_backward`, :func:`curvature_bounds`
+(the majorizer's own phases, :class:`~altmin_jax.sm.majorizers.Young`'s ``levels``,
+``curvature`` and ``rest_bounds``), :func:`local_solves` and :func:`update`.
 """
 
 from __future__ import annotations
@@ -26,8 +25,13 @@ from altmin_jax import losses as losses_lib
 from altmin_jax.core.states import checked_transformation
 from altmin_jax.core.types import Array, Loss, PyTree
 from altmin_jax.networks import LayeredNetwork, stages
-from altmin_jax.numerics.line_search import ArmijoSearch
-from altmin_jax.sm import _common, paper_bound
+from altmin_jax.numerics.line_search import (
+  ArmijoSearch,
+  LineSearchResult,
+  armijo_backtracking,
+  next_init_step,
+)
+from altmin_jax.sm import _common, majorizers
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm._common import SMState
 
@@ -63,100 +67,17 @@ def forward_backward(cfg: ll.SMConfig, stage_params, x: Array, y: Array) -> _com
   return _common.forward_backward(cfg.net, stage_params, x, y, cfg.loss)
 
 
-def stage_levels(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward) -> list:
-  """Every stage's linear maps at the iterate (:func:`~altmin_jax.sm.local_losses.
-  young_levels`; closures, cheap for dense stages), what :func:`curvature` and
-  :func:`rest_bounds` pass through (``"young"``)."""
-  opts = cfg.options
-  return ll.young_levels(
-    cfg.net, stage_params, fb, iterations=opts.power_iterations, seed=opts.seed
-  )
-
-
-class Curvature(NamedTuple):
-  """The loss's curvature as every stage sees it (``"young"``)."""
-
-  hess: Array  # (B, K, K): the batch-mean loss's Hessian in each sample's logits
-  jacs: list  # the logits' Jacobian per sample in z^(i) (entry i - 1; None for the last)
-
-
-def curvature(cfg: ll.SMConfig, fb: _common.ForwardBackward, y: Array, levels) -> Curvature:
-  r"""The per-sample loss Hessians :math:`\nabla^2\ell_b`
-  (:func:`~altmin_jax.sm.local_losses.loss_hessians`) and the logits' Jacobians
-  :math:`\bar J` in every stage's output by one reverse pass over ``levels``
-  (:func:`stage_levels`)."""
-  return Curvature(ll.loss_hessians(cfg, fb.z[-1], y), ll.logit_jacobians(levels, fb))
-
-
-def rest_bounds(cfg: ll.SMConfig, fb: _common.ForwardBackward, sc: ll.Scales, levels) -> list:
-  r"""Every stage's per-sample bound :math:`e^{(i+1)}_b` of the rest of the network above
-  it (:func:`~altmin_jax.sm.local_losses.rest_bounds`: Lanczos from the seeds the pipelined
-  step uses too)."""
-  opts = cfg.options
-  return ll.rest_bounds(
-    levels, fb, delta=sc.delta, iterations=opts.power_iterations, seed=opts.seed
-  )
-
-
-def young_stage_data(stage_params, fb: _common.ForwardBackward, curv: Curvature, rest) -> list:
-  """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` from :func:`curvature`
-  and :func:`rest_bounds` (``"young"``; no computation)."""
-  zero = jnp.zeros([], fb.value.dtype)
-  return _assemble(stage_params, fb, [zero] * len(rest), curv.jacs, rest, curv.hess)
-
-
-def paper_stage_data(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward, y, sc: ll.Scales):
-  """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` with the constants
-  :math:`c_{i+1}` of the paper's chain (``"paper"``,
-  :func:`~altmin_jax.sm.paper_bound.paper_constants`)."""
-  opts, m = cfg.options, cfg.net.num_stages
-  c_next = paper_bound.paper_constants(
-    cfg.net,
-    stage_params,
-    fb,
-    cfg.loss,
-    y,
-    sc.c_last,
-    delta=sc.delta,
-    iterations=opts.power_iterations,
-    seed=opts.seed,
-  )
-  zero = jnp.zeros([], fb.value.dtype)
-  return _assemble(stage_params, fb, c_next, [None] * m, [zero] * m, zero)
-
-
-def _assemble(stage_params, fb, c_next, jacs, es, hess) -> list[ll.StageData]:
-  return [
-    ll.StageData(
-      z_prev=fb.z[i - 1],
-      theta=stage_params[i - 1],
-      g_out=fb.g_z[i - 1],
-      z_out=fb.z[i],
-      c_next=c_next[i - 1],
-      jac=jacs[i - 1],
-      e=es[i - 1],
-      hess=hess,
-    )
-    for i in range(1, len(stage_params) + 1)
-  ]
+def curvature_bounds(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward, y, sc):
+  """Every stage's curvature data from the majorizer (:meth:`~altmin_jax.sm.majorizers.
+  Majorizer.bounds`; :class:`~altmin_jax.sm.majorizers.Young`: the logits' Jacobians, the
+  loss's Hessians and the rest bounds of one reverse pass)."""
+  return cfg.options.majorizer.bounds(cfg, stage_params, fb, y, sc)
 
 
 def stage_data(cfg: ll.SMConfig, stage_params, fb: _common.ForwardBackward, y, sc: ll.Scales):
   """Every stage's :class:`~altmin_jax.sm.local_losses.StageData` from one forward and
-  backward pass: the per-sample bounds of one reverse pass (``"young"``:
-  :func:`stage_levels`, :func:`curvature`, :func:`rest_bounds`) or the constants of the
-  paper's chain (``"paper"``)."""
-  if cfg.options.majorizer == "young":
-    levels = stage_levels(cfg, stage_params, fb)
-    curv = curvature(cfg, fb, y, levels)
-    return young_stage_data(stage_params, fb, curv, rest_bounds(cfg, fb, sc, levels))
-  return paper_stage_data(cfg, stage_params, fb, y, sc)
-
-
-def curvature_summary(data: ll.StageData) -> Array:
-  """What :class:`SMState` records per stage: :math:`c_{i+1}` (``"paper"``) plus the
-  largest per-sample bound :math:`e^{(i+1)}_b` of the rest (``"young"``)."""
-  return data.c_next + jnp.max(data.e)
+  backward pass and :func:`curvature_bounds`."""
+  return ll.stage_data(stage_params, fb, curvature_bounds(cfg, stage_params, fb, y, sc))
 
 
 def local_solves(
@@ -165,30 +86,35 @@ def local_solves(
   sc: ll.Scales,
   steps: Array,
   vmap_stages: bool = True,
+  previous: Sequence[PyTree] | None = None,
 ) -> list[ll.StageSolve]:
   """Algorithm 1, "do in parallel": N inner steps on every stage's local loss (Prop. 1,
   eq. (1)), independent computations, ``vmap``-ed over groups of equally shaped stages
   (:func:`stage_groups`) when ``vmap_stages``; ``steps`` are the per-stage Armijo trial
-  steps."""
+  steps, ``previous`` the stages' previous steps (warm-started CG,
+  :func:`~altmin_jax.sm.local_losses.warm_start`)."""
   net = cfg.net
   m = net.num_stages
   groups = stage_groups(net, data) if vmap_stages else [[i] for i in range(1, m + 1)]
   out: list[ll.StageSolve | None] = [None] * m
   seed = cfg.options.seed + ll.SOLVE_SEED_OFFSET
+  warm = [None] * m if previous is None else list(previous)
   for group in groups:
     i0 = group[0]
-    kind = ll.stage_kind(net, i0)
+    kind = majorizers.stage_kind(net, i0)
 
-    def solve(d, step, weight, kind=kind, first=i0 == 1, last=i0 == m):
+    def solve(d, step, weight, w, kind=kind, first=i0 == 1, last=i0 == m):
       lq = ll.local_quadratic(cfg.options, kind, first, last, weight, d, sc)
-      return ll.solve_local_loss(cfg.options, lq, step, seed)
+      return ll.solve_local_loss(cfg.options, lq, step, seed, warm=w)
 
     if len(group) == 1:
-      out[i0 - 1] = solve(data[i0 - 1], steps[i0 - 1], float(i0))
+      out[i0 - 1] = solve(data[i0 - 1], steps[i0 - 1], float(i0), warm[i0 - 1])
       continue
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[data[i - 1] for i in group])
+    stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    stacked = stack([data[i - 1] for i in group])
+    w = None if previous is None else stack([warm[i - 1] for i in group])
     weights = jnp.asarray(group, sc.gn.dtype)
-    res = jax.vmap(solve)(stacked, steps[jnp.asarray(group) - 1], weights)
+    res = jax.vmap(solve)(stacked, steps[jnp.asarray(group) - 1], weights, w)
     for j, i in enumerate(group):
       out[i - 1] = jax.tree.map(lambda a, j=j: a[j], res)
   return out
@@ -199,7 +125,60 @@ def update(stage_params: Sequence[PyTree], solves: Sequence[ll.StageSolve]) -> l
   return [optax.tree.add(p, s.d) for p, s in zip(stage_params, solves)]
 
 
+def search_step(value_at, value: Array, slope: Array, init_step, search) -> LineSearchResult:
+  r"""The Armijo search along the whole SM step :math:`d` (``options.step_search``): the
+  first of the trial multiples ``init_step``, halved, ... with
+
+  .. math:: h(\theta_t + a d) \le h(\theta_t) + c\,a \min(\nabla h^\top d, 0),
+
+  where ``value_at(a)`` is :math:`h(\theta_t + a d)` (one forward pass per trial,
+  :func:`~altmin_jax.numerics.armijo_backtracking`) and ``slope`` :math:`\nabla h^\top d
+  = \sum_i g_{\theta_i}^\top d_i` (:attr:`~altmin_jax.sm.local_losses.StageSolve.slope`).
+  The ``min`` keeps a step that is no descent direction from raising the loss; when no
+  trial passes, the step is the search's ``fallback_step`` (:data:`~altmin_jax.sm.
+  local_losses.STEP_SEARCH`: 0, no move). The single-device and the pipelined step both
+  take it."""
+  return armijo_backtracking(value_at, value, jnp.minimum(slope, 0.0), init_step, search)
+
+
+def next_search_step(res: LineSearchResult, search: ArmijoSearch) -> Array:
+  """The next search's first trial: ``step_growth`` times the accepted multiple, capped at
+  ``max_step`` and never below ``init_step`` (step 1, the majorizer's own step, is always
+  among the trials)."""
+  return jnp.maximum(next_init_step(res, search), search.init_step)
+
+
 # ------------------------------------------------------------------ the method
+
+
+class Carry(NamedTuple):
+  """What an iteration takes from the previous one (:class:`SMState`'s fields)."""
+
+  step_size: Array  # (m,) first inner Armijo trials (solver="armijo")
+  search_step: Array  # first trial multiple of the step search
+  since_refresh: Array  # int32, iterations since the stored curvature was computed
+  stored_curvature: PyTree  # the majorizer's bounds in use (curvature_refresh > 1), or ()
+  batch_key: Array  # (3,) fingerprint of the batch the stored curvature belongs to
+  previous_step: PyTree  # the last local solves' steps per stage (warm_start), or ()
+
+
+class Iteration(NamedTuple):
+  """One SM iteration's results."""
+
+  new: list  # the new per-stage params
+  fb: _common.ForwardBackward
+  solves: list  # per-stage StageSolve
+  bounds: list  # the majorizer's curvature data used
+  search: LineSearchResult | None  # the step search (None without one)
+  refreshed: Array  # bool, whether the curvature was computed in this iteration
+  batch_key: Array
+
+
+def batch_key(x: Array, y: Array) -> Array:
+  """A fingerprint of a batch (sums of ``x``, ``x**2`` and ``y``): stored curvature data
+  belongs to one batch, and a batch with another fingerprint refreshes it."""
+  xf, yf = x.astype(jnp.float32), jnp.asarray(y).astype(jnp.float32)
+  return jnp.stack([jnp.sum(xf), jnp.sum(xf * xf), jnp.sum(yf)])
 
 
 def sm_iteration(
@@ -207,20 +186,53 @@ def sm_iteration(
   stage_params: Sequence[PyTree],
   x: Array,
   y: Array,
-  steps: Array,
+  carry: Carry,
   vmap_stages: bool = True,
-):
+) -> Iteration:
   """One SM iteration on per-stage params (computed in at least float32), composed of the
-  phase functions: :func:`forward_backward`, :func:`stage_data`, :func:`local_solves`,
-  :func:`update`.
-
-  Returns ``(new_stage_params, fb, curvatures, solves)``.
-  """
+  phase functions: :func:`forward_backward`, :func:`curvature_bounds` (every
+  ``curvature_refresh`` iterations, on a new batch, and at once when stale curvature fails
+  the step search's Armijo test at step 1), :func:`local_solves` (warm-started from
+  ``carry.previous_step`` with ``warm_start``), :func:`search_step` (with a
+  ``step_search``) and the update. With no search, no warm start and
+  ``curvature_refresh=1`` it is Algorithm 1 as the paper states it."""
+  opts = cfg.options
   fb = forward_backward(cfg, stage_params, x, y)
   sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
-  data = stage_data(cfg, stage_params, fb, y, sc)
-  solves = local_solves(cfg, data, sc, steps, vmap_stages)
-  return update(stage_params, solves), fb, [curvature_summary(d) for d in data], solves
+  previous = carry.previous_step if opts.warm_start else None
+  key = batch_key(x, y)
+
+  def attempt(bounds):
+    data = ll.stage_data(stage_params, fb, bounds)
+    solves = local_solves(cfg, data, sc, carry.step_size, vmap_stages, previous)
+    if opts.step_search is None:
+      return update(stage_params, solves), solves, None
+    d = [s.d for s in solves]
+    h = _common.network_loss(cfg.net, cfg.loss, x, y)
+    value_at = lambda a: h([optax.tree.add_scale(p, a, di) for p, di in zip(stage_params, d)])
+    slope = sum(s.slope for s in solves)
+    res = search_step(value_at, fb.value, slope, carry.search_step, opts.step_search)
+    return [optax.tree.add_scale(p, res.step, di) for p, di in zip(stage_params, d)], solves, res
+
+  def fresh():
+    bounds = curvature_bounds(cfg, stage_params, fb, y, sc)
+    return bounds, *attempt(bounds)
+
+  if opts.curvature_refresh == 1 or not jax.tree.leaves(carry.stored_curvature):
+    bounds, new, solves, res = fresh()
+    return Iteration(new, fb, solves, bounds, res, jnp.array(True), key)
+  due = (carry.since_refresh + 1 >= opts.curvature_refresh) | jnp.any(key != carry.batch_key)
+  bounds = jax.lax.cond(
+    due, lambda: curvature_bounds(cfg, stage_params, fb, y, sc), lambda: carry.stored_curvature
+  )
+  out = (bounds, *attempt(bounds))
+  refreshed = due
+  if opts.step_search is not None:
+    redo = ~due & (out[3].step < 1)  # stale curvature failed the Armijo test at step 1
+    out = jax.lax.cond(redo, fresh, lambda: out)
+    refreshed = due | redo
+  bounds, new, solves, res = out
+  return Iteration(new, fb, solves, bounds, res, refreshed, key)
 
 
 def surrogate_minimization(
@@ -229,7 +241,7 @@ def surrogate_minimization(
   *,
   inner_steps: int = ll.SMOptions.inner_steps,
   solver: str = ll.SMOptions.solver,
-  majorizer: str = ll.SMOptions.majorizer,
+  majorizer: str | majorizers.Majorizer = ll.SMOptions.majorizer,
   delta: float = ll.SMOptions.delta,
   power_iterations: int = ll.SMOptions.power_iterations,
   loss_smoothness: float | None = ll.SMOptions.loss_smoothness,
@@ -237,6 +249,9 @@ def surrogate_minimization(
   curvature_tol: float = ll.SMOptions.curvature_tol,
   line_search: ArmijoSearch | None = ll.SMOptions.line_search,
   seed: int = ll.SMOptions.seed,
+  step_search: ArmijoSearch | None = ll.SMOptions.step_search,
+  warm_start: bool = ll.SMOptions.warm_start,
+  curvature_refresh: int = ll.SMOptions.curvature_refresh,
   vmap_stages: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Surrogate minimization (SM paper, Algorithm 1 with :math:`\rho = 0`).
@@ -271,7 +286,9 @@ def surrogate_minimization(
     inner_steps: N >= 1 inner solver steps per stage and iteration.
     solver: ``"cg"`` (the paper's experiments) or ``"armijo"`` (Algorithm 1 with an
       Armijo line search, section 3).
-    majorizer: ``"young"`` (a valid, tight majorizer) or ``"paper"`` (the paper's literal
+    majorizer: a :class:`~altmin_jax.sm.majorizers.Majorizer` or its shorthand:
+      ``"young"`` (:class:`~altmin_jax.sm.majorizers.Young`, a valid, tight majorizer) or
+      ``"paper"`` (:class:`~altmin_jax.sm.majorizers.PaperConstants`, the paper's literal
       constants: fast, but not a majorizer).
     delta: :math:`\delta B > 0`: the split of the coupling between a stage's input and
       parameters, per sample (the iteration uses :math:`\delta` = ``delta / B``, so one
@@ -317,9 +334,13 @@ def surrogate_minimization(
   cfg = ll.sm_config(net, loss, options)
   vmap_stages = bool(vmap_stages)
   m = cfg.net.num_stages
+  init_search = 1.0 if options.step_search is None else options.step_search.init_step
 
   def init_fn(params):
-    del params
+    previous = ()
+    if options.warm_start:
+      sp = stages.prepare_stage_params(cfg.net, params, "surrogate minimization")
+      previous = [jax.tree.map(jnp.zeros_like, p) for p in sp]
     return SMState(
       count=jnp.zeros([], jnp.int32),
       loss=jnp.zeros([], jnp.float32),
@@ -327,26 +348,57 @@ def surrogate_minimization(
       local_loss=jnp.zeros([m], jnp.float32),
       inner_iterations=jnp.zeros([m], jnp.int32),
       step_size=jnp.full([m], options.line_search.init_step, jnp.float32),
+      search_step=jnp.asarray(init_search, jnp.float32),
+      step_multiple=jnp.ones([], jnp.float32),
+      search_trials=jnp.zeros([], jnp.int32),
+      refreshed=jnp.array(False),
+      since_refresh=jnp.zeros([], jnp.int32),
+      stored_curvature=(),
+      batch_key=jnp.zeros([3], jnp.float32),
+      previous_step=previous,
     )
 
   @jax.jit
-  def iterate(stage_params, x, y, step_size):
+  def iterate(stage_params, x, y, state):
     # One compiled computation, also when update is called outside jax.jit.
-    new, fb, curv, solves = sm_iteration(cfg, stage_params, x, y, step_size, vmap_stages)
-    return new, fb.value, curv, [s._replace(d=None) for s in solves]
+    carry = Carry(
+      state.step_size.astype(x.dtype),
+      state.search_step.astype(x.dtype),
+      state.since_refresh,
+      state.stored_curvature,
+      state.batch_key,
+      state.previous_step,
+    )
+    it = sm_iteration(cfg, stage_params, x, y, carry, vmap_stages)
+    solves, res = it.solves, it.search
+    if res is None:
+      multiple, trials, search_step = jnp.ones([]), jnp.zeros([], jnp.int32), state.search_step
+    else:
+      multiple, trials = res.step, res.backtracks + 1
+      search_step = next_search_step(res, options.step_search)
+    f32 = lambda a: jnp.asarray(a).astype(jnp.float32)
+    new_state = SMState(
+      count=optax.safe_int32_increment(state.count),
+      loss=f32(it.fb.value),
+      curvature=f32(jnp.stack([options.majorizer.summary(b) for b in it.bounds])),
+      local_loss=f32(jnp.stack([s.model for s in solves])),
+      inner_iterations=jnp.stack([s.iterations for s in solves]).astype(jnp.int32),
+      step_size=f32(jnp.stack([s.step for s in solves])),
+      search_step=f32(search_step),
+      step_multiple=f32(multiple),
+      search_trials=jnp.asarray(trials, jnp.int32),
+      refreshed=it.refreshed,
+      since_refresh=jnp.where(it.refreshed, 0, state.since_refresh + 1).astype(jnp.int32),
+      stored_curvature=it.bounds if options.curvature_refresh > 1 else (),
+      batch_key=it.batch_key,
+      previous_step=[s.d for s in solves] if options.warm_start else (),
+    )
+    return it.new, new_state
 
   def update_fn(updates, state, params=None, *, batch, **extra_args):
     del updates, extra_args  # SM needs no gradients; unknown extra args are ignored.
     prep = stages.prepare(cfg.net, params, batch, "surrogate minimization", cfg.loss)
-    new, value, curv, solves = iterate(prep.stage_params, prep.x, prep.y, state.step_size)
-    new_state = SMState(
-      count=optax.safe_int32_increment(state.count),
-      loss=value.astype(jnp.float32),
-      curvature=jnp.stack(curv).astype(jnp.float32),
-      local_loss=jnp.stack([s.model for s in solves]).astype(jnp.float32),
-      inner_iterations=jnp.stack([s.iterations for s in solves]).astype(jnp.int32),
-      step_size=jnp.stack([s.step for s in solves]).astype(jnp.float32),
-    )
+    new, new_state = iterate(prep.stage_params, prep.x, prep.y, state)
     return stages.params_update(cfg.net, new, prep.params), new_state
 
   return checked_transformation("surrogate minimization", init_fn, update_fn)

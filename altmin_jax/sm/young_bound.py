@@ -34,10 +34,16 @@ block-diagonal Gauss-Newton bound) instead of a product of per-layer curvatures.
 splits exactly into :math:`\frac{m}{i}\bar J_b^\top \nabla^2\ell_b \bar J_b + R_b` with
 :math:`\bar J_b` the logits' Jacobian in :math:`z^{(i)}` (``K x n_i`` per sample) and the
 rest :math:`R^{(j)} = (\delta + G^+_j) + (1 + \tau_j) J_{z,j}^\top R^{(j+1)} J_{z,j}`,
-:math:`R^{(m+1)} = 0`, bounded by :math:`e_b \ge \lambda_{\max}(R_b)`: a per-sample Lanczos
-estimate from above (top Ritz value plus residual) on the exact operator (one chain of
+:math:`R^{(m+1)} = 0`, replaced by :math:`e_b I` with :math:`e_b` a per-sample Lanczos
+estimate of :math:`\lambda_{\max}(R_b)` on the exact operator (one chain of
 Jacobian-vector products up the stages and one of vector-Jacobian products down per
-product, :func:`rest_matvec`; per-layer norm bounds compose far too loosely). So the local
+product, :func:`rest_matvec`; per-layer norm bounds compose far too loosely): the top Ritz
+value plus its residual. An eigenvalue of :math:`R_b` lies within the residual of the
+Ritz value, so :math:`e_b \ge \lambda_{\max}(R_b)` whenever that eigenvalue is the top one,
+which fails only when the start vector is nearly orthogonal to the top eigenvector; it is
+an estimate, not a proven bound (the dense checks of the tests find it above the top
+eigenvalue), and SM's descent does not rest on it: the step search tests the actual loss
+(:func:`~altmin_jax.sm.surrogate.search_step`). So the local
 loss of stage ``i`` needs only :math:`(z^{(i-1)}, \theta_i, g^{(i)}, \bar J, \nabla^2\ell,
 e^{(i+1)})`, computed once per iteration:
 
@@ -88,8 +94,11 @@ ELEMENTWISE = (
 
 
 def tau_factor(i) -> Any:
-  r""":math:`1 + \tau_i = i / (i - 1)` for stage ``i >= 2`` (``i`` may be traced)."""
-  return i / (i - 1)
+  r""":math:`1 + \tau_i = i / (i - 1)` for stage ``i >= 2``, 0 for the first stage (nothing
+  lies below it); ``i`` may be traced (a pipelined layer's stage index)."""
+  if isinstance(i, int):
+    return i / (i - 1) if i > 1 else 0.0
+  return jnp.where(i > 1, i / jnp.maximum(i - 1, 1), 0.0)
 
 
 class Bound(NamedTuple):
@@ -292,17 +301,26 @@ def rest_matvec(levels, delta) -> Callable:
       us.append(lv.jz(us[-1]))
     r = None
     for lv, uj in zip(reversed(levels), reversed(us)):
-      own = delta * uj if lv.gplus is None else delta * uj + lv.gplus(uj)
-      r = own if r is None else own + lv.factor * lv.jzt(r)
+      r = rest_step(lv, uj, r, delta)
     return r
 
   return matvec
 
 
+def rest_step(level: Level, u: Array, r_above: Array | None, delta) -> Array:
+  r"""One step down the rest's recurrence at a stage's input: :math:`R^{(j)} u = (\delta
+  + G^+_j) u + (1 + \tau_j) J_{z,j}^\top r` with :math:`r = R^{(j+1)} J_{z,j} u` from the
+  stage above (``r_above``; ``None`` above the top: :math:`R^{(m+1)} = 0`). The
+  single-device product (:func:`rest_matvec`) and the pipelined sweep down the devices
+  both take it."""
+  own = delta * u if level.gplus is None else delta * u + level.gplus(u)
+  return own if r_above is None else own + level.factor * level.jzt(r_above)
+
+
 def rest_bound(levels, delta, like: Array, *, iterations: int, seed) -> Array:
-  r""":math:`e_b`: a per-sample Lanczos estimate from above (top Ritz value plus residual)
-  of :math:`\lambda_{\max}(R_b)` for the rest of the stages ``levels`` (:func:`rest_matvec`);
-  0 when there are none (the logits)."""
+  r""":math:`e_b`: a per-sample Lanczos estimate of :math:`\lambda_{\max}(R_b)` (top Ritz
+  value plus residual, module docstring: not a proven bound) for the rest of the stages
+  ``levels`` (:func:`rest_matvec`); 0 when there are none (the logits)."""
   if not levels:
     return jnp.zeros(like.shape[:1], like.dtype)
   res = numerics.lanczos(

@@ -52,7 +52,8 @@ def get_config(arg: str | None = None):
   config.method_list = METHODS
   config.methods = ml_collections.ConfigDict(
     {
-      "sm": {"solver": "cg", "delta": 3e-3, "power_iterations": 3},
+      # step_search=False: Algorithm 1 as the paper states it (True: the library's default)
+      "sm": {"solver": "cg", "delta": 3e-3, "power_iterations": 3, "step_search": False},
       "gd_armijo": {"init_step": 1.0},
       "cg_block": {"damping": 1.0},
       "cg_block_armijo": {"damping": 0.0},

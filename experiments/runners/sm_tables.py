@@ -53,6 +53,8 @@ def build_method(name: str, m: ml_collections.ConfigDict, net, *, inner_steps, l
       solver=m.solver,
       delta=m.delta,
       power_iterations=m.power_iterations,
+      # the paper's Algorithm 1 takes the step as it is; True: the library's step search
+      step_search=sm.local_losses.STEP_SEARCH if m.get("step_search", False) else None,
     )
   if name == "gd_armijo":
     return sm.gd_armijo(net, line_search=amj.numerics.ArmijoSearch(init_step=m.init_step))
