@@ -59,7 +59,7 @@ SM_VARIANT = re.compile(r"sm_search_warm(\d+)(?:_refresh(\d+))?$")
 
 def sm_options(name: str) -> dict | None:
   """The SM options of an SM variant's name (``None`` for a baseline)."""
-  off = dict(step_search=None, warm_start=False, curvature_refresh=1)
+  off = dict(step_search=None, cg_warm_start=False, curvature_refresh=1)
   if name == "sm":
     return dict(off, inner_steps=10)
   if name == "sm_default":
@@ -71,7 +71,7 @@ def sm_options(name: str) -> dict | None:
     return dict(
       inner_steps=int(found.group(1)),
       step_search=ll.STEP_SEARCH,
-      warm_start=True,
+      cg_warm_start=True,
       curvature_refresh=int(found.group(2) or 1),
     )
   return None

@@ -49,7 +49,7 @@ class Spec:
 
 CODE = {"code_lr": (0.01, 0.002), "mu": (0.05, 0.5)}
 SM_REALS = {"delta": (1e-2, 1e-1), "curvature_tol": (0.0, 1e-3), "loss_smoothness": (0.5, 2.0)}
-SM_INTS = {"inner_steps": 3, "power_iterations": 3, "seed": 0}
+SM_INTS = {"inner_steps": 3, "power_iterations": 3, "seed": 0, "curvature_refresh": 1}
 
 SPECS = {
   # alternating minimization
@@ -229,6 +229,8 @@ NON_NUMERIC = {
   "majorizer",
   "curvature",
   "line_search",
+  "step_search",
+  "cg_warm_start",
   "vmap_stages",
   "module_sizes",
   "weight_inputs",

@@ -1,5 +1,5 @@
 """Surrogate minimization's step search, warm-started CG and lagged curvature
-(``step_search``, ``warm_start``, ``curvature_refresh``)."""
+(``step_search``, ``cg_warm_start``, ``curvature_refresh``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import surrogate as sur
 
 LOSS = amj.losses.softmax_cross_entropy
-OFF = dict(step_search=None, warm_start=False, curvature_refresh=1)
+OFF = dict(step_search=None, cg_warm_start=False, curvature_refresh=1)
 SEARCH = ll.STEP_SEARCH
 
 
@@ -50,7 +50,7 @@ def _trajectory(tx, params, x, y, steps):
 
 
 def test_with_all_three_off_the_step_is_algorithm_1_composed_of_the_phases():
-  """step_search=None, warm_start=False, curvature_refresh=1: every iteration is the phase
+  """step_search=None, cg_warm_start=False, curvature_refresh=1: every iteration is the phase
   functions composed as Algorithm 1 states it (forward-backward, the majorizer's curvature,
   N CG steps from 0 on every local loss, theta + d), rtol 1e-6, over four iterations."""
   net, params, x, y = _small()
@@ -199,7 +199,7 @@ def test_warm_start_is_the_previous_step_scaled_to_its_exact_minimiser():
     assert value(x0) <= value(optax.tree.scale(s, x0)) + 1e-6 * abs(value(x0))
   assert value(x0) <= value(optax.tree.scale(0.0, d))
   assert tree_allclose(ax0, lq.matvec(x0), rtol=1e-5, atol=1e-7)
-  opts = ll.SMOptions(inner_steps=2, warm_start=True, step_search=None)
+  opts = ll.SMOptions(inner_steps=2, cg_warm_start=True, step_search=None)
   warm = ll.solve_local_loss(opts, lq, jnp.float32(1.0), 0, warm=previous)
   assert float(warm.model) <= value(x0)
   zero = jax.tree.map(jnp.zeros_like, previous)
@@ -216,8 +216,8 @@ def test_warm_started_steps_keep_most_of_the_progress_of_ten_cold_steps():
   start = float(h(net.stage_params(params)))
   final = {}
   for name, kw in (
-    ("cold10", dict(inner_steps=10, warm_start=False)),
-    ("warm3", dict(inner_steps=3, warm_start=True)),
+    ("cold10", dict(inner_steps=10, cg_warm_start=False)),
+    ("warm3", dict(inner_steps=3, cg_warm_start=True)),
   ):
     *_, (p, _) = _trajectory(
       surrogate_minimization(net, curvature_refresh=1, **kw), params, x, y, 10
@@ -234,7 +234,7 @@ def test_curvature_is_refreshed_every_period_on_a_new_batch_and_when_step_one_fa
   1, 4, 7, ... (or earlier, when stale curvature fails the Armijo test at step 1), always on
   the first iteration of a new batch, and equals the majorizer's fresh data there."""
   net, params, x, y = _small()
-  tx = surrogate_minimization(net, curvature_refresh=3, warm_start=False)
+  tx = surrogate_minimization(net, curvature_refresh=3, cg_warm_start=False)
   cfg = ll.sm_config(net, LOSS, ll.SMOptions(curvature_refresh=3))
   step = jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
   state, p = tx.init(params), params
@@ -309,9 +309,9 @@ def test_right_after_a_refresh_step_one_majorizes_the_dense_hessian(x64):
   [
     (dict(delta=1e-30), "delta must be >= 1.19e-07"),
     (dict(curvature_refresh=0), "curvature_refresh must be an integer >= 1"),
-    (dict(warm_start="yes"), "warm_start must be True or False, got warm_start='yes'"),
-    (dict(warm_start=True, solver="armijo"), "warm_start=True warm-starts CG"),
-    (dict(warm_start=True, curvature="scalar"), "warm_start=True warm-starts CG"),
+    (dict(cg_warm_start="yes"), "cg_warm_start must be True or False, got cg_warm_start='yes'"),
+    (dict(cg_warm_start=True, solver="armijo"), "cg_warm_start=True warm-starts CG"),
+    (dict(cg_warm_start=True, curvature="scalar"), "cg_warm_start=True warm-starts CG"),
     (dict(step_search="armijo"), "step_search must be an altmin_jax.numerics.ArmijoSearch"),
   ],
 )

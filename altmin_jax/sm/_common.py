@@ -39,7 +39,7 @@ class SMState(NamedTuple):
   since_refresh: Array  # int32 scalar, iterations since it was
   stored_curvature: Any  # curvature_refresh > 1: the majorizer's data in use, else ()
   batch_key: Array  # (3,) float32, fingerprint of the batch of stored_curvature
-  previous_step: Any  # warm_start: the last local solves' steps per stage, else ()
+  previous_step: Any  # cg_warm_start: the last local solves' steps per stage, else ()
 
   # stored_curvature is () after init and holds the first batch's curvature data after the
   # first update (curvature_refresh > 1): its shapes follow the batch.

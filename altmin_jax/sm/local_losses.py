@@ -93,7 +93,7 @@ class SMOptions:
       (:class:`~altmin_jax.numerics.ArmijoSearch`; :data:`STEP_SEARCH` extrapolates from
       twice the last accepted multiple of :math:`d`, at most 64, halving; step 1, the
       majorizer's minimiser, is always among the trials) or ``None`` (take :math:`d`).
-    warm_start: start each stage's CG from its previous step, scaled to the exact
+    cg_warm_start: start each stage's CG from its previous step, scaled to the exact
       minimiser of the new local loss along it (``solver="cg"``, ``curvature="full"``).
     curvature_refresh: recompute the majorizer's curvature data every this many
       iterations (>= 1), in between reuse the last (same batch only; a new batch
@@ -112,7 +112,7 @@ class SMOptions:
   line_search: ArmijoSearch | None = None
   seed: int = 0
   step_search: ArmijoSearch | None = STEP_SEARCH
-  warm_start: bool = False
+  cg_warm_start: bool = False
   curvature_refresh: int = 1
 
   def __post_init__(self):
@@ -136,12 +136,12 @@ class SMOptions:
       step_search=(
         None if self.step_search is None else check_search(self.step_search, "step_search")
       ),
-      warm_start=checks.check_bool("warm_start", self.warm_start),
+      cg_warm_start=checks.check_bool("cg_warm_start", self.cg_warm_start),
       curvature_refresh=checks.check_int("curvature_refresh", self.curvature_refresh, 1),
     )
-    if checked["warm_start"] and (self.solver != "cg" or self.curvature != "full"):
+    if checked["cg_warm_start"] and (self.solver != "cg" or self.curvature != "full"):
       raise ValueError(
-        "warm_start=True warm-starts CG: it needs solver='cg' and curvature='full', got "
+        "cg_warm_start=True warm-starts CG: it needs solver='cg' and curvature='full', got "
         f"solver={self.solver!r}, curvature={self.curvature!r}"
       )
     if self.loss_smoothness is not None:
@@ -277,7 +277,7 @@ def solve_local_loss(
   options: SMOptions, lq: LocalQuadratic, step0: Array, seed, real_shapes=None, warm=None
 ) -> StageSolve:
   r"""Minimises one stage's local loss from :math:`d = 0`, or with ``warm`` (the stage's
-  previous step, ``options.warm_start``) from :func:`warm_start`.
+  previous step, ``options.cg_warm_start``) from :func:`warm_start`.
 
   ``N = inner_steps`` steps of CG (:func:`~altmin_jax.numerics.conjugate_gradient` on
   :math:`\mathbb H_i d = -g_{\theta_i}`) or of GD with Armijo search

@@ -230,10 +230,10 @@ def _sm_pipeline(cfg: ll.SMConfig, pipeline: PipelineOptions) -> SMPipeline:
       f"majorizer={cfg.options.majorizer!r}"
     )
   opts = cfg.options
-  if opts.warm_start or opts.curvature_refresh != 1:
+  if opts.cg_warm_start or opts.curvature_refresh != 1:
     raise ValueError(
-      "pipelined surrogate minimization does not yet take warm_start or curvature_refresh: "
-      f"pass warm_start=False, curvature_refresh=1, got warm_start={opts.warm_start!r}, "
+      "pipelined surrogate minimization does not yet take cg_warm_start or curvature_refresh: "
+      f"pass cg_warm_start=False, curvature_refresh=1, got cg_warm_start={opts.cg_warm_start!r}, "
       f"curvature_refresh={opts.curvature_refresh!r}"
     )
   return SMPipeline(gpipe.make_pipeline(cfg.net, pipeline), cfg)
@@ -358,7 +358,7 @@ def pipelined_surrogate_minimization(
   line_search: ArmijoSearch | None = ll.SMOptions.line_search,
   seed: int = ll.SMOptions.seed,
   step_search: ArmijoSearch | None = ll.SMOptions.step_search,
-  warm_start: bool = ll.SMOptions.warm_start,
+  cg_warm_start: bool = ll.SMOptions.cg_warm_start,
   curvature_refresh: int = ll.SMOptions.curvature_refresh,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Surrogate minimization with the layers pipelined over the devices of a mesh axis.
@@ -376,7 +376,7 @@ def pipelined_surrogate_minimization(
     mesh, num_microbatches, boundary, axis_name: the pipeline options
       (:class:`~altmin_jax.pipeline.PipelineOptions`).
     inner_steps, solver, majorizer, delta, power_iterations, loss_smoothness, curvature,
-      curvature_tol, line_search, seed, step_search, warm_start, curvature_refresh: the SM
+      curvature_tol, line_search, seed, step_search, cg_warm_start, curvature_refresh: the SM
       options, as in
       :func:`~altmin_jax.sm.surrogate_minimization` (validated by
       :class:`~altmin_jax.sm.local_losses.SMOptions`; ``majorizer`` must be ``"young"``).
@@ -468,7 +468,7 @@ def pipelined_surrogate_minimization(
       refreshed=jnp.array(True),
       since_refresh=state.since_refresh,
       stored_curvature=(),
-      batch_key=state.batch_key,
+      batch_key=sur.batch_key(prep.x, prep.y),
       previous_step=(),
     )
     return gpipe.updates(net, prep, new_theta, new_head, new_tail), new_state

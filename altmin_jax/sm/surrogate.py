@@ -159,7 +159,7 @@ class Carry(NamedTuple):
   since_refresh: Array  # int32, iterations since the stored curvature was computed
   stored_curvature: PyTree  # the majorizer's bounds in use (curvature_refresh > 1), or ()
   batch_key: Array  # (3,) fingerprint of the batch the stored curvature belongs to
-  previous_step: PyTree  # the last local solves' steps per stage (warm_start), or ()
+  previous_step: PyTree  # the last local solves' steps per stage (cg_warm_start), or ()
 
 
 class Iteration(NamedTuple):
@@ -193,13 +193,13 @@ def sm_iteration(
   phase functions: :func:`forward_backward`, :func:`curvature_bounds` (every
   ``curvature_refresh`` iterations, on a new batch, and at once when stale curvature fails
   the step search's Armijo test at step 1), :func:`local_solves` (warm-started from
-  ``carry.previous_step`` with ``warm_start``), :func:`search_step` (with a
+  ``carry.previous_step`` with ``cg_warm_start``), :func:`search_step` (with a
   ``step_search``) and the update. With no search, no warm start and
   ``curvature_refresh=1`` it is Algorithm 1 as the paper states it."""
   opts = cfg.options
   fb = forward_backward(cfg, stage_params, x, y)
   sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
-  previous = carry.previous_step if opts.warm_start else None
+  previous = carry.previous_step if opts.cg_warm_start else None
   key = batch_key(x, y)
 
   def attempt(bounds):
@@ -250,7 +250,7 @@ def surrogate_minimization(
   line_search: ArmijoSearch | None = ll.SMOptions.line_search,
   seed: int = ll.SMOptions.seed,
   step_search: ArmijoSearch | None = ll.SMOptions.step_search,
-  warm_start: bool = ll.SMOptions.warm_start,
+  cg_warm_start: bool = ll.SMOptions.cg_warm_start,
   curvature_refresh: int = ll.SMOptions.curvature_refresh,
   vmap_stages: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -272,12 +272,17 @@ def surrogate_minimization(
      :math:`\theta_t` on its quadratic local loss :math:`\mathcal L_i`
      (:mod:`altmin_jax.sm.local_losses`), applied matrix-free with exact Jacobian- and
      Hessian-vector products;
-  4. :math:`\theta_{t+1} = \theta_t + d` is returned as ``updates = new - params``.
+  4. :math:`\theta_{t+1} = \theta_t + a d` is returned as ``updates = new - params``, with
+     :math:`a` from the Armijo search along :math:`d` (``step_search``, the default; one
+     forward pass per trial; :math:`a = 1` is the majorizer's own step) or :math:`a = 1`
+     (``step_search=None``: Algorithm 1 as the paper states it).
 
   With ``"young"`` the local losses majorize the loss to second order,
   :math:`h(\theta) \le h(\theta_t) + \sum_i \mathcal L_i(\theta_i)` up to the dropped
   third-order term (Proposition 1), so small enough steps that decrease the local losses
-  decrease :math:`h` (Theorem 1).
+  decrease :math:`h` (Theorem 1). The step search guarantees it for the step taken (the
+  Armijo test is on the actual loss), also where the second-order majorization does not
+  hold (e.g. raw 0-255 pixels).
 
   Args:
     net: a :class:`~altmin_jax.networks.LayeredNetwork` whose stages map samples
@@ -306,6 +311,17 @@ def surrogate_minimization(
       (default: the authors' c = 0.1, factor 0.9, at most 100 backtracks); the
       per-stage step sizes persist in the state.
     seed: offset of the fixed Lanczos start vectors.
+    step_search: the Armijo search along the whole step (:func:`search_step`; default
+      :data:`~altmin_jax.sm.local_losses.STEP_SEARCH`: first trial twice the last accepted
+      multiple, at most 64, never below 1, halving; no move when no trial passes), or
+      ``None`` to take the step as Algorithm 1 does.
+    cg_warm_start: start each stage's CG from its previous step, scaled to the exact
+      minimiser of the new local loss along it (``solver="cg"``, ``curvature="full"``).
+    curvature_refresh: compute the majorizer's curvature data every this many iterations
+      (>= 1) and reuse it in between (same batch only; a new batch, and with a search
+      stale curvature failing the Armijo test at step 1, refresh at once). Above 1 the
+      state holds the batch's curvature data after the first update, so a jitted step
+      compiles once more on its second call.
     vmap_stages: solve equally shaped stages under one ``jax.vmap`` (otherwise one
       computation per stage; both give the same result).
 
@@ -338,7 +354,7 @@ def surrogate_minimization(
 
   def init_fn(params):
     previous = ()
-    if options.warm_start:
+    if options.cg_warm_start:
       sp = stages.prepare_stage_params(cfg.net, params, "surrogate minimization")
       previous = [jax.tree.map(jnp.zeros_like, p) for p in sp]
     return SMState(
@@ -391,7 +407,7 @@ def surrogate_minimization(
       since_refresh=jnp.where(it.refreshed, 0, state.since_refresh + 1).astype(jnp.int32),
       stored_curvature=it.bounds if options.curvature_refresh > 1 else (),
       batch_key=it.batch_key,
-      previous_step=[s.d for s in solves] if options.warm_start else (),
+      previous_step=[s.d for s in solves] if options.cg_warm_start else (),
     )
     return it.new, new_state
 
