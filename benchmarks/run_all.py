@@ -43,6 +43,7 @@ BENCHMARKS = (
   "am_step",
   "am_arch_step",
   "sm_step",
+  "sm_time_to_loss",
   "distributed_step",
   "sm_pipeline",
   "am_pipeline",
@@ -143,6 +144,14 @@ def rows_of(name: str, report: dict) -> list[dict]:
     for r in report["step_times"]:
       setting = f"{r['layers']} layers, width {report['width']}, batch {r['batch']}"
       add(setting, r["method"], r["median_step_ms"], "sgd", r["ratio_to_sgd"], r)
+  elif name == "sm_time_to_loss":
+    for layers, res in report["results"].items():
+      setting = f"{layers.replace('_', ' ')}, full batch {report['samples']}"
+      for method, r in res.items():
+        if method == "unit_costs" or "seconds_per_iteration_ratio_to_adam" not in r:
+          continue
+        ratio = r["seconds_per_iteration_ratio_to_adam"]
+        add(setting, method, 1e3 * r["seconds_per_iteration"], "adam", ratio, {})
   elif name == "distributed_step":
     for r in report["results"]:
       setting = f"{r['workers']} workers, {report['model']}"

@@ -15,7 +15,10 @@ iteration computed them (``SMState.refreshed``), the local gradients, one local
 Hessian-vector product on every stage per CG step actually taken (the most any stage took,
 ``SMState.inner_iterations``) plus one for a warm start, and one forward pass per trial of
 the step search (``SMState.search_trials``). GD+Armijo: one gradient plus one forward pass
-per trial (the trials recovered from its step sizes); Adam: one SGD step.
+per trial (the trials recovered from its step sizes); Adam: one SGD step. Each method's
+``seconds_per_iteration_ratio_to_adam`` is its wall time per iteration over Adam's (optax,
+the baseline of the same run; the methods run one after the other, so machine load shifts
+it more than an interleaved timing would).
 
 SM variants (``--methods``): ``sm`` (N = 10 CG steps, no search, curvature every iteration:
 Algorithm 1 as the paper states it), ``sm_search`` (N = 10 plus the step search),
@@ -233,7 +236,7 @@ def main() -> dict:
   quick = args.quick
   layers = [int(v) for v in (args.layers or ("4" if quick else "4,8")).split(",")]
   samples = args.samples or (1000 if quick else 8000)
-  methods = (args.methods or "sm,sm_search,sm_search_warm3,gd_armijo,adam").split(",")
+  methods = (args.methods or "sm,sm_default,sm_search_warm3,gd_armijo,adam").split(",")
   budget_iters = args.iterations or (40 if quick else 400)
   budget_seconds = args.seconds or (20.0 if quick else 240.0)
   x, y = amj.data.load_dataset("bundled_mnist", num_train=8000).train
@@ -260,6 +263,10 @@ def main() -> dict:
         f"{L} layers {name:28s} final {r['final_loss']:.4f} after {r['iterations']} it | {hits}",
         flush=True,
       )
+    if "adam" in res:  # the optax baseline of the same run
+      base = res["adam"]["seconds_per_iteration"]
+      for name in methods:
+        res[name]["seconds_per_iteration_ratio_to_adam"] = res[name]["seconds_per_iteration"] / base
     results[f"{L}_layers"] = res
   return common.finish(
     common.report("sm_time_to_loss", quick, samples=samples, results=results), args.out
