@@ -366,7 +366,8 @@ def test_sm_step_is_the_exact_minimiser_of_each_local_loss(x64):
   reach 4e4), SM's update of stage i solves H_i d = -g_i for the dense H_i, and the state
   reports L_i(d_i) = -g_i^T H_i^+ g_i / 2."""
   net, params, x, y = _problem(sizes=(3, 4, 4, 2), n=12)
-  tx = surrogate_minimization(net, inner_steps=100, power_iterations=200)
+  # step_search=None: the update is the local solves' step itself (Algorithm 1)
+  tx = surrogate_minimization(net, inner_steps=100, power_iterations=200, step_search=None)
   updates, state = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
   dense = _dense_young(net.stage_params(params), x, y, jnp.tanh, ll.SMOptions().delta)
   grads = jax.grad(_common.network_loss(net, LOSS, x, y))(net.stage_params(params))
@@ -387,7 +388,7 @@ def test_scalar_curvature_bound_is_layerwise_gradient_descent(x64):
   minimised by theta_i - g_i / lambda_max(H_i): gradient descent with a per-layer step
   size, and the step decreases h."""
   net, params, x, y = _problem(sizes=(5, 6, 6, 3))
-  tx = surrogate_minimization(net, curvature="scalar", power_iterations=200)
+  tx = surrogate_minimization(net, curvature="scalar", power_iterations=200, step_search=None)
   updates, _ = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
   dense = _dense_young(net.stage_params(params), x, y, jnp.tanh, ll.SMOptions().delta)
   grads = jax.grad(_common.network_loss(net, LOSS, x, y))(net.stage_params(params))

@@ -213,7 +213,7 @@ def test_each_local_solve_needs_only_stage_local_data():
     lq = ll.local_quadratic(cfg.options, kind, False, False, 2.0, d, sc)
     return ll.solve_local_loss(cfg.options, lq, jnp.float32(1.0), 1000).d
 
-  tx = surrogate_minimization(net, inner_steps=5, power_iterations=5)
+  tx = surrogate_minimization(net, inner_steps=5, power_iterations=5, step_search=None)
   updates, _ = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
   d_sm = solve(data[1])
   assert tree_allclose(d_sm, updates[1], rtol=1e-5, atol=1e-7)

@@ -146,6 +146,28 @@ def test_raw_uint8_images_never_raise_the_loss():
   assert losses[-1] < losses[0], losses
 
 
+def test_the_search_extrapolates_on_one_batch_only():
+  """On a repeated (full) batch accepted multiples grow past 1; when every step sees a new
+  minibatch the search starts at 1, the majorizer's own step, so no multiple above 1 is
+  taken (one minibatch's multiple says nothing about the next)."""
+  net, params, x, y = _small(sizes=(12, 32, 32, 32, 4), n=128)
+  tx = surrogate_minimization(net)
+  step = jax.jit(lambda p, s, x, y: tx.update(None, s, p, batch=(x, y)))
+  state, p, multiples = tx.init(params), params, []
+  for t in range(6):
+    xb, yb = x[32 * (t % 4) : 32 * (t % 4 + 1)], y[32 * (t % 4) : 32 * (t % 4 + 1)]
+    updates, state = step(p, state, xb, yb)
+    p = optax.apply_updates(p, updates)
+    multiples.append(float(state.step_multiple))
+  assert max(multiples) <= 1.0, multiples
+  state, p, multiples = tx.init(params), params, []
+  for _ in range(4):
+    updates, state = step(p, state, x, y)
+    p = optax.apply_updates(p, updates)
+    multiples.append(float(state.step_multiple))
+  assert max(multiples) > 1.0, multiples
+
+
 def test_a_step_that_is_no_descent_direction_is_not_taken():
   """The search compares against min(slope, 0): when the SM step points uphill (here the
   paper's constants, which are no majorizer, on a net where they fail) no trial that raises
@@ -193,18 +215,20 @@ def test_warm_start_is_the_previous_step_scaled_to_its_exact_minimiser():
   )
   previous = jax.tree.map(lambda a: jax.random.normal(jax.random.key(3), a.shape), sp[1])
   x0, ax0 = ll.warm_start(lq, previous)
-  value = lambda d: float(ll.local_loss_value(lq, d))
+  local_value = jax.jit(lambda d: ll.local_loss_value(lq, d))
+  value = lambda d: float(local_value(d))
   d = lq.from_params(previous)
   for s in (0.5, 0.9, 1.1, 2.0):
     assert value(x0) <= value(optax.tree.scale(s, x0)) + 1e-6 * abs(value(x0))
   assert value(x0) <= value(optax.tree.scale(0.0, d))
   assert tree_allclose(ax0, lq.matvec(x0), rtol=1e-5, atol=1e-7)
   opts = ll.SMOptions(inner_steps=2, cg_warm_start=True, step_search=None)
-  warm = ll.solve_local_loss(opts, lq, jnp.float32(1.0), 0, warm=previous)
+  solve = jax.jit(lambda w: ll.solve_local_loss(opts, lq, jnp.float32(1.0), 0, warm=w))
+  warm = solve(previous)
   assert float(warm.model) <= value(x0)
   zero = jax.tree.map(jnp.zeros_like, previous)
-  cold = ll.solve_local_loss(opts, lq, jnp.float32(1.0), 0)
-  from_zero = ll.solve_local_loss(opts, lq, jnp.float32(1.0), 0, warm=zero)
+  cold = jax.jit(lambda: ll.solve_local_loss(opts, lq, jnp.float32(1.0), 0))()
+  from_zero = solve(zero)
   assert tree_allclose(from_zero.d, cold.d, rtol=1e-6, atol=1e-8)
 
 
@@ -265,6 +289,7 @@ def test_curvature_is_refreshed_every_period_on_a_new_batch_and_when_step_one_fa
   assert bool(state.refreshed) and int(state.since_refresh) == 0
 
 
+@pytest.mark.extended
 def test_right_after_a_refresh_step_one_majorizes_the_dense_hessian(x64):
   """float64, a 5-6-6-6-3 tanh net: on every refreshed iteration the local losses the step
   used bound the dense Hessian of h at that iterate (block diagonal minus Hessian PSD), so

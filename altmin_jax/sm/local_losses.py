@@ -53,8 +53,8 @@ CURVATURES = ("full", "scalar")
 SOLVE_SEED_OFFSET = 1000  # start vectors of the local solves: seed + 1000
 MIN_DELTA = float(jnp.finfo(jnp.float32).eps)  # the smallest delta * B float32 resolves
 # The extrapolating Armijo search along the SM step: first trial twice the last accepted
-# multiple (never below 1), at most 64, halving down to 2^-20 (26 halvings from 64); c = 0.1;
-# when no trial passes, no step (0).
+# multiple on the same batch (never below 1; 1 on a new batch), at most 64, halving down to
+# 2^-20 (26 halvings from 64); c = 0.1; when no trial passes, no step (0).
 STEP_SEARCH = ArmijoSearch(
   init_step=1.0,
   armijo_c=0.1,
@@ -91,8 +91,9 @@ class SMOptions:
     seed: offset (>= 0) of the fixed Lanczos start vectors.
     step_search: the Armijo search along the whole SM step :math:`d`
       (:class:`~altmin_jax.numerics.ArmijoSearch`; :data:`STEP_SEARCH` extrapolates from
-      twice the last accepted multiple of :math:`d`, at most 64, halving; step 1, the
-      majorizer's minimiser, is always among the trials) or ``None`` (take :math:`d`).
+      twice the last accepted multiple of :math:`d` on the same batch, at most 64, halving;
+      on a new batch it starts at 1, the majorizer's minimiser, which is always among the
+      trials) or ``None`` (take :math:`d`).
     cg_warm_start: start each stage's CG from its previous step, scaled to the exact
       minimiser of the new local loss along it (``solver="cg"``, ``curvature="full"``).
     curvature_refresh: recompute the majorizer's curvature data every this many

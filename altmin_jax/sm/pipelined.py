@@ -450,7 +450,8 @@ def pipelined_surrogate_minimization(
         th, hd, tl = optax.tree.add_scale(point, a, d)
         return gpipe.forward_and_loss(pipe, net, loss_fn, prep, th, hd, tl, store=False).value
 
-      init = state.search_step.astype(prep.dtype)
+      same_batch = jnp.all(sur.batch_key(prep.x, prep.y) == state.batch_key)
+      init = sur.first_trial(search, state.search_step.astype(prep.dtype), same_batch)
       res = sur.search_step(value_at, value, slope, init, search)
       multiple, trials = res.step, res.backtracks + 1
       next_search = sur.next_search_step(res, search)

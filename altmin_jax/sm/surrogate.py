@@ -141,6 +141,14 @@ def search_step(value_at, value: Array, slope: Array, init_step, search) -> Line
   return armijo_backtracking(value_at, value, jnp.minimum(slope, 0.0), init_step, search)
 
 
+def first_trial(search: ArmijoSearch, carried: Array, same_batch: Array) -> Array:
+  """The step search's first trial: the carried one (:func:`next_search_step`) on the batch
+  it came from, ``init_step`` (1, the majorizer's own step) on a new batch: a multiple
+  accepted on one minibatch says nothing about the next, and extrapolating across
+  minibatches overfits each of them."""
+  return jnp.where(same_batch, carried, jnp.asarray(search.init_step, carried.dtype))
+
+
 def next_search_step(res: LineSearchResult, search: ArmijoSearch) -> Array:
   """The next search's first trial: ``step_growth`` times the accepted multiple, capped at
   ``max_step`` and never below ``init_step`` (step 1, the majorizer's own step, is always
@@ -201,6 +209,7 @@ def sm_iteration(
   sc = ll.scales(cfg, x.shape[0], fb.value.dtype)
   previous = carry.previous_step if opts.cg_warm_start else None
   key = batch_key(x, y)
+  same_batch = jnp.all(key == carry.batch_key)
 
   def attempt(bounds):
     data = ll.stage_data(stage_params, fb, bounds)
@@ -211,7 +220,8 @@ def sm_iteration(
     h = _common.network_loss(cfg.net, cfg.loss, x, y)
     value_at = lambda a: h([optax.tree.add_scale(p, a, di) for p, di in zip(stage_params, d)])
     slope = sum(s.slope for s in solves)
-    res = search_step(value_at, fb.value, slope, carry.search_step, opts.step_search)
+    init = first_trial(opts.step_search, carry.search_step, same_batch)
+    res = search_step(value_at, fb.value, slope, init, opts.step_search)
     return [optax.tree.add_scale(p, res.step, di) for p, di in zip(stage_params, d)], solves, res
 
   def fresh():
@@ -221,7 +231,7 @@ def sm_iteration(
   if opts.curvature_refresh == 1 or not jax.tree.leaves(carry.stored_curvature):
     bounds, new, solves, res = fresh()
     return Iteration(new, fb, solves, bounds, res, jnp.array(True), key)
-  due = (carry.since_refresh + 1 >= opts.curvature_refresh) | jnp.any(key != carry.batch_key)
+  due = (carry.since_refresh + 1 >= opts.curvature_refresh) | ~same_batch
   bounds = jax.lax.cond(
     due, lambda: curvature_bounds(cfg, stage_params, fb, y, sc), lambda: carry.stored_curvature
   )
@@ -313,7 +323,8 @@ def surrogate_minimization(
     seed: offset of the fixed Lanczos start vectors.
     step_search: the Armijo search along the whole step (:func:`search_step`; default
       :data:`~altmin_jax.sm.local_losses.STEP_SEARCH`: first trial twice the last accepted
-      multiple, at most 64, never below 1, halving; no move when no trial passes), or
+      multiple on the same batch, at most 64, never below 1, and 1 on a new batch
+      (:func:`first_trial`), halving; no move when no trial passes), or
       ``None`` to take the step as Algorithm 1 does.
     cg_warm_start: start each stage's CG from its previous step, scaled to the exact
       minimiser of the new local loss along it (``solver="cg"``, ``curvature="full"``).
