@@ -2,7 +2,7 @@
 pipelined over a ``'stage'`` mesh axis (:mod:`~altmin_jax.sm.pipelined`,
 :mod:`~altmin_jax.sm.pipelined_gd`) with the GPipe machinery of :mod:`altmin_jax.pipeline`."""
 
-from altmin_jax.sm import local_losses, pipelined, pipelined_gd
+from altmin_jax.sm import local_losses, majorizers, pipelined, pipelined_gd
 from altmin_jax.sm.baselines import (
   CGBlockState,
   DDGState,
@@ -29,6 +29,7 @@ __all__ = [
   "ddg",
   "gd_armijo",
   "local_losses",
+  "majorizers",
   "pipelined",
   "pipelined_gd",
   "pipelined_gradient_descent",
