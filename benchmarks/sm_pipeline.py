@@ -34,7 +34,9 @@ present, over up to S of its devices) the benchmark
    benchmark batch and combines the loss curves with the modelled makespans: the
    *modelled time to a training loss* on S real devices (target: the loss GD+Armijo
    reaches in its last iteration; GD+Armijo modelled with one Armijo trial per iteration,
-   the fewest it takes).
+   the fewest it takes). SM trains at the library's defaults, whose step search adds about
+   two forward passes per iteration that the modelled SM makespan does not include yet: its
+   modelled time to the target is a lower bound.
 
 On fake CPU devices all S "devices" share the machine's cores, so phases that run in
 parallel on real devices are serialised here: the measured numbers show the structure

@@ -8,7 +8,8 @@ run the median wall time of one jitted iteration of
 * ``gd_armijo``: GD with Armijo line search (one gradient plus one forward pass per
   trial step);
 * ``sm_cg`` / ``sm_armijo``: surrogate minimization with N = 10 CG / GD+Armijo steps
-  per local loss (curvature constants from 10 Lanczos steps per stage);
+  per local loss (curvature constants from 10 Lanczos steps per stage), at the library's
+  defaults: the step search along the SM step included (one forward pass per trial);
 * full mode also ``sso`` (N = 10), ``cg_block`` (N = 10) and ``ddg`` (K = 4 modules);
 
 and the phases of one ``sm_cg`` step, the phase functions of :mod:`altmin_jax.sm.surrogate`
