@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from altmin_jax import losses as losses_lib
 from altmin_jax.core import checks
@@ -44,6 +45,31 @@ class SMState(NamedTuple):
   # stored_curvature is () after init and holds the first batch's curvature data after the
   # first update (curvature_refresh > 1): its shapes follow the batch.
   FILLED_BY_UPDATE = ("stored_curvature",)
+
+
+def initial_sm_state(options, num_stages: int, previous_step: Any = ()) -> SMState:
+  """The :class:`SMState` before the first iteration (NumPy arrays; the single-device and
+  the pipelined step both start from it): the inner and the step search's first trials
+  from ``options`` (:class:`~altmin_jax.sm.local_losses.SMOptions`), no stored curvature,
+  ``previous_step`` the zero steps of a warm start (or ``()``)."""
+  m = num_stages
+  search = options.step_search
+  return SMState(
+    count=np.zeros([], np.int32),
+    loss=np.zeros([], np.float32),
+    curvature=np.zeros([m], np.float32),
+    local_loss=np.zeros([m], np.float32),
+    inner_iterations=np.zeros([m], np.int32),
+    step_size=np.full([m], options.line_search.init_step, np.float32),
+    search_step=np.asarray(1.0 if search is None else search.init_step, np.float32),
+    step_multiple=np.ones([], np.float32),
+    search_trials=np.zeros([], np.int32),
+    refreshed=np.array(False),
+    since_refresh=np.zeros([], np.int32),
+    stored_curvature=(),
+    batch_key=np.zeros([3], np.float32),
+    previous_step=previous_step,
+  )
 
 
 class GDArmijoState(NamedTuple):

@@ -40,7 +40,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 from jax.sharding import Mesh
@@ -62,7 +61,7 @@ from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import majorizers as mj
 from altmin_jax.sm import surrogate as sur
 from altmin_jax.sm import young_bound as yb
-from altmin_jax.sm._common import SMState
+from altmin_jax.sm._common import SMState, initial_sm_state
 
 
 def _full(a: Array) -> Array:
@@ -409,29 +408,13 @@ def pipelined_surrogate_minimization(
   sp = _sm_pipeline(ll.sm_config(net, loss, options), pipeline)
   net, pipe, loss_fn = sp.cfg.net, sp.pipe, sp.cfg.loss
   m = net.num_stages
-  init_search = 1.0 if options.step_search is None else options.step_search.init_step
 
   def init_fn(params):
     del params
     # replicated on the mesh, where the step puts it (no recompilation on step two)
     return meshes.replicate_on(
       mesh,
-      SMState(
-        count=np.zeros([], np.int32),
-        loss=np.zeros([], np.float32),
-        curvature=np.zeros([m], np.float32),
-        local_loss=np.zeros([m], np.float32),
-        inner_iterations=np.zeros([m], np.int32),
-        step_size=np.full([m], sp.cfg.options.line_search.init_step, np.float32),
-        search_step=np.asarray(init_search, np.float32),
-        step_multiple=np.ones([], np.float32),
-        search_trials=np.zeros([], np.int32),
-        refreshed=np.array(False),
-        since_refresh=np.zeros([], np.int32),
-        stored_curvature=(),
-        batch_key=np.zeros([3], np.float32),
-        previous_step=(),
-      ),
+      initial_sm_state(sp.cfg.options, m),
     )
 
   @jax.jit
@@ -441,20 +424,18 @@ def pipelined_surrogate_minimization(
       sp, prep, state.step_size.astype(prep.dtype)
     )
     point = (prep.theta, prep.head, prep.tail)
-    search = sp.cfg.options.step_search
-    if search is None:
-      multiple, trials, next_search = jnp.ones([], prep.dtype), 0, state.search_step
-    else:
+    search, key = sp.cfg.options.step_search, sur.batch_key(prep.x, prep.y)
+    carried = state.search_step.astype(prep.dtype)
+    res = None
+    if search is not None:
 
       def value_at(a):
         th, hd, tl = optax.tree.add_scale(point, a, d)
         return gpipe.forward_and_loss(pipe, net, loss_fn, prep, th, hd, tl, store=False).value
 
-      same_batch = jnp.all(sur.batch_key(prep.x, prep.y) == state.batch_key)
-      init = sur.first_trial(search, state.search_step.astype(prep.dtype), same_batch)
+      init = sur.first_trial(search, carried, jnp.all(key == state.batch_key))
       res = sur.search_step(value_at, value, slope, init, search)
-      multiple, trials = res.step, res.backtracks + 1
-      next_search = sur.next_search_step(res, search)
+    multiple, trials, next_search = sur.search_outcome(res, search, carried)
     new_theta, new_head, new_tail = optax.tree.add_scale(point, multiple, d)
     new_state = SMState(
       count=optax.safe_int32_increment(state.count),
@@ -469,7 +450,7 @@ def pipelined_surrogate_minimization(
       refreshed=jnp.array(True),
       since_refresh=state.since_refresh,
       stored_curvature=(),
-      batch_key=sur.batch_key(prep.x, prep.y),
+      batch_key=key,
       previous_step=(),
     )
     return gpipe.updates(net, prep, new_theta, new_head, new_tail), new_state

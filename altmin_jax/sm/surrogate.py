@@ -156,6 +156,15 @@ def next_search_step(res: LineSearchResult, search: ArmijoSearch) -> Array:
   return jnp.maximum(next_init_step(res, search), search.init_step)
 
 
+def search_outcome(res: LineSearchResult | None, search, carried: Array):
+  """``(multiple, trials, next first trial)`` of an iteration's step search (``res``;
+  ``None`` without one: the whole step, no trial, the carried first trial), what
+  :class:`SMState` records."""
+  if res is None:
+    return jnp.ones([], carried.dtype), jnp.zeros([], jnp.int32), carried
+  return res.step, res.backtracks + 1, next_search_step(res, search)
+
+
 # ------------------------------------------------------------------ the method
 
 
@@ -361,29 +370,13 @@ def surrogate_minimization(
   cfg = ll.sm_config(net, loss, options)
   vmap_stages = bool(vmap_stages)
   m = cfg.net.num_stages
-  init_search = 1.0 if options.step_search is None else options.step_search.init_step
 
   def init_fn(params):
     previous = ()
     if options.cg_warm_start:
       sp = stages.prepare_stage_params(cfg.net, params, "surrogate minimization")
       previous = [jax.tree.map(jnp.zeros_like, p) for p in sp]
-    return SMState(
-      count=jnp.zeros([], jnp.int32),
-      loss=jnp.zeros([], jnp.float32),
-      curvature=jnp.zeros([m], jnp.float32),
-      local_loss=jnp.zeros([m], jnp.float32),
-      inner_iterations=jnp.zeros([m], jnp.int32),
-      step_size=jnp.full([m], options.line_search.init_step, jnp.float32),
-      search_step=jnp.asarray(init_search, jnp.float32),
-      step_multiple=jnp.ones([], jnp.float32),
-      search_trials=jnp.zeros([], jnp.int32),
-      refreshed=jnp.array(False),
-      since_refresh=jnp.zeros([], jnp.int32),
-      stored_curvature=(),
-      batch_key=jnp.zeros([3], jnp.float32),
-      previous_step=previous,
-    )
+    return jax.tree.map(jnp.asarray, _common.initial_sm_state(options, m, previous))
 
   @jax.jit
   def iterate(stage_params, x, y, state):
@@ -397,12 +390,10 @@ def surrogate_minimization(
       state.previous_step,
     )
     it = sm_iteration(cfg, stage_params, x, y, carry, vmap_stages)
-    solves, res = it.solves, it.search
-    if res is None:
-      multiple, trials, search_step = jnp.ones([]), jnp.zeros([], jnp.int32), state.search_step
-    else:
-      multiple, trials = res.step, res.backtracks + 1
-      search_step = next_search_step(res, options.step_search)
+    solves = it.solves
+    multiple, trials, search_step = search_outcome(
+      it.search, options.step_search, carry.search_step
+    )
     f32 = lambda a: jnp.asarray(a).astype(jnp.float32)
     new_state = SMState(
       count=optax.safe_int32_increment(state.count),
