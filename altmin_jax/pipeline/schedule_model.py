@@ -19,13 +19,23 @@ One iteration, starting with every device free at time 0 (a flushed pipeline):
   passes ``T(k, s, j)`` evaluate trial steps (trial ``k`` starts when every gradient is
   known and the previous trial's loss has reached device 0); then ``U(s)``, the update of
   device ``s``'s layers, after its own last backward (and the last trial's loss);
-* **SM** (:mod:`altmin_jax.sm.pipelined`): ``J(s, j)``, the logits' Jacobian of
-  micro-batch ``j`` through device ``s``'s layers, a second reverse pass like the backward
-  one (after ``J(s+1, j)`` plus ``comm`` and the device's own backwards); then
-  ``rest_steps`` Lanczos steps of the rest bounds, each a sweep up the devices
-  (``R(s)`` after ``R(s-1)`` plus ``comm``) and one down (after ``R(s+1)`` plus ``comm``)
-  on the full batch; then ``L(s)``, building and minimising its local losses with N inner
-  steps (``solve_setup + N * inner_step``), with no communication.
+* **SM** (:mod:`altmin_jax.sm.pipelined`): on an iteration that refreshes the curvature
+  (``refresh=True``; every iteration unless ``curvature_refresh > 1``), ``J(s, j)``, the
+  logits' Jacobian of micro-batch ``j`` through device ``s``'s layers, a second reverse
+  pass like the backward one (after ``J(s+1, j)`` plus ``comm`` and the device's own
+  backwards); then ``rest_steps`` Lanczos steps of the rest bounds, each a product that
+  goes up the devices and comes back down, either (``rest_sweeps="sequential"``) as
+  rounds on the full batch, one device at a time (``R(s)`` after ``R(s-1)`` plus
+  ``comm`` going up, after ``R(s+1)`` plus ``comm`` going down: ``2 S`` rounds of
+  ``rest`` per step), or (``"microbatched"``) as two GPipe passes over the micro-batches
+  (``R(s, j)`` after ``R(s-1, j)`` plus ``comm`` going up, after ``R(s+1, j)`` going
+  down: ``2 (M + S - 1)`` ticks of ``rest_microbatch`` per step). Then ``L(s)``, building
+  and minimising its local losses with N inner steps (``solve_setup + N *
+  inner_step``), with no communication (without a refresh, right after the device's own
+  backwards). With a step search, ``line_search_trials = r`` trials follow, each a
+  forward pass ``T(k, s, j)`` and the loss: trial 0 on device ``s`` after its own solve,
+  trial ``k > 0`` after the previous trial's loss has come back (``comm``); the accepted
+  multiple reaches every device one ``comm`` after the last trial (``A(s)``, no compute).
 * **AM** (:mod:`altmin_jax.am.pipelined`, online AM-Adam): the same forward pass ``F``
   (the encoding), no backward pass. ``I(s)``: device ``s`` recomputes its layers' codes
   for every micro-batch after its own forwards and sends its top code to ``s + 1`` (one
@@ -37,7 +47,11 @@ One iteration, starting with every device free at time 0 (a flushed pipeline):
   each of its layers on the full batch, with no communication.
 
 GPipe + backprop with Adam is ``"gd"`` with ``update`` set to the time of Adam's update of
-the device's layers (moments, bias correction and the step: elementwise, no collective).
+the device's layers (moments, bias correction and the step: elementwise, no collective) and
+no trials.
+
+:func:`run_times` models a whole run, one flushed iteration after another, from the
+per-iteration trials and refreshes a training run reports (the time to a training loss).
 
 Two executions of that graph are modelled:
 
@@ -46,7 +60,8 @@ Two executions of that graph are modelled:
 * ``lockstep=True`` (*as implemented* in :mod:`altmin_jax.pipeline` with
   ``jax.shard_map``): the passes are ``lax.scan``\ s of ``M + S - 1`` ticks, each tick as
   long as the slowest active device plus one ``ppermute``; the curvature chain is
-  ``S`` rounds; every phase ends with all devices.
+  ``S`` rounds (sequential rest sweeps) or ``M + S - 1`` ticks (micro-batched); every
+  phase ends with all devices.
 
 A device is *busy* while it computes (transfers are latency on the edges) and *idle*
 otherwise, up to the makespan of the iteration; utilization is
@@ -65,6 +80,7 @@ from typing import Any, NamedTuple
 from altmin_jax.core import checks
 
 METHODS = ("gd", "sm", "am")
+REST_SWEEPS = ("sequential", "microbatched")
 
 
 class Durations(NamedTuple):
@@ -75,7 +91,10 @@ class Durations(NamedTuple):
     backward: one micro-batch backward through them (``B``).
     update: GD's parameter update of the device's layers (``U``).
     jacobian: one micro-batch of the logits' Jacobian pass through them (``J``, SM).
-    rest: the device's round of one sweep (up or down) of the rest bounds (``R``, SM).
+    rest: the device's round of one sweep (up or down) of the rest bounds on the full
+      batch (``R``, SM, ``rest_sweeps="sequential"``).
+    rest_microbatch: one micro-batch through the device's layers in one pass (up or down)
+      of the rest bounds (``R``, SM, ``rest_sweeps="microbatched"``).
     inner_step: one inner CG / GD step on all of the device's local losses (SM).
     solve_setup: building the device's local losses before the inner steps (SM).
     input_code: the codes of the device's layers for all micro-batches (``I``, AM).
@@ -91,6 +110,7 @@ class Durations(NamedTuple):
   update: Any = 0.0
   jacobian: Any = 0.0
   rest: Any = 0.0
+  rest_microbatch: Any = 0.0
   inner_step: Any = 0.0
   solve_setup: Any = 0.0
   input_code: Any = 0.0
@@ -106,7 +126,10 @@ class Schedule:
   Attributes:
     method: ``"gd"``, ``"sm"`` or ``"am"``.
     lockstep: whether the phases are tick-synchronous (as implemented).
-    num_stages, num_microbatches, inner_steps, line_search_trials: the configuration.
+    num_stages, num_microbatches, inner_steps, line_search_trials: the configuration
+      (``line_search_trials``: GD's Armijo trials or SM's step-search trials).
+    rest_sweeps, refresh: SM's form of the rest sweeps and whether the iteration computes
+      the curvature (``"sequential"`` and ``True`` for the other methods).
     stage_inner_steps: inner steps per device (``N`` each unless ``fill``).
     makespan: length of the iteration.
     busy, idle: per device, compute time and idle time within the makespan.
@@ -115,7 +138,8 @@ class Schedule:
       code update ``C``) and the start of its update phase (GD: ``U``; SM: ``J``; AM:
       ``W``), not counting GD's trial passes.
     idle_after_update: per device, idle time after its update phase ends.
-    fill_steps: SM only, per device, inner steps that fit in ``idle_after_update``.
+    fill_steps: SM only, per device, inner steps that fit in its idle time between its
+      local solve and its first step-search trial (or the end of the iteration).
     ops: per device, the ``(name, start, end)`` of every operation in time order.
   """
 
@@ -125,6 +149,8 @@ class Schedule:
   num_microbatches: int
   inner_steps: int
   line_search_trials: int
+  rest_sweeps: str
+  refresh: bool
   stage_inner_steps: tuple[int, ...]
   makespan: float
   busy: tuple[float, ...]
@@ -149,6 +175,8 @@ class Schedule:
       "num_microbatches": self.num_microbatches,
       "inner_steps": self.inner_steps,
       "line_search_trials": self.line_search_trials,
+      "rest_sweeps": self.rest_sweeps,
+      "refresh": self.refresh,
       "stage_inner_steps": list(self.stage_inner_steps),
       "makespan": self.makespan,
       "utilization": self.utilization,
@@ -261,6 +289,8 @@ def gpipe_schedule(
   inner_steps: int = 1,
   line_search_trials: int = 0,
   rest_steps: int = 1,
+  rest_sweeps: str = "sequential",
+  refresh: bool = True,
   lockstep: bool = False,
   fill: bool = False,
 ) -> Schedule:
@@ -276,9 +306,14 @@ def gpipe_schedule(
     num_microbatches: M.
     durations: per-device operation times.
     inner_steps: N (SM).
-    line_search_trials: r extra pipelined forward passes per GD iteration (the trial
-      steps of an Armijo search; 0 for a fixed step).
+    line_search_trials: r extra pipelined forward passes per iteration, each with the
+      loss: GD's Armijo trials before its update (0 for a fixed step), or SM's step-search
+      trials after the local solves (0 without a search: the paper's Algorithm 1).
     rest_steps: Lanczos steps of the rest bounds per SM iteration (``power_iterations``).
+    rest_sweeps: SM: ``"sequential"`` (``2 S`` full-batch rounds per Lanczos step) or
+      ``"microbatched"`` (two GPipe passes over the micro-batches per step).
+    refresh: SM: whether the iteration computes the logits' Jacobians and the rest bounds
+      (``False``: an iteration between refreshes of ``curvature_refresh > 1``).
     lockstep: tick-synchronous phases (as implemented with ``shard_map``) instead of
       dependency-driven execution.
     fill: SM only: every device takes ``N + fill_steps[s]`` inner steps, filling its
@@ -300,20 +335,34 @@ def gpipe_schedule(
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
+  if rest_sweeps not in REST_SWEEPS:
+    raise ValueError(f"rest_sweeps must be one of {REST_SWEEPS}, got rest_sweeps={rest_sweeps!r}")
   S = checks.check_int("num_stages", num_stages, 1)
   M = checks.check_int("num_microbatches", num_microbatches, 1)
   N = checks.check_int("inner_steps", inner_steps, 1)
   r = checks.check_int("line_search_trials", line_search_trials, 0)
   k = checks.check_int("rest_steps", rest_steps, 0)
+  if r and method == "am":
+    raise ValueError(f"method='am' takes no trials, got line_search_trials={r}")
   if not isinstance(durations, Durations):
     raise ValueError(f"durations must be a Durations, got durations={durations!r}")
+  sm = dict(rest_sweeps=rest_sweeps, refresh=bool(refresh)) if method == "sm" else {}
   if fill and method == "sm":
     plain = gpipe_schedule(
-      method, S, M, durations, inner_steps=N, rest_steps=k, lockstep=lockstep, fill=False
+      method,
+      S,
+      M,
+      durations,
+      inner_steps=N,
+      line_search_trials=r,
+      rest_steps=k,
+      lockstep=lockstep,
+      fill=False,
+      **sm,
     )
     steps = [N + f for f in plain.fill_steps]
-    return _schedule(method, S, M, durations, N, steps, r, k, lockstep)
-  return _schedule(method, S, M, durations, N, [N] * S, r, k, lockstep)
+    return _schedule(method, S, M, durations, N, steps, r, k, lockstep, **sm)
+  return _schedule(method, S, M, durations, N, [N] * S, r, k, lockstep, **sm)
 
 
 def _rest_sweeps(tl: _Timeline, S, d, k: int, start: float) -> float:
@@ -326,7 +375,40 @@ def _rest_sweeps(tl: _Timeline, S, d, k: int, start: float) -> float:
   return t
 
 
-def _schedule(method, S, M, durations, N, steps, r, k, lockstep) -> Schedule:
+def _rest_passes(tl: _Timeline, S, M, d, k: int, *, lockstep: bool, start: float) -> float:
+  """``k`` Lanczos steps of the rest bounds, each a GPipe pass up the devices over the
+  micro-batches and one down (``R{step}u:s,j`` and ``R{step}d:s,j``); returns when the
+  last pass ends everywhere. Dependency-driven, micro-batch ``j`` on device ``s`` waits
+  for the neighbour's ``j`` (plus ``comm``) and the device's own previous operation."""
+  r, comm = d["rest_microbatch"], d["comm"]
+  if lockstep:
+    tick = max(r) + comm
+    for step in range(k):
+      for up in (True, False):
+        for t in range(M + S - 1):
+          for s in range(S):
+            j = t - (s if up else S - 1 - s)
+            if 0 <= j < M:
+              tl.run(s, f"R{step}{'ud'[not up]}:{s},{j}", "rest", r[s], start)
+          start += tick
+    return start
+  last = start
+  for step in range(k):
+    for up in (True, False):
+      end = {}
+      order = list(range(S)) if up else list(reversed(range(S)))
+      for j in range(M):
+        for s in order:
+          prev = (s - 1) if up else (s + 1)
+          ready = end[(prev, j)] + comm if (prev, j) in end else start
+          end[(s, j)] = tl.run(s, f"R{step}{'ud'[not up]}:{s},{j}", "rest", r[s], ready)
+      last = max(end.values())
+  return last
+
+
+def _schedule(
+  method, S, M, durations, N, steps, r, k, lockstep, rest_sweeps="sequential", refresh=True
+) -> Schedule:
   d = {k: _per_stage(k, v, S) for k, v in durations._asdict().items() if k != "comm"}
   d["comm"] = _per_stage("comm", durations.comm, 1)[0]
   tl = _Timeline(S)
@@ -346,23 +428,37 @@ def _schedule(method, S, M, durations, N, steps, r, k, lockstep) -> Schedule:
       tl.run(s, f"U{s}", "update", d["update"][s], ready)
   elif method == "sm":
     solve = [d["solve_setup"][s] + steps[s] * d["inner_step"][s] for s in range(S)]
-    t = _backward(tl, S, M, d, lockstep=lockstep, start=t, kind="jacobian")
-    t = _rest_sweeps(tl, S, d, k, t if lockstep else max(tl.free))
-    for s in range(S):
-      tl.run(s, f"L{s}", "solve", solve[s], t)
+    ready = t if lockstep else 0.0  # no refresh: the solve follows the device's backwards
+    if refresh:
+      t = _backward(tl, S, M, d, lockstep=lockstep, start=t, kind="jacobian")
+      if rest_sweeps == "sequential":
+        t = _rest_sweeps(tl, S, d, k, t if lockstep else max(tl.free))
+      else:
+        t = _rest_passes(tl, S, M, d, k, lockstep=lockstep, start=t)
+        t = t if lockstep else max(tl.free)  # every device's bounds, gathered
+      ready = t
+    t = max(tl.run(s, f"L{s}", "solve", solve[s], ready) for s in range(S))
+    for k in range(r):  # the step search: trial 0 as soon as the device's step is known
+      start = t + d["comm"] if (lockstep or k) else 0.0
+      t = _passes(tl, S, M, d, lockstep=lockstep, start=start, label=f"T{k}:")
+    if r:  # the accepted multiple reaches every device
+      for s in range(S):
+        tl.run(s, f"A{s}", "trials", 0.0, t + d["comm"])
   makespan = max(tl.free)
   busy = tuple(sum(e - b for _, b, e in ops) for ops in tl.ops)
-  before, after = [], []
+  before, after, gap = [], [], []
   reverse, updates = ("C", "W") if method == "am" else ("B", "UJRL")
   for ops in tl.ops:
     last_b = max(e for name, _, e in ops if name.startswith(reverse))
     update = [(b, e) for name, b, e in ops if name[0] in updates]
-    between = sum(e - b for name, b, e in ops if name.startswith("T"))
+    trials = [(b, e) for name, b, e in ops if name.startswith("T")]
+    between = sum(e - b for b, e in trials) if method == "gd" else 0.0
     before.append(update[0][0] - last_b - between)
     after.append(makespan - update[-1][1])
+    gap.append((trials[0][0] if trials and method == "sm" else makespan) - update[-1][1])
   fill = tuple(
     math.floor(a / d["inner_step"][s] + 1e-9) if method == "sm" and d["inner_step"][s] > 0 else 0
-    for s, a in enumerate(after)
+    for s, a in enumerate(gap)
   )
   return Schedule(
     method=method,
@@ -371,7 +467,9 @@ def _schedule(method, S, M, durations, N, steps, r, k, lockstep) -> Schedule:
     num_microbatches=M,
     inner_steps=N if method == "sm" else 1,
     stage_inner_steps=tuple(steps) if method == "sm" else (1,) * S,
-    line_search_trials=r if method == "gd" else 0,
+    line_search_trials=r if method in ("gd", "sm") else 0,
+    rest_sweeps=rest_sweeps,
+    refresh=refresh,
     makespan=makespan,
     busy=busy,
     idle=tuple(makespan - b for b in busy),
@@ -383,6 +481,58 @@ def _schedule(method, S, M, durations, N, steps, r, k, lockstep) -> Schedule:
   )
 
 
+def run_times(
+  method: str,
+  num_stages: int,
+  num_microbatches: int,
+  durations: Durations,
+  *,
+  trials: Sequence[int],
+  refreshed: Sequence[bool] | None = None,
+  **options,
+) -> list[float]:
+  """Modelled time after each iteration of a run: ``[0, t_1, t_2, ...]``.
+
+  Every iteration is one flushed :func:`gpipe_schedule` (the next starts when the
+  previous has ended everywhere) with its own trials and, for SM, whether it refreshed
+  the curvature (as a training run reports them: ``SMState.search_trials`` and
+  ``SMState.refreshed``; GD+Armijo's trials per search). ``t_i`` is the modelled time to
+  the loss after iteration ``i``.
+
+  Args:
+    method, num_stages, num_microbatches, durations: as :func:`gpipe_schedule`.
+    trials: per iteration, its ``line_search_trials``.
+    refreshed: per iteration, SM's ``refresh`` (default: every iteration).
+    **options: the other keywords of :func:`gpipe_schedule` (``inner_steps``,
+      ``rest_steps``, ``rest_sweeps``, ``lockstep``).
+
+  Example:
+    >>> from altmin_jax.pipeline.schedule_model import Durations, run_times
+    >>> run_times("gd", 2, 2, Durations(forward=1, backward=2), trials=[0, 2, 0])
+    [0.0, 9.0, 24.0, 33.0]
+  """
+  refreshed = [True] * len(trials) if refreshed is None else list(refreshed)
+  if len(refreshed) != len(trials):
+    raise ValueError(f"refreshed has {len(refreshed)} entries for {len(trials)} iterations")
+  cache: dict[tuple[int, bool], float] = {}
+  out = [0.0]
+  for r, fresh in zip(trials, refreshed):
+    key = (int(r), bool(fresh))
+    if key not in cache:
+      extra = dict(refresh=key[1]) if method == "sm" else {}
+      cache[key] = gpipe_schedule(
+        method,
+        num_stages,
+        num_microbatches,
+        durations,
+        line_search_trials=key[0],
+        **extra,
+        **options,
+      ).makespan
+    out.append(out[-1] + cache[key])
+  return out
+
+
 def compare(
   num_stages: int,
   num_microbatches: int,
@@ -391,9 +541,11 @@ def compare(
   inner_steps: int,
   line_search_trials: int = 0,
   rest_steps: int = 1,
+  rest_sweeps: str = "sequential",
 ) -> dict:
   """GPipe + GD and GPipe + SM side by side, dependency-driven and lockstep, as a dict
-  ready for JSON (``{"gd": ..., "sm": ..., "gd_lockstep": ..., "sm_lockstep": ...}``)."""
+  ready for JSON (``{"gd": ..., "sm": ..., "gd_lockstep": ..., "sm_lockstep": ...}``;
+  ``line_search_trials`` are GD's)."""
   out = {}
   for lockstep in (False, True):
     suffix = "_lockstep" if lockstep else ""
@@ -412,6 +564,7 @@ def compare(
       durations,
       inner_steps=inner_steps,
       rest_steps=rest_steps,
+      rest_sweeps=rest_sweeps,
       lockstep=lockstep,
     ).as_dict()
   return out
