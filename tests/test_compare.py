@@ -264,3 +264,28 @@ def test_sm_tables_trains_on_minibatches_when_the_config_asks():
   assert record["step"] == [0, 2, 4]
   assert record["epoch"] == [0.0, 0.5, 1.0]
   assert record["train_loss"][-1] < record["train_loss"][0]
+
+
+def test_sm_tables_runs_sm_with_and_without_its_step_search_and_adam():
+  """``sm`` with ``step_search=True`` (the library's default) never raises the training loss
+  and differs from ``sm_paper`` (the paper's Algorithm 1, the step as it is), which ignores
+  the field; ``adam`` trains on the gradient the step computes."""
+  import itertools
+
+  import ml_collections
+
+  from altmin_jax.data import load_dataset
+  from experiments.configs import sm_mnist
+  from experiments.runners import sm_tables
+
+  data = load_dataset("bundled_mnist", num_train=300)
+  methods = sm_mnist.get_config("smoke").methods.to_dict()
+  methods["sm_paper"]["step_search"] = True  # not read: sm_paper takes the step as it is
+  config = ml_collections.ConfigDict(
+    dict(width=16, activation="relu", epochs=3, progress=False, methods=methods)
+  )
+  runs = {m: sm_tables.train_one(config, data, 2, m, 2, 0) for m in ("sm", "sm_paper", "adam")}
+  searched, paper = runs["sm"]["train_loss"], runs["sm_paper"]["train_loss"]
+  assert all(b <= a for a, b in itertools.pairwise(searched)), searched
+  assert searched[-1] != paper[-1]
+  assert runs["adam"]["train_loss"][-1] < runs["adam"]["train_loss"][0]
