@@ -15,7 +15,18 @@ iteration computed them (``SMState.refreshed``), the local gradients, one local
 Hessian-vector product on every stage per CG step actually taken (the most any stage took,
 ``SMState.inner_iterations``) plus one for a warm start, and one forward pass per trial of
 the step search (``SMState.search_trials``). GD+Armijo: one gradient plus one forward pass
-per trial (the trials recovered from its step sizes); Adam: one SGD step. Each method's
+per trial. CGBlock: every block's gradient and linearisation (``jax.linearize`` of
+``jax.grad``, counted per block), one block Hessian-vector product per CG step each block
+took (``CGBlockState.inner_iterations``, one more where the curvature guard stopped it),
+the loss value, and with its search one forward pass per trial. SSO: the output and its
+loss gradient, N surrogate gradients and one forward pass per trial of its N searches. DDG
+and Adam: one SGD step. Trials are not in the states: they are recovered from the step
+sizes, each search starting at the previous one's ``step_growth`` times its accepted step
+(N searches: ``next = first * growth^N * backtrack_factor^backtracks``), plus the fallback
+step's evaluation for a failed search. Where ``max_step`` caps the next first trial (CGBlock's
+search, capped at 1) the accepted step is hidden: ``sgd_steps`` counts the most trials
+consistent with the cap, ``sgd_steps_fewest`` the fewest (``trial_counts_bounded``: such
+iterations). Each method's
 ``seconds_per_iteration_ratio_to_adam`` is its wall time per iteration over Adam's (optax,
 the baseline of the same run; the methods run one after the other, so machine load shifts
 it more than an interleaved timing would).
@@ -25,8 +36,10 @@ Algorithm 1 as the paper states it), ``sm_search`` (N = 10 plus the step search)
 ``sm_search_warmN`` (N CG steps warm-started, plus the search) and
 ``sm_search_warmN_refreshK`` (also the curvature every K iterations), ``sm_default`` (the
 library's defaults); baselines ``gd_armijo``, ``adam`` (learning rate 1e-2, the best of
-{1e-3, 3e-3, 1e-2, 3e-2} on these nets), ``cg_block`` and ``cg_block_armijo``, ``sso``,
-``ddg``.
+{1e-3, 3e-3, 1e-2, 3e-2} on these nets), ``cg_block`` (the paper's plain step, damping 1)
+and ``cg_block_armijo`` (undamped, with its Armijo search), ``sso`` (eta 2) and ``ddg``
+(SGD 0.1, 4 modules), with N = 10 and the hyperparameters of the SM tables'
+config (``experiments/configs/sm_mnist.py``).
 
 Usage::
 
@@ -51,9 +64,11 @@ import optax
 
 import altmin_jax as amj
 from altmin_jax.networks import stages
+from altmin_jax.sm import _common as sm_common
 from altmin_jax.sm import local_losses as ll
 from altmin_jax.sm import majorizers
 from altmin_jax.sm import surrogate as sur
+from altmin_jax.sm.baselines.cg_block import NEWTON_SEARCH, block_hessian_products
 
 TARGETS = (0.5, 0.1, 0.01)
 WIDTH = 100
@@ -90,13 +105,13 @@ def build(name: str, net) -> tuple[optax.GradientTransformation, bool]:
   if name == "adam":
     return optax.adam(1e-2), True
   if name == "cg_block":
-    return amj.cg_block(net, inner_steps=10, line_search=None), False
+    return amj.cg_block(net, inner_steps=10, damping=1.0, line_search=None), False
   if name == "cg_block_armijo":
-    return amj.cg_block(net, inner_steps=10), False
+    return amj.cg_block(net, inner_steps=10, damping=0.0), False
   if name == "sso":
-    return amj.sso(net, inner_steps=10), False
+    return amj.sso(net, inner_steps=10, eta=2.0), False
   if name == "ddg":
-    return amj.ddg(net, learning_rate=0.1, num_modules=min(4, net.num_stages)), True
+    return amj.ddg(net, learning_rate=0.1, momentum=0.0, num_modules=min(4, net.num_stages)), False
   raise ValueError(f"unknown method {name!r}")
 
 
@@ -125,6 +140,26 @@ def unit_costs(net, x, y) -> dict:
   curv_and_rest = count(lambda sp, fb: sur.curvature_bounds(cfg, sp, fb, y, sc), sp, fb)
   setup = count(lambda sp, fb: local(sp, fb, False), sp, fb) - curv_and_rest
   product = count(lambda sp, fb: local(sp, fb, True), sp, fb) - curv_and_rest - setup
+
+  # CGBlock: every block's gradient and linearisation, then block i's product alone
+  full = sm_common.network_loss(net, loss, x, y)
+  blocks = lambda sp: [g for g, _ in block_hessian_products(full, sp)]
+  block_setup = count(blocks, sp)
+
+  def block_product(sp, i):
+    pairs = block_hessian_products(full, sp)
+    return [g for g, _ in pairs], pairs[i][1](pairs[i][0])
+
+  block_products = [count(lambda sp, i=i: block_product(sp, i), sp) - block_setup for i in range(m)]
+
+  # SSO: the surrogate of its inner steps (as sso.py builds it)
+  f_t = net.forward_stages(sp, x)[1]
+  g_f = jax.grad(lambda f: stages.batch_mean_loss(loss, f, y))(f_t)
+
+  def surrogate(sp):
+    diff = net.forward_stages(sp, x)[1] - f_t
+    return jnp.vdot(g_f, diff) + jnp.vdot(diff, diff)
+
   return {
     "sgd_multiply_adds": sgd,
     "forward": count(h, sp) / sgd,
@@ -134,33 +169,74 @@ def unit_costs(net, x, y) -> dict:
     / sgd,
     "local_setup": setup / sgd,
     "product": product / sgd,
+    "block_setup": block_setup / sgd,
+    "block_products": [b / sgd for b in block_products],
+    "surrogate_gradient": count(jax.value_and_grad(surrogate), sp) / sgd,
+    "surrogate_value": count(surrogate, sp) / sgd,
   }
 
 
-def iteration_cost(name: str, state, prev_state, units: dict, options: dict | None) -> float:
-  """Multiply-adds of the iteration that produced ``state``, in SGD steps."""
+def armijo_trials(first: float, following: float, failed: int, search, searches: int = 1):
+  """The fewest and the most trials (function values) of ``searches`` consecutive Armijo
+  searches consistent with the first trial step of the first (``first``) and of the next
+  search (``following``): each search starts at ``step_growth`` times the step the one
+  before accepted (after a failed search, its smallest trial), and a failed search also
+  evaluates the fallback step. Equal unless ``max_step`` capped ``following``: then one
+  search accepted a step of at least ``max_step / step_growth``, and several searches are
+  not recovered (NaN)."""
+  log_beta = math.log(search.backtrack_factor)
+  capped = following >= search.max_step * (1 - 1e-6)
+  if capped and searches == 1:
+    smallest_accepted = search.max_step / search.step_growth
+    most = max(0, math.floor(math.log(smallest_accepted / first) / log_beta + 1e-9))
+    return 1 + failed, 1 + most + failed
+  # following = first * growth^searches * beta^backtracks
+  raw = math.log(following / (first * search.step_growth**searches)) / log_beta
+  if capped or abs(raw - round(raw)) > 0.05 or raw < -0.05:
+    return math.nan, math.nan
+  trials = searches + round(raw) + failed
+  return trials, trials
+
+
+def iteration_cost(
+  name: str, state, prev_state, units: dict, options: dict | None
+) -> tuple[float, float]:
+  """Multiply-adds of the iteration that produced ``state``, in SGD steps: the fewest and
+  the most consistent with its record (equal unless the step search's trials are hidden,
+  module docstring)."""
   if options is not None:
     warm = bool(state.previous_step) and int(state.count) > 1
     refreshed = bool(state.refreshed)
     inner = int(np.max(np.asarray(state.inner_iterations)))
-    return (
+    cost = (
       units["forward_backward"]
       + refreshed * (units["jacobians"] + units["rest_bounds"])
       + units["local_setup"]
       + (inner + warm) * units["product"]
       + int(state.search_trials) * units["forward"]
     )
+    return cost, cost
+  if name in ("adam", "ddg"):
+    return 1.0, 1.0
+  first, following = float(prev_state.step_size), float(state.step_size)
+  failed = int(state.failed_count) - int(prev_state.failed_count)
   if name == "gd_armijo":
-    search = amj.numerics.ArmijoSearch()
-    first = min(float(prev_state.step_size), search.max_step)
-    taken = float(state.step_size) / search.step_growth
-    trials = 1 + max(
-      0, round(math.log(max(taken, 1e-30) / first) / math.log(search.backtrack_factor))
-    )
-    return 1.0 + trials * units["forward"]
-  if name == "adam":
-    return 1.0
-  return float("nan")  # the other baselines: wall time only
+    trials = armijo_trials(first, following, failed, amj.numerics.ArmijoSearch())
+    return tuple(1.0 + t * units["forward"] for t in trials)
+  if name == "sso":
+    search, n = amj.numerics.ArmijoSearch(), 10
+    trials = armijo_trials(first, following, failed, search, searches=n)
+    fixed = units["forward"] + n * units["surrogate_gradient"]
+    return tuple(fixed + t * units["surrogate_value"] for t in trials)
+  if name in ("cg_block", "cg_block_armijo"):
+    products = np.asarray(state.inner_iterations) + np.asarray(state.negative_curvature)
+    cost = units["block_setup"] + float(np.dot(products, units["block_products"]))
+    cost += units["forward"]  # the loss value
+    if name == "cg_block":
+      return cost, cost
+    trials = armijo_trials(first, following, failed, NEWTON_SEARCH)
+    return tuple(cost + t * units["forward"] for t in trials)
+  raise ValueError(f"no cost model for {name!r}")
 
 
 def run_method(name: str, net, x, y, budget_iters: int, budget_seconds: float, units) -> dict:
@@ -180,8 +256,8 @@ def run_method(name: str, net, x, y, budget_iters: int, budget_seconds: float, u
   # compile, on copies: the second step compiles once more when the state fills its stored
   # curvature (curvature_refresh > 1)
   jax.block_until_ready(step(*step(params, state)))
-  losses, seconds, costs = [float(h(params))], [0.0], [0.0]
-  refreshes = trials = 0
+  losses, seconds, costs, fewest = [float(h(params))], [0.0], [0.0], [0.0]
+  refreshes = trials = bounded = 0
   multiples = []
   spent = 0.0
   for _ in range(budget_iters):
@@ -192,7 +268,10 @@ def run_method(name: str, net, x, y, budget_iters: int, budget_seconds: float, u
     spent += dt
     losses.append(float(h(params)))
     seconds.append(seconds[-1] + dt)
-    costs.append(costs[-1] + iteration_cost(name, state, prev, units, options))
+    low, high = iteration_cost(name, state, prev, units, options)
+    costs.append(costs[-1] + high)
+    fewest.append(fewest[-1] + low)
+    bounded += low != high
     if options is not None:
       refreshes += bool(state.refreshed)
       trials += int(state.search_trials)
@@ -202,6 +281,7 @@ def run_method(name: str, net, x, y, budget_iters: int, budget_seconds: float, u
   out = {"iterations": len(losses) - 1, "final_loss": losses[-1], "seconds": seconds[-1]}
   out["seconds_per_iteration"] = seconds[-1] / max(1, len(losses) - 1)
   out["sgd_steps_per_iteration"] = costs[-1] / max(1, len(losses) - 1)
+  out["trial_counts_bounded"] = bounded
   for target in TARGETS:
     hit = next((i for i, v in enumerate(losses) if v < target), None)
     out[f"to_{target}"] = (
@@ -211,14 +291,24 @@ def run_method(name: str, net, x, y, budget_iters: int, budget_seconds: float, u
         "iterations": hit,
         "seconds": seconds[hit],
         "sgd_steps": costs[hit],
+        "sgd_steps_fewest": fewest[hit],
       }
     )
   if options is not None:
     out["refreshes"] = refreshes
     out["search_trials"] = trials
     out["median_step_multiple"] = float(np.median(multiples)) if multiples else None
-  out["losses"] = [round(v, 5) for v in losses[:: max(1, len(losses) // 40)]]
+  out["losses"] = [float(f"{v:.4g}") for v in losses]  # after every iteration
   return out
+
+
+def hit_text(hit: dict | None) -> str:
+  """``iterations, seconds, SGD steps`` to a target (``fewest-most`` where they differ)."""
+  if hit is None:
+    return "-"
+  low, high = hit["sgd_steps_fewest"], hit["sgd_steps"]
+  cost = f"{high:.0f}" if round(low) == round(high) else f"{low:.0f}-{high:.0f}"
+  return f"{hit['iterations']} it {hit['seconds']:.1f} s {cost} sgd"
 
 
 def main() -> dict:
@@ -249,16 +339,7 @@ def main() -> dict:
     for name in methods:
       res[name] = run_method(name, net, x, y, budget_iters, budget_seconds, units)
       r = res[name]
-      hits = "  ".join(
-        f"{t}: "
-        + (
-          "-"
-          if r[f"to_{t}"] is None
-          else f"{r[f'to_{t}']['iterations']} it {r[f'to_{t}']['seconds']:.1f} s "
-          f"{r[f'to_{t}']['sgd_steps']:.0f} sgd"
-        )
-        for t in TARGETS
-      )
+      hits = "  ".join(f"{t}: {hit_text(r[f'to_{t}'])}" for t in TARGETS)
       print(
         f"{L} layers {name:28s} final {r['final_loss']:.4f} after {r['iterations']} it | {hits}",
         flush=True,
