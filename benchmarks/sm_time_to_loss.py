@@ -44,7 +44,7 @@ config (``experiments/configs/sm_mnist.py``).
 Usage::
 
   python benchmarks/sm_time_to_loss.py [--quick] [--out results.json] [--layers 4,8]
-      [--samples 8000] [--methods sm,sm_search,...]
+      [--samples 8000] [--methods sm,sm_search,...] [--plot PREFIX]
 
 ``--quick``: 1,000 samples, 4 layers, a few methods, short budgets. The last line printed is
 one JSON object.
@@ -299,7 +299,48 @@ def run_method(name: str, net, x, y, budget_iters: int, budget_seconds: float, u
     out["search_trials"] = trials
     out["median_step_multiple"] = float(np.median(multiples)) if multiples else None
   out["losses"] = [float(f"{v:.4g}") for v in losses]  # after every iteration
+  out["sgd_steps"] = [round(v, 2) for v in costs]  # spent before each of those losses
   return out
+
+
+LABELS = {
+  "sm_default": "SM (default: step search)",
+  "sm": "SM (paper's Algorithm 1)",
+  "gd_armijo": "GD+Armijo",
+  "cg_block": "CGBlock (paper's plain step)",
+  "cg_block_armijo": "CGBlock+Armijo",
+  "sso": "SSO",
+  "ddg": "DDG",
+  "adam": "Adam, lr 1e-2",
+}
+
+
+def plot(path: str, res: dict, title: str) -> str:
+  """Training loss against iterations and against multiply-adds (SGD steps)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+  for k, (name, r) in enumerate((n, r) for n, r in res.items() if n != "unit_costs"):
+    style = dict(color=f"C{k}", label=LABELS.get(name, name), linewidth=1.5)
+    axes[0].plot(range(len(r["losses"])), r["losses"], **style)
+    axes[1].plot(r["sgd_steps"][1:], r["losses"][1:], **style)  # log axis: from iteration 1
+  for ax, label in zip(axes, ("iteration (full batch)", "multiply-adds, in full-batch SGD steps")):
+    ax.set_yscale("log")
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
+    for target in TARGETS:
+      ax.axhline(target, color="0.6", linewidth=0.8, linestyle=":")
+  axes[1].set_xscale("log")
+  axes[0].set_ylabel("training loss")
+  axes[0].legend(fontsize=7)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
 
 
 def hit_text(hit: dict | None) -> str:
@@ -321,6 +362,7 @@ def main() -> dict:
       "methods": (str, "comma-separated methods (module docstring)"),
       "iterations": (int, "iteration budget per method (default 400)"),
       "seconds": (float, "wall-time budget per method (default 240 s)"),
+      "plot": (str, "also plot each depth's curves to PLOT_<L>layers_train_loss.png"),
     },
   )
   quick = args.quick
@@ -349,6 +391,9 @@ def main() -> dict:
       for name in methods:
         res[name]["seconds_per_iteration_ratio_to_adam"] = res[name]["seconds_per_iteration"] / base
     results[f"{L}_layers"] = res
+    if args.plot:
+      title = f"{samples} bundled MNIST images, full batch, {L}-layer ReLU MLP (width {WIDTH})"
+      plot(f"{args.plot}_{L}layers_train_loss.png", res, title)
   return common.finish(
     common.report("sm_time_to_loss", quick, samples=samples, results=results), args.out
   )
