@@ -125,10 +125,11 @@ def gd_armijo_trials(prev, state, search: amj.numerics.ArmijoSearch) -> int:
   return 1 + min(backtracks, search.max_backtracks) + failed
 
 
-def loss_curve(name, tx, net, params, x, y, target=None) -> dict:
+def loss_curve(name, tx, net, params, x, y, target=None, max_iterations=None) -> dict:
   """Full-batch training: the loss before the first iteration and after each, and per
   iteration the trials of its search and (SM) whether it refreshed the curvature; stops
-  at ``MAX_ITERATIONS`` or once the loss is at most ``target``."""
+  after ``max_iterations`` (default ``MAX_ITERATIONS``) or once the loss is at most
+  ``target``. ``name`` ``"adam"`` gets gradients, ``"gd_armijo"`` its trials recovered."""
   grads = name == "adam"
   mean_loss = lambda p: jnp.mean(amj.losses.softmax_cross_entropy(net.apply(p, x), y))
 
@@ -138,7 +139,7 @@ def loss_curve(name, tx, net, params, x, y, target=None) -> dict:
     return optax.apply_updates(p, updates), s
 
   state, losses, trials, refreshed = tx.init(params), [float(jax.jit(mean_loss)(params))], [], []
-  for _ in range(MAX_ITERATIONS.get(name, 100)):
+  for _ in range(max_iterations or MAX_ITERATIONS.get(name, 100)):
     prev = state
     params, state = step(params, state)
     losses.append(float(jax.jit(mean_loss)(params)))
