@@ -67,7 +67,7 @@ Usage::
 
   python benchmarks/sm_pipeline.py [--quick] [--out results.json] [--stages 4]
 
-``--quick`` (about 5 minutes on a quiet 2-core CPU, longer under load): both layouts, width
+``--quick`` (13-14 minutes on 2 shared cores at load average 5-8): both layouts, width
 64, 256 samples, M = 4, N = 10, 3 repeats. Full: width 128, 1024 samples, M in {2, 8}, N
 in {10, 20}, both layouts, 7 repeats. The last line printed is one JSON object.
 """
