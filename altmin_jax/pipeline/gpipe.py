@@ -11,8 +11,8 @@ micro-batches. **Backward** (:meth:`Pipeline.backward`): the reverse scan, micro
 :math:`j = t - (S - 1 - s)` on device :math:`s`, gradients sent to :math:`s - 1`; it gives
 every layer's output gradient and, on request, the parameter gradients accumulated over
 micro-batches. :meth:`Pipeline.reverse` is the general reverse pass (any per-sample carry),
-:meth:`Pipeline.sequential` runs one computation per device up or down the pipeline (a
-chain whose every link needs the value of the previous device), and
+:meth:`Pipeline.chain` runs a chain whose every link needs the value of the previous
+device up or down the pipeline as the same kind of pass, and
 :meth:`Pipeline.map_layers` a computation on every local layer with no collective.
 """
 
@@ -311,33 +311,53 @@ class Pipeline:
       bottom_like=like(b, lay.in_width) if bottom else None,
     )
 
-  def sequential(self, work: Callable, carry, out, *, up: bool):
-    """Inside a ``shard_map``: one round per device, from device 0 up (``up``) or from
-    device ``S - 1`` down. In its round a device runs ``work(carry) -> (out, carry_next)``
-    on the carry the previous device sent (``carry`` on the first device) and sends
-    ``carry_next`` on (one ``ppermute`` per round, ``S`` rounds).
+  def chain(self, work: Callable, first: Callable, out, *, up: bool):
+    """Inside a ``shard_map``: a GPipe pass of a chain whose every link needs the previous
+    device's value, over the micro-batches: ``M + S - 1`` ticks, one ``ppermute`` each.
+
+    At tick :math:`t` the device at position :math:`p = t - j` of the chain (device
+    :math:`s` going up from device 0, device :math:`S - 1 - s` going down) runs micro-batch
+    :math:`j` (idle, ``lax.cond``-skipped, outside :math:`0 \\le j < M`) as ``work(j, c) ->
+    (out_j, c_next)`` on the carry ``c`` the previous device sent (``first(j)`` on the first
+    device) and sends ``c_next`` on. With :math:`M = 1` it is :math:`S` sequential rounds.
+
+    Args:
+      work: the per-device, per-micro-batch link (above); ``j`` is traced.
+      first: ``j -> carry`` entering the first device (traced ``j``).
+      out: ``(M, ...)`` buffers; ``out_j`` is written at ``[j]`` on the device that ran it.
+      up: from device 0 up (``True``) or from device ``S - 1`` down.
 
     Returns:
-      ``(out, last)``: this device's ``out`` (``out`` unchanged on a device that never
-      ran) and the carry the last device produced, on every device.
+      ``(out, last)``: this device's ``out`` and the ``(M, ...)`` carries the last device
+      produced, on every device.
     """
-    S = self.num_stages
+    S, M = self.num_stages, self.num_microbatches
     s = lax.axis_index(self.axis_name)
-    first = 0 if up else S - 1
+    pos = s if up else S - 1 - s
+    like = jax.eval_shape(first, 0)
+    zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), like)
+    last0 = jax.tree.map(lambda a: jnp.zeros((M, *a.shape), a.dtype), like)
 
-    def round_(r, state):
+    def tick(state, t):
       recv, out, last = state
-      me = r if up else S - 1 - r
-      c_in = jax.tree.map(lambda a, b: jnp.where(s == first, a, b), carry, recv)
-      zero = jax.tree.map(jnp.zeros_like, carry)
-      out, c_out = lax.cond(s == me, lambda: work(c_in), lambda: (out, zero))
-      last = jax.tree.map(lambda a, b: jnp.where(r == S - 1, a, b), c_out, last)
-      return jax.tree.map(lambda x: self.shift(x, up=up), c_out), out, last
+      j = t - pos
+      jc = jnp.clip(j, 0, M - 1)
+      c_in = jax.tree.map(lambda a, r: jnp.where(pos == 0, a, r), first(jc), recv)
 
-    zero = jax.tree.map(jnp.zeros_like, carry)
-    _, out, last = lax.fori_loop(0, S, round_, (zero, out, zero))
-    # the last round's carry lives on the last device: share it
-    return out, jax.tree.map(lambda x: self.broadcast_from(x, S - 1 - first), last)
+      def link(out, last):
+        o, c = work(jc, c_in)
+        out = jax.tree.map(lambda buf, v: buf.at[jc].set(v), out, o)
+        last = jax.tree.map(lambda buf, v: buf.at[jc].set(v), last, c)
+        return out, last, c
+
+      out, last, send = lax.cond(
+        (j >= 0) & (j < M), link, lambda out, last: (out, last, zero), out, last
+      )
+      return (jax.tree.map(lambda x: self.shift(x, up=up), send), out, last), None
+
+    (_, out, last), _ = lax.scan(tick, (zero, out, last0), jnp.arange(M + S - 1))
+    # the last device's carries: share them
+    return out, jax.tree.map(lambda x: self.broadcast_from(x, S - 1 if up else 0), last)
 
   def map_layers(self, fn: Callable, *args, out_specs, shared=None):
     """``fn(*per_layer_args, *flags, shared)`` on every stacked layer, vmapped over each
@@ -410,15 +430,9 @@ def check_stacked(stacked: PipelineParams, layout: PipelineLayout) -> None:
     raise ValueError(f"params were stacked for another boundary than {layout.boundary!r}")
 
 
-def prepare(pipe: Pipeline, net: LayeredNetwork, params, batch, method: str) -> Prepared:
-  """Validates params and batch (static shapes) and casts to the compute precision."""
-  batches.require_params(params, method)
-  x, y = batches.unpack_batch(net, batch)
-  M = pipe.num_microbatches
-  if x.shape[0] % M:
-    raise ValueError(
-      f"batch x has shape {tuple(x.shape)}: its size must be a multiple of num_microbatches={M}"
-    )
+def prepare_params(pipe: Pipeline, net: LayeredNetwork, params):
+  """``(stacked, theta, head, tail, dtype, user_params)`` of :class:`Prepared` from params in
+  either form (checked), in the compute precision and placed on the mesh."""
   lay = pipe.layout
   if isinstance(params, PipelineParams):
     stacked, user = params, None
@@ -431,6 +445,19 @@ def prepare(pipe: Pipeline, net: LayeredNetwork, params, batch, method: str) -> 
   theta = trees.cast_tree(theta, dtype)
   head = pipe.place(trees.cast_tree(stacked.head, dtype), P())
   tail = pipe.place(trees.cast_tree(stacked.tail, dtype), P())
+  return stacked, theta, head, tail, dtype, user
+
+
+def prepare(pipe: Pipeline, net: LayeredNetwork, params, batch, method: str) -> Prepared:
+  """Validates params and batch (static shapes) and casts to the compute precision."""
+  batches.require_params(params, method)
+  x, y = batches.unpack_batch(net, batch)
+  M = pipe.num_microbatches
+  if x.shape[0] % M:
+    raise ValueError(
+      f"batch x has shape {tuple(x.shape)}: its size must be a multiple of num_microbatches={M}"
+    )
+  stacked, theta, head, tail, dtype, user = prepare_params(pipe, net, params)
   x = pipe.place(x.astype(dtype), P())
   y = pipe.place(y, P())
   return Prepared(x, y, stacked, theta, head, tail, dtype, user)

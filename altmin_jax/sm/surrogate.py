@@ -233,25 +233,35 @@ def sm_iteration(
     res = search_step(value_at, fb.value, slope, init, opts.step_search)
     return [optax.tree.add_scale(p, res.step, di) for p, di in zip(stage_params, d)], solves, res
 
+  compute = lambda: curvature_bounds(cfg, stage_params, fb, y, sc)
+  (bounds, new, solves, res), refreshed = lagged_curvature(
+    opts, carry, same_batch, compute, attempt
+  )
+  return Iteration(new, fb, solves, bounds, res, refreshed, key)
+
+
+def lagged_curvature(opts: ll.SMOptions, carry: Carry, same_batch, compute, attempt):
+  """The ``curvature_refresh`` rule, which the single-device and the pipelined step share:
+  ``attempt(curvature) -> (..., search result or None)`` with the curvature data that
+  ``compute()`` gives, or with ``carry.stored_curvature`` while it is current (fewer than
+  ``curvature_refresh`` iterations old, on the same batch); when stale curvature fails the
+  step search's Armijo test at step 1, the iteration is redone with fresh curvature.
+  ``lax.cond`` skips the computation that is not needed. Returns ``((curvature,
+  *attempt's results), refreshed)``."""
+
   def fresh():
-    bounds = curvature_bounds(cfg, stage_params, fb, y, sc)
-    return bounds, *attempt(bounds)
+    c = compute()
+    return c, *attempt(c)
 
   if opts.curvature_refresh == 1 or not jax.tree.leaves(carry.stored_curvature):
-    bounds, new, solves, res = fresh()
-    return Iteration(new, fb, solves, bounds, res, jnp.array(True), key)
+    return fresh(), jnp.array(True)
   due = (carry.since_refresh + 1 >= opts.curvature_refresh) | ~same_batch
-  bounds = jax.lax.cond(
-    due, lambda: curvature_bounds(cfg, stage_params, fb, y, sc), lambda: carry.stored_curvature
-  )
-  out = (bounds, *attempt(bounds))
-  refreshed = due
-  if opts.step_search is not None:
-    redo = ~due & (out[3].step < 1)  # stale curvature failed the Armijo test at step 1
-    out = jax.lax.cond(redo, fresh, lambda: out)
-    refreshed = due | redo
-  bounds, new, solves, res = out
-  return Iteration(new, fb, solves, bounds, res, refreshed, key)
+  c = jax.lax.cond(due, compute, lambda: carry.stored_curvature)
+  out = (c, *attempt(c))
+  if opts.step_search is None:
+    return out, due
+  redo = ~due & (out[-1].step < 1)  # stale curvature failed the Armijo test at step 1
+  return jax.lax.cond(redo, fresh, lambda: out), due | redo
 
 
 def surrogate_minimization(
