@@ -9,8 +9,8 @@ checkpoints and ``--config.resume=True`` work as there:
   ``am_mem``, ``am_adam_offline``, ``am_mem_offline``, ``admm``, with ``lr`` and
   :func:`experiments.configs.common.am_method`'s fields; minibatches of ``config.batch_size``
   (the offline ones: one iteration per pass over the training set);
-* ``sm`` (:func:`experiments.runners.sm_tables.train_one`): ``sm``, ``gd_armijo``,
-  ``cg_block``, ``cg_block_armijo``, ``sso``, ``ddg``, with ``sm_tables``' fields and
+* ``sm`` (:func:`experiments.runners.sm_tables.train_one`): ``sm``, ``sm_paper``,
+  ``gd_armijo``, ``cg_block``, ``cg_block_armijo``, ``sso``, ``ddg``, ``adam``, with ``sm_tables``' fields and
   ``inner_steps`` (N); shuffled minibatches of ``config.sm_batch_size`` (``0``: full batch),
   one iteration each; the hidden widths must be equal;
 * ``distributed`` (:func:`experiments.runners.distributed.train_one`): the methods of
