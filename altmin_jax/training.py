@@ -26,6 +26,7 @@ import optax
 from flax import struct
 
 from altmin_jax import losses as losses_lib
+from altmin_jax.core import checks
 
 
 class TrainState(struct.PyTreeNode):
@@ -149,13 +150,10 @@ def skip_nonfinite_updates(
     inner: the transformation to guard.
     max_consecutive_errors: see above; a positive integer or ``None``.
   """
-  if max_consecutive_errors is not None and (
-    not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 1
-  ):
-    raise ValueError(
-      "max_consecutive_errors must be a positive integer or None, got "
-      f"max_consecutive_errors={max_consecutive_errors!r}"
-    )
+  checks.check_optimizer("inner", inner)
+  max_consecutive_errors = checks.check_optional_int(
+    "max_consecutive_errors", max_consecutive_errors, 1
+  )
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -276,10 +274,17 @@ def evaluate(
   """Accuracy (and mean loss when ``loss`` is given) of ``params`` on ``(x, y)``.
 
   The forward pass is jitted once per ``apply_fn`` (and per chunk shape) and reused by
-  later calls; ``x`` is processed in chunks of ``batch_size``.
+  later calls; ``x`` is processed in chunks of ``batch_size`` (an integer >= 1). Empty
+  inputs and inputs and labels of different lengths raise a ``ValueError``.
   """
   from altmin_jax.losses import accuracy
 
+  batch_size = checks.check_int("batch_size", batch_size, 1)
+  if len(x) == 0 or len(x) != len(y):
+    raise ValueError(
+      f"evaluate needs x and y with the same number (>= 1) of samples, got {len(x)} inputs "
+      f"and {len(y)} labels"
+    )
   predict = _jitted(apply_fn)
   correct, total, loss_sum = 0.0, 0, 0.0
   for start in range(0, len(x), batch_size):

@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 import altmin_jax as amj
 
-ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid}
+# the activations the configs offer, by the library's names (networks.ACTIVATIONS)
+ACTIVATIONS = {k: amj.networks.ACTIVATIONS[k] for k in ("relu", "tanh", "sigmoid")}
 ARCHITECTURES = ("lenet5", "elman_rnn", "binary_mlp")
 CLASSIFIERS = ("mlp", "convnet7", "resnet20")
 

@@ -355,3 +355,63 @@ def test_cg_block_defaults_descend_on_a_small_tanh_net():
   assert after < 0.5 * before, (before, after)
   before, undamped = run(damping=0.0)
   assert not undamped < before, (before, undamped)
+
+
+# ------------------------------------------- helpers' arguments (issue 26, one row each)
+
+
+def _evaluate(x, y, **kw):
+  net = amj.networks.mlp([4, 3])
+  return amj.training.evaluate(net.apply, net.init(jax.random.key(0)), x, y, **kw)
+
+
+HELPER_CASES = {
+  "mlp activation of an unknown name": (
+    lambda: amj.networks.mlp([4, 8, 3], activation="rleu"),
+    r"activation must be a function or one of \[.*'relu'.*\], got 'rleu'",
+  ),
+  "evaluate on an empty x": (
+    lambda: _evaluate(np.zeros((0, 4)), np.zeros(0, int)),
+    r"same number \(>= 1\) of samples, got 0 inputs and 0 labels",
+  ),
+  "evaluate with batch_size=0": (
+    lambda: _evaluate(np.zeros((4, 4)), np.zeros(4, int), batch_size=0),
+    r"batch_size must be an integer >= 1, got batch_size=0",
+  ),
+  "evaluate with x and y of different lengths": (
+    lambda: _evaluate(np.zeros((4, 4)), np.zeros(3, int)),
+    r"got 4 inputs and 3 labels",
+  ),
+  "skip_nonfinite_updates of a string": (
+    lambda: amj.training.skip_nonfinite_updates("adam"),
+    r"inner must be an optax.GradientTransformation, got inner='adam'",
+  ),
+  "skip_nonfinite_updates with max_consecutive_errors=0": (
+    lambda: amj.training.skip_nonfinite_updates(optax.sgd(0.1), max_consecutive_errors=0),
+    r"max_consecutive_errors must be an integer >= 1, got max_consecutive_errors=0",
+  ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HELPER_CASES))
+def test_helpers_refuse_bad_arguments_in_one_line(name):
+  """Each bad argument of a helper gives one ``ValueError`` line that names the value and
+  the rule (before, an iterated string, a ``ZeroDivisionError``, a ``range()`` error, a
+  broadcasting ``TypeError`` and an ``AttributeError``)."""
+  call, message = HELPER_CASES[name]
+  with pytest.raises(ValueError, match=message) as info:
+    call()
+  assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_helpers_take_what_users_pass():
+  """The good forms of the same arguments: activation names (one or one per hidden layer,
+  mixed with functions), NumPy integers, a last chunk shorter than ``batch_size``."""
+  net = amj.networks.mlp([4, 8, 8, 3], activation=["tanh", jax.nn.relu])
+  assert net.stages[0].activation is jnp.tanh and net.stages[1].activation is jax.nn.relu
+  assert amj.networks.mlp([4, 8, 3], activation="relu").stages[0].activation is jax.nn.relu
+  tx = amj.training.skip_nonfinite_updates(optax.sgd(0.1), max_consecutive_errors=np.int64(3))
+  assert tx.init({"w": jnp.zeros(2)}) is not None
+  got = _evaluate(np.ones((5, 4)), np.zeros(5, int), batch_size=np.int64(2))
+  want = _evaluate(np.ones((5, 4)), np.zeros(5, int))
+  assert got == pytest.approx(want)

@@ -4,7 +4,7 @@ families and :mod:`altmin_jax.pipeline` use."""
 
 from altmin_jax.networks import stages
 from altmin_jax.networks.binary import binary_mlp, sign_activation, sign_ste, sign_tanh
-from altmin_jax.networks.builders import dense_stage, mlp
+from altmin_jax.networks.builders import ACTIVATIONS, dense_stage, mlp
 from altmin_jax.networks.flax_adapters import from_nnx
 from altmin_jax.networks.layered import (
   LayeredNetwork,
@@ -19,6 +19,7 @@ from altmin_jax.networks.lenet import conv_stage, lenet5, max_pool
 from altmin_jax.networks.rnn import ElmanRNN, as_sequences, elman_rnn
 
 __all__ = [
+  "ACTIVATIONS",
   "ElmanRNN",
   "LayeredNetwork",
   "Stage",

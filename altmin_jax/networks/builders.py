@@ -11,6 +11,30 @@ from altmin_jax.networks.layered import LayeredNetwork, Stage, flatten_batch, id
 
 Initializer = Callable[..., jax.Array]
 
+# activations that ``mlp`` takes by name, as Flax's and optax's users write them
+ACTIVATIONS = {
+  "relu": jax.nn.relu,
+  "tanh": jnp.tanh,
+  "sigmoid": jax.nn.sigmoid,
+  "softplus": jax.nn.softplus,
+  "gelu": jax.nn.gelu,
+  "silu": jax.nn.silu,
+  "elu": jax.nn.elu,
+  "identity": identity,
+}
+
+
+def activation_fn(activation) -> Callable[[jax.Array], jax.Array]:
+  """``activation`` itself when callable, else the function of its name in
+  :data:`ACTIVATIONS`; anything else raises a ``ValueError`` naming the known names."""
+  if callable(activation):
+    return activation
+  if isinstance(activation, str) and activation in ACTIVATIONS:
+    return ACTIVATIONS[activation]
+  raise ValueError(
+    f"activation must be a function or one of {sorted(ACTIVATIONS)}, got {activation!r}"
+  )
+
 
 def dense_stage(
   fan_in: int,
@@ -74,7 +98,8 @@ def mlp(
 
   Args:
     sizes: layer widths, input and output included (``[784, 100, 100, 10]``).
-    activation: one activation for every hidden layer, or one per hidden layer.
+    activation: one activation for every hidden layer, or one per hidden layer: functions
+      or names from :data:`ACTIVATIONS` (``"relu"``, ``"tanh"``, ...).
     kernel_init: kernel initializer (default LeCun normal).
     use_bias: whether dense stages have biases.
     dtype: parameter dtype (``jnp.float32`` or ``jnp.bfloat16``).
@@ -92,10 +117,10 @@ def mlp(
   if len(sizes) < 2:
     raise ValueError(f"mlp needs at least input and output sizes, got sizes={sizes!r}")
   num_hidden = len(sizes) - 2
-  if callable(activation):
-    activations = [activation] * num_hidden
+  if callable(activation) or isinstance(activation, str):
+    activations = [activation_fn(activation)] * num_hidden
   else:
-    activations = list(activation)
+    activations = [activation_fn(a) for a in activation]
     if len(activations) != num_hidden:
       raise ValueError(f"got {len(activations)} activations for {num_hidden} hidden layers")
   activations.append(identity)

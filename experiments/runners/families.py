@@ -10,9 +10,9 @@ checkpoints and ``--config.resume=True`` work as there:
   :func:`experiments.configs.common.am_method`'s fields; minibatches of ``config.batch_size``
   (the offline ones: one iteration per pass over the training set);
 * ``sm`` (:func:`experiments.runners.sm_tables.train_one`): ``sm``, ``sm_paper``,
-  ``gd_armijo``, ``cg_block``, ``cg_block_armijo``, ``sso``, ``ddg``, ``adam``, with ``sm_tables``' fields and
-  ``inner_steps`` (N); shuffled minibatches of ``config.sm_batch_size`` (``0``: full batch),
-  one iteration each; the hidden widths must be equal;
+  ``gd_armijo``, ``cg_block``, ``cg_block_armijo``, ``sso``, ``ddg``, ``adam``, with
+  ``sm_tables``' fields and ``inner_steps`` (N); shuffled minibatches of
+  ``config.sm_batch_size`` (``0``: full batch), one iteration each; the hidden widths must be equal;
 * ``distributed`` (:func:`experiments.runners.distributed.train_one`): the methods of
   ``distributed.P_WORKER`` and ``distributed.SINGLE``, with ``lr``, ``num_workers`` and the
   method's hyperparameters; the ``num_workers`` workers are stacked on one device
