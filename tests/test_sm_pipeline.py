@@ -45,7 +45,8 @@ def _check_cases(results: dict, n: int, full: bool):
       stacked_layers = 8 if "/pad/" in name else 6  # outside: the first and last kept out
       assert r["layers_per_device"] == [stacked_layers // n], (n, name, r)
     if name.startswith("sm_lagged"):  # curvature_refresh=2 on one batch: steps 1 and 3
-      assert r["refreshed"][:3] == [True, False, True], (n, name, r)
+      steps = len(r["refreshed"])  # 3 in the quick cases, 2 in the full ones
+      assert r["refreshed"] == [True, False, True][:steps], (n, name, r)
       assert r["kept_stored"] and all(r["kept_stored"]), (n, name, r)
 
 
@@ -72,7 +73,7 @@ def test_pipelined_steps_equal_single_device_steps(n):
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_pipelined_steps_equal_single_device_steps_full(n):
   """Every variant with M in {1, 2, 3, 4, 6, 12} (and the outside boundary where the
-  middle layers split evenly), two steps each. About 4-5 minutes on 2 cores."""
+  middle layers split evenly), two steps each. About 17 minutes on 2 cores."""
   _check_cases(_device_results(full=True)[n], n, full=True)
 
 
