@@ -167,12 +167,13 @@ def while_loops(compiled) -> list[int | None]:
   return trips
 
 
-def jaxpr_multiply_adds(fn: Callable, *args) -> dict:
+def jaxpr_multiply_adds(fn: Callable, *args, while_trips: int | None = None) -> dict:
   """Multiply-adds of the ``dot_general`` and convolution ops of ``fn(*args)``'s jaxpr,
   with every ``scan`` body (``lax.scan``; ``lax.fori_loop`` with static bounds) counted
   its ``length`` times: the count of the matrix work that XLA's cost analysis misses in
   loops. A ``while_loop`` (a data-dependent trip count, e.g. a line search) is counted
-  once and reported in ``unbounded_loops``; of a ``cond`` the costliest branch counts.
+  once and reported in ``unbounded_loops`` (or, given ``while_trips``, its body that many
+  times); of a ``cond`` the costliest branch counts.
   Elementwise work is not counted."""
   unbounded = [0]
 
@@ -195,6 +196,8 @@ def jaxpr_multiply_adds(fn: Callable, *args) -> dict:
         total += float(_prod(out)) * _prod(rhs) / rhs[params["dimension_numbers"].rhs_spec[0]]
       elif name == "scan":
         total += params["length"] * count(params["jaxpr"].jaxpr)
+      elif name == "while" and while_trips is not None:  # a known trip count: the body's
+        total += while_trips * count(params["body_jaxpr"].jaxpr)
       elif name == "while":
         unbounded[0] += 1
         total += count(params["body_jaxpr"].jaxpr) + count(params["cond_jaxpr"].jaxpr)

@@ -86,7 +86,6 @@ import common  # noqa: E402  (benchmarks/common.py: the scripts run from this fo
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
-from jax.extend import core as jax_core  # noqa: E402
 
 import altmin_jax as amj  # noqa: E402
 from altmin_jax.pipeline import schedule_model as sched  # noqa: E402
@@ -154,36 +153,13 @@ def loss_curve(name, tx, net, params, x, y, target=None, max_iterations=None) ->
 
 
 def _multiply_adds(fn, *args, while_trips: int = 1) -> float:
-  """Multiply-adds of the ``dot_general`` ops of ``fn(*args)``'s jaxpr (one device's
-  program inside a ``shard_map``), ``scan`` bodies counted their length times, ``while``
-  bodies ``while_trips`` times (so two counts tell a CG solve's set-up from its steps),
-  of a ``cond`` the costliest branch (a pass's idle ticks count as busy: divide by the
-  ticks)."""
-
-  def count(jaxpr) -> float:
-    total = 0.0
-    for eqn in jaxpr.eqns:
-      name, params = eqn.primitive.name, eqn.params
-      if name == "dot_general":
-        (lc, _), _ = params["dimension_numbers"]
-        lhs = eqn.invars[0].aval.shape
-        total += math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lc)
-      elif name == "scan":
-        total += params["length"] * count(params["jaxpr"].jaxpr)
-      elif name == "while":
-        total += while_trips * count(params["body_jaxpr"].jaxpr)
-      elif name == "cond":
-        total += max(count(b.jaxpr) for b in params["branches"])
-      else:
-        for value in params.values():
-          for sub in value if isinstance(value, list | tuple) else (value,):
-            if isinstance(sub, jax_core.ClosedJaxpr):
-              total += count(sub.jaxpr)
-            elif isinstance(sub, jax_core.Jaxpr):
-              total += count(sub)
-    return total
-
-  return float(count(jax.make_jaxpr(fn)(*args).jaxpr))
+  """Multiply-adds of ``fn(*args)``'s jaxpr (one device's program inside a ``shard_map``;
+  :func:`common.jaxpr_multiply_adds`) with ``while`` bodies counted ``while_trips`` times
+  (two counts tell a CG solve's set-up from its steps); of a ``cond`` the costliest branch
+  (a pass's idle ticks count as busy: divide by the ticks)."""
+  return common.jaxpr_multiply_adds(fn, *args, while_trips=while_trips)[
+    "jaxpr_matmul_multiply_adds"
+  ]
 
 
 def extra_phases(prob, phases: dict, N: int) -> None:
